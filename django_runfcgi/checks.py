@@ -1,0 +1,3 @@
+"""System checks for runfcgi settings."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""An app whose system check always fails, for the start-up error tests."""
