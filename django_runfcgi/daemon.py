@@ -1,0 +1,142 @@
+"""Detach from the terminal without losing the errors that happen after detaching.
+
+Django 1.8 forked away first and failed later, so a restart script saw exit status 0
+from a server that never served. Here the process that the user started waits on a
+pipe until the daemon says it is serving, or passes on the daemon's error and fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY = b"ready\n"
+
+
+@dataclass
+class Readiness:
+    """The daemon's end of the pipe to the process that is waiting for it."""
+
+    fd: int | None = field(default=None)
+
+    def ready(self) -> None:
+        self._send(READY)
+
+    def failed(self, message: str) -> None:
+        self._send(b"error: " + message.encode("utf-8", "replace") + b"\n")
+
+    def _send(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, data)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _wait_for_daemon(read_fd: int, first_child: int) -> int:
+    """In the starting process: the daemon's verdict, as an exit status."""
+    chunks = []
+    while True:
+        data = os.read(read_fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+    os.close(read_fd)
+    os.waitpid(first_child, 0)
+    message = b"".join(chunks)
+    if message == READY:
+        return 0
+    text = message.decode("utf-8", "replace").strip().removeprefix("error: ")
+    if not text:
+        text = "The server stopped before it was ready; see errlog= for its output."
+    sys.stderr.write(f"CommandError: {text}\n")
+    return 1
+
+
+class LogError(Exception):
+    """A log file cannot be opened; found in the foreground, before detaching."""
+
+
+def open_logs(outlog: Path | None, errlog: Path | None) -> tuple[int, int]:
+    """Open stdout's and stderr's targets for appending (/dev/null where unset)."""
+    fds: list[int] = []
+    for name, path in (("outlog", outlog), ("errlog", errlog)):
+        try:
+            if path is None:
+                fds.append(os.open(os.devnull, os.O_WRONLY))
+            else:
+                fds.append(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
+        except OSError as err:
+            for fd in fds:
+                os.close(fd)
+            raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
+    return fds[0], fds[1]
+
+
+def use_logs(fds: tuple[int, int]) -> None:
+    """Make the opened log files the process's stdout and stderr."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, fd in zip((1, 2), fds, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
+
+
+def redirect_output(outlog: Path | None, errlog: Path | None) -> None:
+    """Reopen the log files, e.g. after logrotate moved them away."""
+    use_logs(open_logs(outlog, errlog))
+
+
+def close_inherited_fds(keep: set[int]) -> None:
+    """Close descriptors inherited from whoever started us (shell, supervisor).
+
+    Python opens its own files close-on-exec, so a descriptor without that flag was
+    handed down across exec; the daemon has no use for it, and it may hold open a pipe
+    that the starting program waits on.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd <= 2 or fd in keep:
+            continue
+        try:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+        except OSError:
+            continue
+        if not flags & fcntl.FD_CLOEXEC:
+            os.close(fd)
+
+
+def detach(*, workdir: Path, umask: int, logs: tuple[int, int], keep: set[int]) -> Readiness:
+    """Double fork into a new session; only the daemon returns."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    first = os.fork()
+    if first:
+        os.close(write_fd)
+        for fd in logs:
+            os.close(fd)
+        os._exit(_wait_for_daemon(read_fd, first))
+    os.close(read_fd)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    os.chdir(workdir)
+    os.umask(umask)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    use_logs(logs)
+    close_inherited_fds(keep | {write_fd})
+    return Readiness(write_fd)

@@ -1,0 +1,42 @@
+"""``runfastcgi()`` for ``.fcgi`` scripts written for Django 1.8.
+
+An old ``mysite.fcgi`` changes one import and nothing else::
+
+    from django_runfcgi import runfastcgi
+    runfastcgi(method="threaded", daemonize="false")
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import django
+from django.core.management.base import CommandError
+
+
+def runfastcgi(argset: Iterable[str] = (), **kwargs: Any) -> None:
+    """Serve like ``manage.py runfcgi``; on a bad start, one line on stderr and exit 1.
+
+    Django 1.8 returned False on errors, and the script then exited 0 having served
+    nothing: web servers restarted it in a loop without a word in their error log.
+    """
+    django.setup()
+    from django_runfcgi.management.commands.runfcgi import Command  # noqa: PLC0415
+
+    command = Command()
+    try:
+        command.execute(
+            words=list(argset),
+            python_values={key.lower(): value for key, value in kwargs.items()},
+            verbosity=1,
+            skip_checks=False,
+            no_color=True,
+            force_color=False,
+            traceback=False,
+        )
+    except CommandError as err:
+        sys.stderr.write(f"runfcgi: error: {err}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None

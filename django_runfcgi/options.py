@@ -1,0 +1,469 @@
+"""The one table of runfcgi options, and everything derived from it.
+
+Django 1.8's ``runfcgi`` took ``key=value`` words; scripts and ``.fcgi`` files written
+for it still exist. The same table feeds the historic words, the ``--option`` form,
+``runfcgi help``, the settings check and the docs' option reference, so they cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Protocol = Literal["fcgi", "scgi", "ajp"]
+Method = Literal["prefork", "threaded"]
+
+PROTOCOLS: tuple[Protocol, ...] = ("fcgi", "scgi", "ajp")
+METHODS: tuple[Method, ...] = ("prefork", "threaded")
+METHOD_ALIASES = {"fork": "prefork", "thread": "threaded"}
+TRUE_WORDS = frozenset({"true", "yes", "t", "y", "1", "on"})
+FALSE_WORDS = frozenset({"false", "no", "f", "n", "0", "off"})
+
+
+class OptionError(ValueError):
+    """A bad option value or combination, worded for the person who typed it."""
+
+
+def parse_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise OptionError(f"{name}={value!r} is not a boolean; use true or false (also yes/no, 1/0).")
+
+
+def _parse_int(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise OptionError(f"{name}={value!r} is not a whole number.")
+    try:
+        number = int(str(value).strip(), 10) if not isinstance(value, int) else value
+    except ValueError:
+        raise OptionError(f"{name}={value!r} is not a whole number.") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        accepted = f"{minimum} to {maximum}" if maximum is not None else f"{minimum} or more"
+        raise OptionError(f"{name}={value!r} is out of range; use {accepted}.")
+    return number
+
+
+def _count(minimum: int) -> Callable[[str, object], int]:
+    def parse(name: str, value: object) -> int:
+        return _parse_int(name, value, minimum)
+
+    return parse
+
+
+def parse_port(name: str, value: object) -> int:
+    return _parse_int(name, value, 1, 65535)
+
+
+def parse_umask(name: str, value: object) -> int:
+    """Octal as in the shell (``022``); a Python int is taken as the mode itself."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            number = int(text, 8)
+        except ValueError:
+            raise OptionError(
+                f"{name}={value!r} is not an octal umask; use three octal digits such as 022."
+            ) from None
+    if not 0 <= number <= 0o777:
+        raise OptionError(f"{name}={value!r} is out of range; use 000 to 777 (octal).")
+    return number
+
+
+def _choice(values: Iterable[str], aliases: Mapping[str, str] | None = None) -> Any:
+    allowed = tuple(values)
+    aliases = aliases or {}
+
+    def parse(name: str, value: object) -> str:
+        word = str(value).strip().lower()
+        word = aliases.get(word, word)
+        if word not in allowed:
+            raise OptionError(f"{name}={value!r} is not supported; use {' or '.join(allowed)}.")
+        return word
+
+    return parse
+
+
+def parse_host(name: str, value: object) -> str:
+    host = str(value).strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host:
+        raise OptionError(f"{name}= is empty; give a host name or an IP address.")
+    return host
+
+
+def parse_text(name: str, value: object) -> str:
+    text = str(value)
+    if not text:
+        raise OptionError(f"{name}= is empty; give a path.")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One runfcgi option: its historic name, how to parse it and what to say about it."""
+
+    name: str
+    parse: Callable[[str, object], Any]
+    default: Any
+    help: str
+    metavar: str
+    default_text: str | None = None
+    choices: tuple[str, ...] | None = None
+    flag: bool = False
+
+    def describe_default(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        if self.default is None:
+            return "unset"
+        return str(self.default)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "protocol",
+        _choice(PROTOCOLS),
+        "fcgi",
+        "Protocol spoken to the web server: fcgi (FastCGI), scgi or ajp (AJP 1.3).",
+        "PROTOCOL",
+        choices=PROTOCOLS,
+    ),
+    Option("host", parse_host, None, "Host name or IP address to listen on (IPv6 works).", "HOST"),
+    Option("port", parse_port, None, "TCP port to listen on, with host.", "PORT"),
+    Option(
+        "socket",
+        parse_text,
+        None,
+        "Unix socket path to listen on, instead of host and port. "
+        "Not for ajp. With no host, port or socket, the listening socket is inherited "
+        "on file descriptor 0 from the web server that started the process.",
+        "FILE",
+    ),
+    Option(
+        "method",
+        _choice(METHODS, METHOD_ALIASES),
+        "prefork",
+        "prefork (worker processes) or threaded (one process, worker threads). "
+        "The old names fork and thread are accepted.",
+        "METHOD",
+        choices=METHODS,
+    ),
+    Option(
+        "maxrequests",
+        _count(0),
+        0,
+        "Requests a prefork worker serves before it is replaced by a fresh one (0 = no limit).",
+        "NUMBER",
+    ),
+    Option("maxspare", _count(1), 5, "Most idle workers (processes or threads) kept.", "NUMBER"),
+    Option("minspare", _count(1), 2, "Fewest idle workers kept ready.", "NUMBER"),
+    Option(
+        "maxchildren",
+        _count(1),
+        50,
+        "Hard limit on worker processes (prefork) or threads (threaded).",
+        "NUMBER",
+    ),
+    Option(
+        "daemonize",
+        parse_bool,
+        None,
+        "Detach from the terminal and run in the background.",
+        "BOOL",
+        default_text="true when host/port or socket is given, else false",
+        flag=True,
+    ),
+    Option(
+        "pidfile",
+        parse_text,
+        None,
+        "Write the server's process id to this file; removed when the server stops.",
+        "FILE",
+    ),
+    Option(
+        "workdir",
+        parse_text,
+        None,
+        "Directory to change to before serving.",
+        "DIRECTORY",
+        default_text="/ when daemonized, else unchanged",
+    ),
+    Option(
+        "debug",
+        parse_bool,
+        False,
+        "Answer errors that escape Django with a plain-text traceback instead of a generic page.",
+        "BOOL",
+        flag=True,
+    ),
+    Option("outlog", parse_text, None, "Append standard output to this file.", "FILE"),
+    Option("errlog", parse_text, None, "Append standard error to this file.", "FILE"),
+    Option(
+        "umask",
+        parse_umask,
+        0o022,
+        "Umask, in octal, for the unix socket and, when daemonized, the process.",
+        "UMASK",
+        default_text="022",
+    ),
+)
+
+BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
+PATH_OPTIONS = ("socket", "pidfile", "outlog", "errlog", "workdir")
+
+
+def _unknown(name: str) -> OptionError:
+    close = difflib.get_close_matches(name, [*BY_NAME, "help"], n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return OptionError(f"Unknown option {name!r}.{hint} See 'manage.py runfcgi help'.")
+
+
+def parse_words(words: Iterable[str]) -> tuple[dict[str, object], bool]:
+    """Read historic ``key=value`` words; a bare key means true, as in Django 1.8.
+
+    Returns the raw values by option name, and whether ``help`` was asked for.
+    """
+    values: dict[str, object] = {}
+    wants_help = False
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip().lower().lstrip("-")
+        if key == "help":
+            wants_help = True
+            continue
+        if key not in BY_NAME:
+            raise _unknown(key)
+        if key in values:
+            raise OptionError(f"{key}= is given twice.")
+        values[key] = value if sep else True
+    return values, wants_help
+
+
+def merge(*sources: Mapping[str, object]) -> dict[str, object]:
+    """Join option values from several forms; a name given in two of them is an error."""
+    merged: dict[str, object] = {}
+    for source in sources:
+        for key, value in source.items():
+            name = key.lower()
+            if name not in BY_NAME:
+                raise _unknown(name)
+            if name in merged:
+                raise OptionError(f"{name}= is given twice.")
+            merged[name] = value
+    return merged
+
+
+@dataclass(frozen=True)
+class TCP:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Unix:
+    path: Path
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True)
+class Inherited:
+    """The listening socket a web server hands over on a file descriptor."""
+
+    fd: int = 0
+
+    def __str__(self) -> str:
+        return f"fd {self.fd}"
+
+
+Bind = TCP | Unix | Inherited
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options after parsing and cross-checking: what the server will actually do."""
+
+    protocol: Protocol
+    method: Method
+    bind: Bind
+    daemonize: bool
+    pidfile: Path | None
+    workdir: Path | None
+    outlog: Path | None
+    errlog: Path | None
+    umask: int
+    maxrequests: int
+    maxspare: int
+    minspare: int
+    maxchildren: int
+    debug: bool
+
+
+def _absolute(value: str, base: Path) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else base / path
+
+
+def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
+    """Parse every value and apply the rules that span options.
+
+    Relative paths are taken from ``cwd`` (the directory runfcgi was started in), not
+    from ``workdir``: a daemon changes directory, the person typing the command did not.
+    """
+    base = cwd or Path.cwd()
+    given = {name: BY_NAME[name].parse(name, value) for name, value in raw.items()}
+    values = {option.name: option.default for option in OPTIONS} | given
+
+    host, port, sock = values["host"], values["port"], values["socket"]
+    bind: Bind
+    if sock is not None and (host is not None or port is not None):
+        raise OptionError("Use either socket= or host=/port=, not both.")
+    if sock is not None:
+        if values["protocol"] == "ajp":
+            raise OptionError(
+                "AJP needs host= and port=; it cannot listen on a unix socket "
+                f"(socket={raw['socket']!r})."
+            )
+        bind = Unix(_absolute(sock, base))
+    elif host is not None or port is not None:
+        if port is None:
+            raise OptionError(f"host={host!r} needs port= too.")
+        if host is None:
+            raise OptionError(f"port={port!r} needs host= too (for example host=127.0.0.1).")
+        bind = TCP(host, port)
+    else:
+        if values["protocol"] == "ajp":
+            raise OptionError(
+                "AJP needs host= and port=; a socket inherited from the web server "
+                "works only with protocol=fcgi or protocol=scgi."
+            )
+        bind = Inherited()
+
+    daemonize = values["daemonize"]
+    if daemonize is None:
+        daemonize = not isinstance(bind, Inherited)
+    elif daemonize and isinstance(bind, Inherited):
+        raise OptionError(
+            "daemonize=true needs host=/port= or socket=: a server started by the web "
+            "server on an inherited socket must stay in the foreground."
+        )
+
+    maxspare, minspare, maxchildren = values["maxspare"], values["minspare"], values["maxchildren"]
+    if maxchildren < maxspare:
+        if "maxspare" in given:
+            raise OptionError(
+                f"maxchildren={maxchildren} is below maxspare={maxspare}; "
+                "raise maxchildren or lower maxspare."
+            )
+        # maxchildren=3 alone means at most three workers: the idle limits follow it.
+        maxspare = maxchildren
+        minspare = min(minspare, maxspare)
+    if minspare > maxspare:
+        raise OptionError(
+            f"minspare={minspare} is above maxspare={maxspare}; minspare must be at most maxspare."
+        )
+    if values["method"] == "threaded" and "maxrequests" in given:
+        raise OptionError("maxrequests= applies to method=prefork only; threads are not recycled.")
+
+    paths = {
+        name: (_absolute(values[name], base) if values[name] is not None else None)
+        for name in ("pidfile", "outlog", "errlog", "workdir")
+    }
+    workdir = paths["workdir"]
+    if workdir is None and daemonize:
+        workdir = Path("/")
+
+    return Config(
+        protocol=values["protocol"],
+        method=values["method"],
+        bind=bind,
+        daemonize=daemonize,
+        pidfile=paths["pidfile"],
+        workdir=workdir,
+        outlog=paths["outlog"],
+        errlog=paths["errlog"],
+        umask=values["umask"],
+        maxrequests=values["maxrequests"],
+        maxspare=maxspare,
+        minspare=minspare,
+        maxchildren=maxchildren,
+        debug=values["debug"],
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Give every option its ``--name`` form; values stay raw so one parser checks both."""
+    group = parser.add_argument_group("runfcgi options (also accepted as key=value words)")
+    for option in OPTIONS:
+        text = f"{option.help} (default: {option.describe_default()})"
+        if option.flag:
+            group.add_argument(
+                f"--{option.name}",
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=text,
+            )
+        else:
+            group.add_argument(
+                f"--{option.name}",
+                dest=option.name,
+                default=argparse.SUPPRESS,
+                metavar=option.metavar,
+                help=text,
+            )
+
+
+HELP_EXAMPLES = """\
+Examples:
+  Run a FastCGI server started by the web server on its socket (file descriptor 0)
+    $ manage.py runfcgi method=threaded
+
+  Run an SCGI server on a TCP host and port
+    $ manage.py runfcgi protocol=scgi method=prefork host=127.0.0.1 port=8025
+
+  Run a FastCGI server on a unix socket
+    $ manage.py runfcgi method=prefork socket=/tmp/fcgi.sock
+
+  Run a FastCGI server as a daemon and write its process id to a file
+    $ manage.py runfcgi socket=/tmp/fcgi.sock method=prefork \\
+        daemonize=true pidfile=/var/run/django-fcgi.pid
+"""
+
+
+def help_text() -> str:
+    """The text of ``manage.py runfcgi help``, in the shape Django 1.8 printed."""
+    width = max(len(f"{o.name}={o.metavar}") for o in OPTIONS) + 2
+    lines = [
+        "Serve this project over FastCGI, SCGI or AJP 1.3 through flup.",
+        "",
+        "  manage.py runfcgi [key=value ...]    or    manage.py runfcgi [--key value ...]",
+        "",
+        "Options:",
+    ]
+    for option in OPTIONS:
+        head = f"  {option.name}={option.metavar}".ljust(width + 4)
+        lines.append(f"{head}{option.help} (default: {option.describe_default()})")
+    lines += ["", HELP_EXAMPLES]
+    return "\n".join(lines)

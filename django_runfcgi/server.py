@@ -1,0 +1,71 @@
+"""Pair a protocol (fcgi, scgi, ajp) with a process model (prefork, threaded).
+
+flup ships one class per pair, each binding its own socket and each with its own
+bugs; ours combine the fixed protocol halves from :mod:`django_runfcgi.compat` with
+the fixed process halves, and serve a socket that is already bound.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import cache
+from typing import Any, Protocol
+
+from django_runfcgi import compat, prefork, threaded
+from django_runfcgi.options import Config
+
+PROTOCOL_CLASSES: dict[str, type[Any]] = {
+    "fcgi": compat.FCGIServer,
+    "scgi": compat.SCGIServer,
+    "ajp": compat.AJPServer,
+}
+PROCESS_CLASSES: dict[str, type[Any]] = {
+    "prefork": prefork.PreforkServer,
+    "threaded": threaded.ThreadedServer,
+}
+PROTOCOL_NAMES = {"fcgi": "FastCGI", "scgi": "SCGI", "ajp": "AJP 1.3"}
+
+
+class Server(Protocol):
+    def run(self, sock: socket.socket) -> bool: ...
+
+
+@cache
+def server_class(protocol: str, method: str) -> type[Any]:
+    """The combined class; the protocol half comes first so it decides who may connect."""
+    name = f"{protocol.capitalize()}{method.capitalize()}Server"
+    return type(name, (PROTOCOL_CLASSES[protocol], PROCESS_CLASSES[method]), {})
+
+
+def make_server(config: Config, application: Any) -> Server:
+    """Build the server; threads start only in run(), so this is safe before a fork."""
+    cls = server_class(config.protocol, config.method)
+    server = cls.__new__(cls)
+    prefork_method = config.method == "prefork"
+    PROTOCOL_CLASSES[config.protocol].__init__(
+        server,
+        application,
+        multithreaded=not prefork_method,
+        multiprocess=prefork_method,
+        debug=config.debug,
+    )
+    job = {"jobClass": server.connection_class, "jobArgs": (server, None)}
+    if prefork_method:
+        prefork.PreforkServer.__init__(
+            server,
+            minSpare=config.minspare,
+            maxSpare=config.maxspare,
+            maxChildren=config.maxchildren,
+            maxRequests=config.maxrequests,
+            **job,
+        )
+    else:
+        threaded.ThreadedServer.__init__(
+            server,
+            minSpare=config.minspare,
+            maxSpare=config.maxspare,
+            maxThreads=config.maxchildren,
+            **job,
+        )
+    server_: Server = server
+    return server_

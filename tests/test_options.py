@@ -1,0 +1,161 @@
+"""The option table: historic words, --options, validation and the rules between them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from django_runfcgi import options
+from django_runfcgi.options import TCP, Inherited, OptionError, Unix, parse_words, resolve
+
+
+def config_from(*words: str, cwd: Path = Path("/srv/start")) -> options.Config:
+    values, _ = parse_words(words)
+    return resolve(values, cwd=cwd)
+
+
+def test_defaults_match_django_1_8() -> None:
+    config = config_from()
+    assert config.protocol == "fcgi"
+    assert config.method == "prefork"
+    assert config.bind == Inherited()
+    assert config.daemonize is False
+    assert (config.maxrequests, config.maxspare, config.minspare, config.maxchildren) == (
+        0,
+        5,
+        2,
+        50,
+    )
+    assert config.umask == 0o022
+    assert config.debug is False
+
+
+@pytest.mark.parametrize(
+    ("words", "daemonize"),
+    [
+        (("host=127.0.0.1", "port=8000"), True),
+        (("socket=/tmp/x.sock",), True),
+        (("socket=/tmp/x.sock", "daemonize=false"), False),
+        (("socket=/tmp/x.sock", "daemonize"), True),
+        ((), False),
+    ],
+)
+def test_daemonize_defaults_to_on_when_bound(words: tuple[str, ...], daemonize: bool) -> None:
+    assert config_from(*words).daemonize is daemonize
+
+
+@pytest.mark.parametrize("word", ["true", "TRUE", "yes", "1", "t", "on"])
+def test_true_words(word: str) -> None:
+    assert config_from(f"debug={word}").debug is True
+
+
+@pytest.mark.parametrize("word", ["false", "False", "no", "0", "f", "off"])
+def test_debug_false_means_false(word: str) -> None:
+    # Django 1.8 turned debug on for any value at all, including debug=false.
+    assert config_from(f"debug={word}").debug is False
+
+
+def test_bare_key_means_true() -> None:
+    assert config_from("debug").debug is True
+
+
+@pytest.mark.parametrize(("word", "method"), [("fork", "prefork"), ("thread", "threaded")])
+def test_old_method_names(word: str, method: str) -> None:
+    assert config_from(f"method={word}").method == method
+
+
+def test_keys_are_case_insensitive() -> None:
+    assert config_from("PROTOCOL=scgi", "Host=::1", "PORT=9000").bind == TCP("::1", 9000)
+
+
+def test_ipv6_host_in_brackets() -> None:
+    assert config_from("host=[::1]", "port=9000").bind == TCP("::1", 9000)
+
+
+def test_relative_paths_follow_the_starting_directory_not_workdir() -> None:
+    config = config_from(
+        "socket=run/app.sock",
+        "pidfile=app.pid",
+        "outlog=logs/out.log",
+        "errlog=logs/err.log",
+        "workdir=/var/empty",
+    )
+    assert config.bind == Unix(Path("/srv/start/run/app.sock"))
+    assert config.pidfile == Path("/srv/start/app.pid")
+    assert config.outlog == Path("/srv/start/logs/out.log")
+    assert config.errlog == Path("/srv/start/logs/err.log")
+    assert config.workdir == Path("/var/empty")
+
+
+def test_workdir_defaults_to_root_only_when_daemonized() -> None:
+    assert config_from("socket=/x.sock").workdir == Path("/")
+    assert config_from("socket=/x.sock", "daemonize=false").workdir is None
+
+
+def test_umask_is_octal() -> None:
+    assert config_from("umask=007").umask == 0o007
+    assert config_from("umask=0o027").umask == 0o027
+
+
+def test_maxchildren_alone_caps_the_spares() -> None:
+    config = config_from("maxchildren=3")
+    assert (config.maxchildren, config.maxspare, config.minspare) == (3, 3, 2)
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (("deamonize=true",), "Unknown option 'deamonize'. Did you mean 'daemonize'?"),
+        (("protocl=scgi",), "Unknown option 'protocl'. Did you mean 'protocol'?"),
+        (("frobnicate=1",), "Unknown option 'frobnicate'. See 'manage.py runfcgi help'."),
+        (("protocol=http",), "protocol='http' is not supported; use fcgi or scgi or ajp."),
+        (("method=gevent",), "method='gevent' is not supported; use prefork or threaded."),
+        (("host=h", "port=0"), "port='0' is out of range; use 1 to 65535."),
+        (("host=h", "port=65536"), "port='65536' is out of range; use 1 to 65535."),
+        (("host=h", "port=http"), "port='http' is not a whole number."),
+        (("umask=999",), "umask='999' is not an octal umask"),
+        (("umask=7777",), "umask='7777' is out of range; use 000 to 777 (octal)."),
+        (("socket=/x.sock", "host=127.0.0.1"), "Use either socket= or host=/port=, not both."),
+        (("host=127.0.0.1",), "host='127.0.0.1' needs port= too."),
+        (("port=8000",), "port=8000 needs host= too"),
+        (("protocol=ajp", "socket=/x.sock"), "AJP needs host= and port=; it cannot listen on"),
+        (("protocol=ajp",), "AJP needs host= and port=;"),
+        (("minspare=6",), "minspare=6 is above maxspare=5; minspare must be at most maxspare."),
+        (("maxspare=9", "maxchildren=4"), "maxchildren=4 is below maxspare=9"),
+        (("maxspare=0",), "maxspare='0' is out of range; use 1 or more."),
+        (("daemonize=maybe",), "daemonize='maybe' is not a boolean; use true or false"),
+        (("daemonize=true",), "daemonize=true needs host=/port= or socket="),
+        (("method=threaded", "maxrequests=10"), "maxrequests= applies to method=prefork only"),
+        (("port=1", "port=2"), "port= is given twice."),
+        (("socket=",), "socket= is empty; give a path."),
+    ],
+)
+def test_errors_name_the_option_and_what_is_accepted(
+    words: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(OptionError) as caught:
+        config_from(*words)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_help_word() -> None:
+    assert parse_words(["help"]) == ({}, True)
+
+
+def test_python_typed_values() -> None:
+    config = resolve(
+        options.merge({"daemonize": False, "port": 8000, "host": "::1", "umask": 0o007}),
+        cwd=Path("/"),
+    )
+    assert config.daemonize is False
+    assert config.bind == TCP("::1", 8000)
+    assert config.umask == 0o007
+
+
+def test_help_lists_every_option_with_its_default() -> None:
+    text = options.help_text()
+    for option in options.OPTIONS:
+        assert f"  {option.name}={option.metavar}" in text
+        assert f"(default: {option.describe_default()})" in text
