@@ -131,9 +131,7 @@ def test_maxchildren_alone_caps_the_spares() -> None:
         (("socket=",), "socket= is empty; give a path."),
     ],
 )
-def test_errors_name_the_option_and_what_is_accepted(
-    words: tuple[str, ...], message: str
-) -> None:
+def test_errors_name_the_option_and_what_is_accepted(words: tuple[str, ...], message: str) -> None:
     with pytest.raises(OptionError) as caught:
         config_from(*words)
     assert message in str(caught.value)
