@@ -11,6 +11,7 @@ urlpatterns = [
     path("download/", views.download, name="download"),
     path("redirect/", views.redirect_after_post, name="redirect"),
     path("fail/", views.fail, name="fail"),
+    path("fail-late/", views.fail_late, name="fail-late"),
     path("ignore-body/", views.ignore_body, name="ignore-body"),
     path("slow/", views.slow, name="slow"),
     path("status/<int:code>/", views.status, name="status"),

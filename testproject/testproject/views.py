@@ -115,6 +115,16 @@ def fail(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("testproject.views.fail raised on purpose")
 
 
+def fail_late(request: HttpRequest) -> StreamingHttpResponse:
+    """Raise while the server iterates the response: past Django, into the server."""
+
+    def chunks() -> Iterator[bytes]:
+        raise RuntimeError("testproject.views.fail_late raised on purpose")
+        yield b""  # pragma: no cover - makes this a generator
+
+    return StreamingHttpResponse(chunks())
+
+
 @csrf_exempt
 def ignore_body(request: HttpRequest) -> HttpResponse:
     """Answer without reading the request body, as many real views do."""

@@ -1,0 +1,114 @@
+"""The process a user runs: worker pool growth, recycling, and stopping on signals."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.clients import fcgi_request
+from tests.conftest import Runner, tagged_pids
+
+
+def serve_unix(runner: Runner, *words: str) -> tuple[str, int]:
+    address = str(runner.tmp / "app.sock")
+    run = runner.serve("daemonize=false", f"socket={address}", *words, address=address)
+    return address, run.proc.pid
+
+
+def concurrently(count: int, call: object) -> tuple[float, list[object]]:
+    results: list[object] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        value = call()  # type: ignore[operator]
+        with lock:
+            results.append(value)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return time.monotonic() - started, results
+
+
+def test_prefork_pool_grows_to_serve_concurrent_requests(runner: Runner) -> None:
+    address, _ = serve_unix(runner, "method=prefork", "maxchildren=10")
+    elapsed, results = concurrently(
+        8, lambda: fcgi_request(address, "GET", "/slow/", query="s=1", timeout=30).json()["pid"]
+    )
+    assert len(results) == 8
+    assert elapsed < 2.0, f"8 one-second requests took {elapsed:.2f} s: the pool did not grow"
+    assert len(set(results)) == 8
+
+
+def test_threaded_serves_concurrent_requests(runner: Runner) -> None:
+    address, master = serve_unix(runner, "method=threaded", "maxchildren=20")
+    elapsed, results = concurrently(
+        8, lambda: fcgi_request(address, "GET", "/slow/", query="s=1", timeout=30).json()["pid"]
+    )
+    assert elapsed < 2.0, f"8 one-second requests took {elapsed:.2f} s"
+    assert set(results) == {master}
+
+
+def test_maxrequests_recycles_workers_and_the_socket_survives(runner: Runner) -> None:
+    address, _ = serve_unix(runner, "maxrequests=2", "maxspare=1", "minspare=1", "maxchildren=1")
+    pids = [fcgi_request(address, "GET", "/echo/").json()["pid"] for _ in range(6)]
+    assert pids[0] == pids[1]
+    assert len(set(pids)) == 3, pids
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_sigterm_on_an_idle_server_stops_it_at_once(runner: Runner, method: str) -> None:
+    address, _ = serve_unix(runner, f"method={method}")
+    assert fcgi_request(address, "GET", "/echo/").status == 200
+    run = runner.runs[-1]
+    started = time.monotonic()
+    run.signal(signal.SIGTERM)
+    assert run.wait(5) == 0, run.describe()
+    assert time.monotonic() - started < 2.0
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and tagged_pids(runner.tag):
+        time.sleep(0.05)
+    assert tagged_pids(runner.tag) == [], "a worker was left behind"
+    assert not (runner.tmp / "app.sock").exists()
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_sigterm_lets_a_request_in_progress_finish(runner: Runner, method: str) -> None:
+    address, _ = serve_unix(runner, f"method={method}")
+    run = runner.runs[-1]
+    result: dict[str, object] = {}
+
+    def slow() -> None:
+        result["response"] = fcgi_request(address, "GET", "/slow/", query="s=1", timeout=30)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.3)
+    run.signal(signal.SIGTERM)
+    thread.join(timeout=30)
+    assert run.wait(10) == 0, run.describe()
+    response = result["response"]
+    assert response.status == 200  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_sigusr1_does_not_stop_the_server(runner: Runner, method: str) -> None:
+    address, _ = serve_unix(runner, f"method={method}")
+    run = runner.runs[-1]
+    run.signal(signal.SIGUSR1)
+    time.sleep(0.3)
+    assert run.proc.poll() is None, run.describe()
+    assert fcgi_request(address, "GET", "/echo/").status == 200
+
+
+def test_sighup_stops_like_django_1_8(runner: Runner) -> None:
+    serve_unix(runner)
+    run = runner.runs[-1]
+    run.signal(signal.SIGHUP)
+    assert run.wait(5) == 0, run.describe()
