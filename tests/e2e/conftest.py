@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,5 +19,5 @@ def require(binary: str, package: str) -> str:
 
 
 @pytest.fixture
-def nginx_binary() -> Iterator[str]:
-    yield require("nginx", "nginx-light")
+def nginx_binary() -> str:
+    return require("nginx", "nginx-light")
