@@ -1,0 +1,480 @@
+"""The prefork process model: a master process that keeps a pool of worker processes.
+
+flup's master never grows the pool (B1), ignores stop signals while idle (B2), dies on
+SIGUSR1 (B3), and lets a worker whose job raised run on into the master's code; its
+shutdown can hang forever. This subclass keeps flup's constructor and pool policy and
+replaces the loops of the master and of the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, NoReturn, Protocol
+
+from flup.server import preforkserver
+
+logger = logging.getLogger(__name__)
+
+# What a worker tells the master about itself, one byte at a time.
+BUSY = b"\x00"
+IDLE = b"\xff"
+
+# Workers told to stop now (SIGINT) are killed if they are still there after this.
+INT_GRACE = 1.0
+# How long to wait for the kernel to release workers after SIGKILL.
+REAP_LIMIT = 5.0
+# How long the master waits before trying again after fork() failed.
+RETRY_INTERVAL = 1.0
+# A worker that cannot tell the master its state in this time takes it for gone.
+NOTIFY_TIMEOUT = 5.0
+
+GRACEFUL = "graceful"
+NOW = "now"
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+
+
+class Job(Protocol):
+    """A protocol connection: serves one client socket, then returns."""
+
+    def run(self) -> object: ...
+
+
+def stop_when_idle(job: object) -> None:
+    """Tell a persistent connection to return after its request in progress, if it can."""
+    stop = getattr(job, "stop_when_idle", None)
+    if stop is None:
+        return
+    try:
+        stop()
+    except Exception:
+        logger.exception("Could not tell a connection to stop")
+
+
+def flush_stdio() -> None:
+    """Flush what Python buffered, so it is written once and not lost at os._exit()."""
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+
+
+class SignalQueue:
+    """Signal handlers that only queue the signal and wake the main loop (B2).
+
+    Since PEP 475, select() and os.wait() resume after a Python signal handler runs,
+    so a flag alone is not seen until the next request. The handler also writes a
+    byte to a pipe that the main loop selects on.
+    """
+
+    def __init__(
+        self,
+        signums: Iterable[signal.Signals],
+        on_signal: Callable[[int], None] | None = None,
+    ) -> None:
+        self.fd, self._write_fd = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._pending: deque[int] = deque()
+        self._on_signal = on_signal
+        self._saved: dict[signal.Signals, SignalHandler] = {}
+        for signum in signums:
+            self._saved[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._pending.append(signum)
+        self.wake()
+        if self._on_signal is not None:
+            self._on_signal(signum)
+
+    def wake(self) -> None:
+        """Make the main loop's select() return; safe from threads and signal handlers."""
+        # A full pipe already holds a wake-up.
+        with suppress(OSError):
+            os.write(self._write_fd, b"\0")
+
+    def pop(self) -> list[int]:
+        """The signals received since the last call, oldest first."""
+        with suppress(OSError):
+            while os.read(self.fd, 512):
+                pass
+        signums = []
+        while self._pending:
+            signums.append(self._pending.popleft())
+        return signums
+
+    def close(self) -> None:
+        """Give the signals back their previous handlers and close the pipe."""
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        os.close(self.fd)
+        os.close(self._write_fd)
+
+
+@dataclass
+class _Worker:
+    """The master's view of a worker: its end of the status link and its last state."""
+
+    link: socket.socket | None
+    idle: bool = True
+
+
+class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
+    """flup's prefork server, with a master and workers that stop when told to.
+
+    TERM and HUP stop gracefully: idle workers leave at once, busy ones finish their
+    request (persistent connections are told ``stop_when_idle()``), and whatever is
+    left after ``shutdownTimeout`` seconds is killed. INT stops now: workers get
+    SIGINT and are killed after a second. USR1 calls :meth:`_handle_usr1`.
+    """
+
+    MASTER_SIGNALS = (
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGCHLD,
+    )
+    WORKER_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1)
+
+    def __init__(  # noqa: PLR0917 - flup's positional order, which callers use
+        self,
+        minSpare: int = 1,
+        maxSpare: int = 5,
+        maxChildren: int = 50,
+        maxRequests: int = 0,
+        jobClass: Callable[..., Job] | None = None,
+        jobArgs: Sequence[Any] = (),
+        *,
+        shutdownTimeout: float = 30.0,
+    ) -> None:
+        # sockTimeout is left out: flup feeds it to setblocking() (B24).
+        super().__init__(
+            minSpare=minSpare,
+            maxSpare=maxSpare,
+            maxChildren=maxChildren,
+            maxRequests=maxRequests,
+            jobClass=jobClass,
+            jobArgs=jobArgs,
+        )
+        if shutdownTimeout < 0:
+            raise ValueError("shutdownTimeout must be 0 or more.")
+        self._shutdownTimeout = shutdownTimeout
+        self._children: dict[int, _Worker] = {}
+        self._hupReceived = False
+        self._stopping: str | None = None
+        self._retry_at: float | None = None
+        self._job: object | None = None
+
+    def _handle_usr1(self) -> None:
+        """Called from the main loop after SIGUSR1 (B3: flup's handler killed the master).
+
+        In the master for a USR1 sent to the master, and in a worker between requests
+        for a USR1 sent to that worker. Does nothing; meant to be overridden.
+        """
+
+    def _usr1_received(self) -> None:
+        try:
+            self._handle_usr1()
+        except Exception:
+            logger.exception("Error while handling SIGUSR1.")
+
+    # The master.
+
+    def run(self, sock: socket.socket) -> bool:
+        """Serve on a bound, listening socket until TERM, INT or HUP; True after HUP.
+
+        Returns once every worker has exited and been reaped. The socket stays open.
+        """
+        if self._jobClass is None:
+            raise TypeError("PreforkServer.run() needs a jobClass.")
+        self._hupReceived = False
+        self._stopping = None
+        self._retry_at = None
+        # Workers race for each connection; a non-blocking accept() lets the losers go
+        # back to waiting (B24).
+        sock.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        self._signals = SignalQueue(self.MASTER_SIGNALS)
+        self._selector.register(self._signals.fd, selectors.EVENT_READ)
+        try:
+            self._serve(sock)
+            self._shutdown()
+        finally:
+            self._kill_workers()
+            self._signals.close()
+            self._selector.close()
+        return self._hupReceived
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            self._handle_signals()
+            if self._stopping is not None:
+                return
+            self._reapChildren()
+            self._maintain_pool(sock)
+            timeout = None
+            if self._retry_at is not None:
+                timeout = max(0.0, self._retry_at - time.monotonic())
+            for key, _ in self._selector.select(timeout):
+                if key.fd != self._signals.fd:
+                    self._read_state(key.data)
+
+    def _handle_signals(self) -> None:
+        for signum in self._signals.pop():
+            if signum == signal.SIGUSR1:
+                self._usr1_received()
+            elif signum == signal.SIGINT:
+                self._stopping = NOW
+            elif signum in (signal.SIGTERM, signal.SIGHUP):
+                self._hupReceived = self._hupReceived or signum == signal.SIGHUP
+                self._stopping = self._stopping or GRACEFUL
+            # SIGCHLD only wakes the loop, which reaps.
+
+    def _read_state(self, pid: int) -> None:
+        link = self._children[pid].link
+        assert link is not None, "closed links are unregistered"
+        try:
+            data = link.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            # B1: flup compared this byte with a str, so every worker looked idle.
+            self._children[pid].idle = data[-1:] == IDLE
+        else:
+            # The worker is on its way out; SIGCHLD will wake us to reap it.
+            self._close_link(pid)
+
+    def _close_link(self, pid: int) -> None:
+        """Stop talking to a worker; an idle worker sees end of file and exits."""
+        worker = self._children[pid]
+        if worker.link is not None:
+            self._selector.unregister(worker.link)
+            worker.link.close()
+            worker.link = None
+        worker.idle = False
+
+    def _maintain_pool(self, sock: socket.socket) -> None:
+        """flup's policy: at least maxSpare workers and minSpare idle ones, up to maxChildren."""
+        if self._retry_at is not None:
+            if time.monotonic() < self._retry_at:
+                return
+            self._retry_at = None
+        while len(self._children) < self._maxSpare:
+            if not self._spawnChild(sock):
+                return
+        idle = sorted(pid for pid, worker in self._children.items() if worker.idle)
+        if len(idle) < self._minSpare:
+            wanted = min(self._minSpare - len(idle), self._maxChildren - len(self._children))
+            for _ in range(wanted):
+                if not self._spawnChild(sock):
+                    return
+        else:
+            for pid in idle[self._maxSpare :]:
+                self._close_link(pid)
+
+    def _spawnChild(self, sock: socket.socket) -> bool:
+        """Fork a worker; False if the system cannot fork now (retried later)."""
+        link, worker_link = socket.socketpair()
+        link.setblocking(False)
+        flush_stdio()
+        # Signals wait until the worker has replaced the master's handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, self.MASTER_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as err:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            link.close()
+            worker_link.close()
+            logger.error("Cannot start a worker process: %s", err)
+            self._retry_at = time.monotonic() + RETRY_INTERVAL
+            return False
+        if pid == 0:
+            self._worker_main(sock, worker_link, link, mask)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        worker_link.close()
+        self._children[pid] = _Worker(link)
+        self._selector.register(link, selectors.EVENT_READ, pid)
+        return True
+
+    def _reapChildren(self) -> None:
+        for pid in list(self._children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            self._close_link(pid)
+            del self._children[pid]
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0 and self._stopping is None:
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
+                logger.warning("Worker process %d %s; starting another.", pid, how)
+
+    def _signal_workers(self, signum: signal.Signals) -> None:
+        for pid in self._children:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def _shutdown(self) -> None:
+        """Stop every worker within the time the stop signal allows (B2)."""
+        mode = self._stopping
+        self._signal_workers(signal.SIGINT if mode == NOW else signal.SIGTERM)
+        for pid in self._children:
+            self._close_link(pid)
+        limit = INT_GRACE if mode == NOW else self._shutdownTimeout
+        deadline = time.monotonic() + limit
+        while True:
+            self._reapChildren()
+            if not self._children:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._selector.select(remaining)
+            self._handle_signals()
+            if self._stopping != mode:
+                # INT during a graceful stop: stop now.
+                mode = self._stopping
+                self._signal_workers(signal.SIGINT)
+                deadline = min(deadline, time.monotonic() + INT_GRACE)
+        logger.warning(
+            "%d worker process(es) still running %.1f s after the stop signal; killing them.",
+            len(self._children),
+            limit,
+        )
+
+    def _kill_workers(self) -> None:
+        """SIGKILL whatever workers are left and reap them, within a bound."""
+        if not self._children:
+            return
+        self._signal_workers(signal.SIGKILL)
+        deadline = time.monotonic() + REAP_LIMIT
+        while self._children and time.monotonic() < deadline:
+            self._reapChildren()
+            if self._children:
+                self._selector.select(0.05)
+        if self._children:
+            logger.error("Worker processes %s did not exit after SIGKILL.", sorted(self._children))
+
+    # A worker.
+
+    def _worker_main(
+        self,
+        sock: socket.socket,
+        link: socket.socket,
+        master_link: socket.socket,
+        mask: Iterable[int],
+    ) -> NoReturn:
+        """Run a worker and leave through os._exit(), whatever happens.
+
+        flup's workers raise SystemExit, or the job's exception, into the master's
+        code that called run(): its finally blocks and atexit hooks ran in every worker.
+        """
+        status = 0
+        try:
+            try:
+                master_link.close()
+                self._leave_master()
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                self._child(sock, link)
+            except KeyboardInterrupt:
+                pass  # SIGINT: stop now.
+            except BaseException:
+                logger.exception("Worker process %d failed.", os.getpid())
+                status = 1
+        finally:
+            try:
+                flush_stdio()
+            finally:
+                os._exit(status)
+
+    def _leave_master(self) -> None:
+        """Drop the master's handlers, pipe and links; install the worker's handlers."""
+        self._signals.close()
+        self._selector.close()
+        for worker in self._children.values():
+            if worker.link is not None:
+                worker.link.close()
+        self._children = {}
+        self._stopping = None
+        self._signals = SignalQueue(self.WORKER_SIGNALS, self._worker_signalled)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _worker_signalled(self, signum: int) -> None:
+        """In the signal handler: a busy worker's persistent connection must end."""
+        if signum in (signal.SIGTERM, signal.SIGHUP):
+            self._stopping = GRACEFUL
+            if self._job is not None:
+                stop_when_idle(self._job)
+
+    def _child(self, sock: socket.socket, link: socket.socket) -> None:
+        """Accept and serve connections until told to stop, or maxRequests is reached."""
+        link.settimeout(NOTIFY_TIMEOUT)
+        served = 0
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_READ, "listener")
+            selector.register(link, selectors.EVENT_READ, "master")
+            selector.register(self._signals.fd, selectors.EVENT_READ, "signal")
+            while True:
+                for signum in self._signals.pop():
+                    if signum == signal.SIGUSR1:
+                        self._usr1_received()
+                if self._stopping is not None:
+                    return
+                ready = {key.data for key, _ in selector.select()}
+                if "master" in ready:
+                    return  # Retired, stopping, or the master is gone.
+                if "listener" not in ready or self._stopping is not None:
+                    continue
+                try:
+                    client, addr = sock.accept()
+                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                    continue  # Another worker took it (B24).
+                if not self._isClientAllowed(addr):
+                    client.close()
+                    continue
+                master_alive = self._notify(link, BUSY)
+                self._serve_client(client, addr)
+                served += 1
+                if (
+                    not master_alive
+                    or 0 < self._maxRequests <= served
+                    or not self._notify(link, IDLE)
+                ):
+                    return
+
+    def _notify(self, link: socket.socket, state: bytes) -> bool:
+        """Tell the master our state; False if it no longer listens."""
+        try:
+            link.sendall(state)
+        except OSError:
+            return False
+        return True
+
+    def _serve_client(self, client: socket.socket, addr: Any) -> None:
+        """Run one job; an exception is logged and the worker goes on serving."""
+        try:
+            job = self._jobClass(client, addr, *self._jobArgs)
+            self._job = job
+            if self._stopping is not None:
+                stop_when_idle(job)
+            job.run()
+        except Exception:
+            logger.exception("Error while serving a connection.")
+        finally:
+            self._job = None
+            client.close()
