@@ -1,0 +1,232 @@
+"""The threaded server, run in a real process; flup's own class shows each bug it fixes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+from flup.server import threadedserver
+
+from django_runfcgi.threaded import ThreadedServer
+from tests.process_jobs import (
+    LineJob,
+    ServerProcess,
+    Servers,
+    ask_all,
+    connect,
+    read_line,
+    read_to_end,
+    wait_for,
+)
+
+
+def ours_and_flup(bug: str) -> pytest.MarkDecorator:
+    """Run a test on our server, and on flup's, where it must fail."""
+    return pytest.mark.parametrize(
+        "model",
+        [
+            "threaded",
+            pytest.param(
+                "flup-threaded", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=True)
+            ),
+        ],
+    )
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    with Servers() as started:
+        yield started
+
+
+def assert_stopped_cleanly(server: ServerProcess) -> None:
+    assert server.proc.returncode == 0, server.describe()
+    assert f"cleanup in {server.pid}" in server.stdout, server.describe()
+    assert server.leftovers() == [], server.describe()
+    assert "Warning" not in server.stderr, server.describe()
+
+
+@pytest.mark.parametrize(
+    "server_class",
+    [
+        pytest.param(ThreadedServer, id="threaded"),
+        pytest.param(
+            threadedserver.ThreadedServer,
+            id="flup-threaded",
+            marks=pytest.mark.xfail(
+                reason="flup B19: setDaemon() warns, and threads start in the constructor",
+                strict=True,
+            ),
+        ),
+    ],
+)
+def test_constructor_neither_warns_nor_starts_threads(server_class: type) -> None:
+    """Warnings are errors here; a thread started before a fork would warn on 3.12+."""
+    before = threading.active_count()
+
+    server_class(jobClass=LineJob, maxThreads=5)
+
+    assert threading.active_count() == before
+
+
+@ours_and_flup("B4: a burst is queued onto threads that are already busy")
+def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None:
+    server = servers.start(model, "maxThreads=50")
+
+    elapsed, replies = ask_all(server.path, ["sleep 1"] * 10)
+
+    assert [reply[-1] for reply in replies] == ["done"] * 10
+    assert len({reply[0] for reply in replies}) == 10
+    assert elapsed < 1.5
+
+
+@ours_and_flup("closes connections it has no thread for")
+def test_connections_wait_while_every_thread_is_busy(servers: Servers, model: str) -> None:
+    server = servers.start(model, "minSpare=1", "maxSpare=2", "maxThreads=2")
+    first = [connect(server.path) for _ in range(2)]
+    try:
+        for client in first:
+            client.sendall(b"sleep 1\n")
+            assert read_line(client)  # Both threads are busy now.
+
+        elapsed, replies = ask_all(server.path, ["sleep 1"] * 2)
+
+        assert [read_to_end(client) for client in first] == [["done"], ["done"]]
+    finally:
+        for client in first:
+            client.close()
+    assert [reply[-1:] for reply in replies] == [["done"], ["done"]]
+    assert 1.5 < elapsed < 3.0
+
+
+@pytest.mark.parametrize(
+    ("signum", "hup"),
+    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGHUP, True)],
+)
+def test_stop_signals_and_what_run_returns(servers: Servers, signum: int, hup: bool) -> None:
+    server = servers.start("threaded")
+
+    elapsed = server.stop(signum, timeout=2.0)
+
+    assert elapsed < 1.0
+    assert f"run returned {hup} in {server.pid}" in server.stdout
+    assert_stopped_cleanly(server)
+
+
+def test_sigterm_waits_for_the_request_in_progress(servers: Servers) -> None:
+    """B21: run() returns only after the running request has finished."""
+    server = servers.start("threaded")
+    with connect(server.path) as client:
+        client.sendall(b"sleep 1\n")
+        assert read_line(client)
+
+        elapsed = server.stop(signal.SIGTERM)
+
+        assert read_to_end(client) == ["done"]
+    assert elapsed < 2.5
+    assert_stopped_cleanly(server)
+
+
+@ours_and_flup("B5: shutdown() joins a persistent connection's thread forever")
+def test_sigterm_ends_an_idle_persistent_connection(servers: Servers, model: str) -> None:
+    server = servers.start(model, "job=persistent")
+    with connect(server.path) as client:
+        client.sendall(b"pid\n")
+        assert read_line(client)
+
+        elapsed = server.stop(signal.SIGTERM, timeout=4.0)
+
+        assert read_to_end(client) == []
+    assert elapsed < 2.0
+    assert_stopped_cleanly(server)
+
+
+def test_sigterm_lets_a_persistent_connection_finish_its_request(servers: Servers) -> None:
+    server = servers.start("threaded", "job=persistent")
+    with connect(server.path) as client:
+        client.sendall(b"sleep 1\n")
+        assert read_line(client)
+
+        elapsed = server.stop(signal.SIGTERM)
+
+        assert read_to_end(client) == ["done"]
+    assert elapsed < 2.5
+    assert_stopped_cleanly(server)
+
+
+def test_shutdown_timeout_bounds_the_wait(servers: Servers) -> None:
+    server = servers.start("threaded", "shutdownTimeout=1")
+    with connect(server.path) as client:
+        client.sendall(b"sleep 30\n")
+        assert read_line(client)
+
+        elapsed = server.stop(signal.SIGTERM)
+
+        assert read_to_end(client) == []
+    assert 1.0 <= elapsed < 3.0
+    assert "still running" in server.stderr
+    assert_stopped_cleanly(server)
+
+
+def test_sigint_gives_requests_one_second(servers: Servers) -> None:
+    server = servers.start("threaded")
+    with connect(server.path) as client:
+        client.sendall(b"sleep 30\n")
+        assert read_line(client)
+
+        elapsed = server.stop(signal.SIGINT)
+
+        assert read_to_end(client) == []
+    assert 1.0 <= elapsed < 3.0
+    assert_stopped_cleanly(server)
+
+
+def test_sigint_during_a_graceful_stop_stops_now(servers: Servers) -> None:
+    server = servers.start("threaded", "shutdownTimeout=30")
+    with connect(server.path) as client:
+        client.sendall(b"sleep 30\n")
+        assert read_line(client)
+        server.proc.send_signal(signal.SIGTERM)
+        assert not wait_for(lambda: server.proc.poll() is not None, timeout=0.5)
+
+        elapsed = server.stop(signal.SIGINT)
+
+        assert read_to_end(client) == []
+    assert elapsed < 3.0
+    assert_stopped_cleanly(server)
+
+
+@ours_and_flup("has no SIGUSR1 handler: the default action kills the server")
+def test_sigusr1_leaves_the_server_serving(servers: Servers, model: str) -> None:
+    server = servers.start(model)
+
+    server.proc.send_signal(signal.SIGUSR1)
+
+    assert wait_for(lambda: f"usr1 in {server.pid}" in server.stdout, timeout=2.0)
+    assert server.ask("sleep 0.1")[-1] == "done"
+    server.stop(signal.SIGTERM)
+    assert_stopped_cleanly(server)
+
+
+@ours_and_flup("swallows the job's exception without a word")
+def test_a_job_that_raises_is_logged_and_the_server_serves_on(
+    servers: Servers, model: str
+) -> None:
+    server = servers.start(model)
+
+    assert server.ask("raise")
+    assert server.ask("sleep 0.1")[-1] == "done"
+
+    assert server.stderr.count("Traceback") == 1
+    assert "RuntimeError: job failed on purpose" in server.stderr
+    server.stop(signal.SIGTERM)
+    assert_stopped_cleanly(server)
+
+
+def test_rejects_impossible_limits() -> None:
+    with pytest.raises(ValueError, match="maxThreads"):
+        ThreadedServer(jobClass=LineJob, maxThreads=0)
+    with pytest.raises(ValueError, match="shutdownTimeout"):
+        ThreadedServer(jobClass=LineJob, shutdownTimeout=-1)
