@@ -40,7 +40,7 @@ def server_class(protocol: str, method: str) -> type[Any]:
 def make_server(config: Config, application: Any) -> Server:
     """Build the server; threads start only in run(), so this is safe before a fork."""
     cls = server_class(config.protocol, config.method)
-    server = cls.__new__(cls)
+    server = object.__new__(cls)
     prefork_method = config.method == "prefork"
     PROTOCOL_CLASSES[config.protocol].__init__(
         server,
