@@ -1,0 +1,824 @@
+"""One test per fix in django_runfcgi.compat, each run in-process through tests/clients.py.
+
+Where plain flup can be run through the same scenario, the test is also run against
+flup's own class as a strict xfail: that is the evidence the fix is needed, and the
+xfail turns into a failure if a flup release stops misbehaving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+import types
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import pytest
+from flup.server import ajp_base, fcgi_base, fcgi_fork, scgi_base
+
+from django_runfcgi import compat
+from tests.clients import (
+    Address,
+    Response,
+    ajp_request,
+    connect,
+    fcgi_get_values,
+    fcgi_request,
+    raw_exchange,
+    scgi_request,
+)
+
+StartResponse = Callable[..., Any]
+Environ = dict[str, Any]
+REQUESTS: dict[str, Callable[..., Response]] = {
+    "fcgi": fcgi_request,
+    "scgi": scgi_request,
+    "ajp": ajp_request,
+}
+OURS = {"fcgi": compat.FCGIServer, "scgi": compat.SCGIServer, "ajp": compat.AJPServer}
+PROTOCOLS = list(OURS)
+
+
+def flup_fails(bug: str, *protocols: str) -> list[Any]:
+    """Parameters (protocol, impl): ours for each protocol, plus plain flup as a strict xfail."""
+    params: list[Any] = [
+        pytest.param(protocol, "ours", id=f"{protocol}-ours") for protocol in protocols
+    ]
+    params += [
+        pytest.param(
+            protocol,
+            "flup",
+            id=f"{protocol}-flup",
+            marks=pytest.mark.xfail(strict=True, reason=f"plain flup: {bug}"),
+        )
+        for protocol in protocols
+    ]
+    return params
+
+
+def wsgi(text: str) -> str:
+    """How WSGI shows the UTF-8 bytes of `text` in environ: one character per byte."""
+    return text.encode().decode("latin-1")
+
+
+def environ_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    names = ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING")
+    data = {name: environ.get(name) for name in names}
+    data.update(length=len(body), crc=zlib.crc32(body))
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(data).encode()]
+
+
+def failing_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    raise RuntimeError("boom")
+
+
+def ignoring_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+class RecordingSocket:
+    """A server-side socket that records the size of every send."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.sends: list[int] = []
+
+    def send(self, data: bytes) -> int:
+        sent = self._sock.send(data)
+        self.sends.append(sent)
+        return sent
+
+    def sendall(self, data: bytes) -> None:
+        self.sends.append(len(data))
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class Harness:
+    """Serves a protocol class in-process: one thread accepts, one thread per connection."""
+
+    def __init__(
+        self,
+        server: Any,
+        connection_class: type[Any],
+        *,
+        tcp: bool,
+        wrap: Callable[[socket.socket], Any] | None = None,
+    ) -> None:
+        self.server = server
+        self.connection_class = connection_class
+        self.wrap = wrap
+        self.connections: list[Any] = []
+        self.sockets: list[Any] = []
+        self.errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+        self._tempdir: str | None = None
+        if tcp:
+            self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self._listener.bind(("127.0.0.1", 0))
+            self.address: Address = self._listener.getsockname()[:2]
+        else:
+            self._tempdir = tempfile.mkdtemp(dir="/tmp")
+            self.address = os.path.join(self._tempdir, "s")
+            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._listener.bind(self.address)
+        self._listener.listen(16)
+        self._stop = threading.Event()
+        self._accepter = threading.Thread(target=self._accept, daemon=True)
+        self._accepter.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            if not select.select([self._listener], [], [], 0.05)[0]:
+                continue
+            sock, addr = self._listener.accept()
+            wrapped = self.wrap(sock) if self.wrap else sock
+            conn = self.connection_class(wrapped, addr, self.server, None)
+            self.sockets.append(wrapped)
+            self.connections.append(conn)
+            thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _run(self, conn: Any, sock: socket.socket) -> None:
+        try:
+            conn.run()
+        except BaseException as exc:
+            self.errors.append(exc)
+        finally:
+            sock.close()
+
+    def wait_for_connection(self, count: int = 1, timeout: float = 5.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while len(self.connections) < count:
+            assert time.monotonic() < deadline, "the server did not accept a connection"
+            time.sleep(0.01)
+        return self.connections[count - 1]
+
+    def connections_done(self, timeout: float) -> bool:
+        """Whether every connection's run() has returned within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(thread.is_alive() for thread in self._threads)
+
+    def close(self) -> bool:
+        """Stop accepting; True when every connection has finished."""
+        self._stop.set()
+        self._accepter.join(5)
+        self._listener.close()
+        done = self.connections_done(10)
+        if self._tempdir:
+            shutil.rmtree(self._tempdir, ignore_errors=True)
+        return done
+
+
+def make_server(protocol: str, impl: str, app: Any, debug: bool) -> tuple[Any, type[Any]]:
+    if impl == "ours":
+        server = OURS[protocol](app, multithreaded=True, multiprocess=False, debug=debug)
+        return server, server.connection_class
+    if protocol == "fcgi":
+        flup_fcgi = fcgi_base.BaseFCGIServer(app, multithreaded=True, debug=debug)
+        return flup_fcgi, flup_fcgi._connectionClass
+    if protocol == "scgi":
+        return scgi_base.BaseSCGIServer(app, multithreaded=True, debug=debug), scgi_base.Connection
+    return ajp_base.BaseAJPServer(app, multithreaded=True, debug=debug), ajp_base.Connection
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Harness]]:
+    """serve(protocol, app, impl="ours", ...) -> a running Harness; AJP always over TCP."""
+    harnesses: list[tuple[str, Harness]] = []
+
+    def start(
+        protocol: str,
+        app: Any,
+        impl: str = "ours",
+        *,
+        debug: bool = False,
+        tcp: bool = False,
+        connection_class: type[Any] | None = None,
+        wrap: Callable[[socket.socket], Any] | None = None,
+    ) -> Harness:
+        server, default_class = make_server(protocol, impl, app, debug)
+        harness = Harness(
+            server,
+            connection_class or default_class,
+            tcp=tcp or protocol == "ajp",
+            wrap=wrap,
+        )
+        harnesses.append((impl, harness))
+        return harness
+
+    yield start
+    for impl, harness in harnesses:
+        done = harness.close()
+        if impl == "ours":
+            assert done, "a connection was still running at the end of the test"
+            assert harness.errors == []
+
+
+def problems(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B6, debug imports cgitb", *PROTOCOLS))
+def test_debug_error_page_is_a_plain_text_traceback(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """B6: with debug, an exception from the application gives a 500 with its traceback.
+
+    flup imported cgitb (gone in 3.13; deprecated before): FastCGI never ended the request,
+    SCGI sent nothing (502), AJP sent headers but never END_RESPONSE (503).
+    """
+    harness = serve(protocol, failing_app, impl, debug=True)
+    response = REQUESTS[protocol](harness.address, timeout=5)
+    assert response.status == 500
+    assert response.header("Content-Type") == "text/plain; charset=utf-8"
+    assert b"Traceback (most recent call last)" in response.body
+    assert b"RuntimeError: boom" in response.body
+    if protocol == "fcgi":
+        assert b"RuntimeError: boom" in response.stderr
+    assert REQUESTS[protocol](harness.address, timeout=5).status == 500
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl"),
+    [("fcgi", "ours"), ("scgi", "ours"), *flup_fails("B9, error page sent as 200", "ajp")],
+)
+def test_error_page_without_debug_is_a_generic_500(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """B9: AJP sent its error page with status 200; every protocol must say 500."""
+    harness = serve(protocol, failing_app, impl)
+    response = REQUESTS[protocol](harness.address, timeout=5)
+    assert response.status == 500
+    assert response.header("Content-Type") in ("text/html", "text/html; charset=utf-8")
+    assert b"Internal Server Error" in response.body
+    assert b"boom" not in response.body
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B8, PATH_INFO not decoded", "ajp"))
+@pytest.mark.parametrize(
+    ("path", "attributes", "script_name", "path_info"),
+    [
+        ("/caf%C3%A9/%C3%BCn%C3%AFcode/", {}, "", "/café/ünïcode/"),
+        ("/app/caf%C3%A9/", {"WSGI_SCRIPT_NAME": "/app"}, "/app", "/café/"),
+    ],
+)
+def test_ajp_path_info_is_percent_decoded(
+    *,
+    serve: Callable[..., Harness],
+    protocol: str,
+    impl: str,
+    path: str,
+    attributes: dict[str, str],
+    script_name: str,
+    path_info: str,
+) -> None:
+    """B8: PATH_INFO is the decoded req_uri (WSGI style), so non-ASCII routes match."""
+    harness = serve(protocol, environ_app, impl)
+    response = ajp_request(harness.address, path=path, query="q=%C3%A9&a=1", params=attributes)
+    assert response.json() == {
+        "REQUEST_METHOD": "GET",
+        "SCRIPT_NAME": script_name,
+        "PATH_INFO": wsgi(path_info),
+        "QUERY_STRING": "q=%C3%A9&a=1",
+        "length": 0,
+        "crc": 0,
+    }
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B10, two sends per packet", "ajp"))
+def test_ajp_packets_go_out_whole_without_nagle(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """B10: flup wrote each packet in two sends with Nagle on: 40 ms per body chunk.
+
+    Now TCP_NODELAY is set and a small response takes two sends: SEND_HEADERS with the
+    body, then END_RESPONSE.
+    """
+    harness = serve(protocol, ignoring_app, impl, wrap=RecordingSocket)
+    with connect(harness.address) as client:
+        assert ajp_request(harness.address, sock=client).body == b"ok"
+        server_side = harness.sockets[0]
+        assert server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert len(server_side.sends) == 2
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl", "size", "limit"),
+    [
+        pytest.param("ajp", "ours", 1 << 20, 1.0, id="1MiB-ours"),
+        pytest.param("ajp", "ours", 50_000_000, 20.0, id="50MB-ours"),
+        pytest.param(
+            "ajp",
+            "flup",
+            1 << 20,
+            1.0,
+            id="1MiB-flup",
+            marks=pytest.mark.xfail(strict=True, raises=TimeoutError, reason="plain flup: B10"),
+        ),
+    ],
+)
+def test_ajp_large_posts_are_quick(
+    serve: Callable[..., Harness], protocol: str, impl: str, size: int, limit: float
+) -> None:
+    """B10: a 1 MiB POST took 5.7 s through flup's AJP and 50 MB timed out."""
+    harness = serve(protocol, environ_app, impl)
+    body = os.urandom(1 << 20) * (size >> 20) + os.urandom(size % (1 << 20))
+    started = time.monotonic()
+    response = ajp_request(harness.address, "POST", body=body, timeout=limit)
+    assert time.monotonic() - started < limit
+    assert response.json()["length"] == size
+    assert response.json()["crc"] == zlib.crc32(body)
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("three sends per record", "fcgi"))
+def test_fcgi_small_response_goes_out_in_two_sends(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """Records go out whole, the CGI headers with the first body bytes, and the stream
+    ends together with FCGI_END_REQUEST; flup sent header, content and padding apart."""
+    harness = serve(protocol, ignoring_app, impl, wrap=RecordingSocket)
+    response = fcgi_request(harness.address)
+    assert (response.status, response.body) == (200, b"ok")
+    assert len(harness.sockets[0].sends) == 2
+
+
+def streaming_app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    yield b"first"
+    time.sleep(0.3)
+    yield b""
+    yield b"x" * 3_000_000
+    yield b"last"
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_responses_still_stream(serve: Callable[..., Harness], protocol: str) -> None:
+    """Holding the headers back for the first body bytes must not delay that piece."""
+    harness = serve(protocol, streaming_app)
+    response = REQUESTS[protocol](harness.address)
+    assert response.body == b"first" + b"x" * 3_000_000 + b"last"
+    first_at = response.chunk_times[0][0]
+    last_at = response.chunk_times[-1][0]
+    assert last_at - first_at > 0.2
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_body_round_trip(serve: Callable[..., Harness], protocol: str) -> None:
+    body = os.urandom(3_000_001)
+    harness = serve(protocol, environ_app)
+    response = REQUESTS[protocol](harness.address, "POST", body=body)
+    assert (response.json()["length"], response.json()["crc"]) == (len(body), zlib.crc32(body))
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("B11, PATH_INFO from encoded URI", "fcgi", "scgi")
+)
+@pytest.mark.parametrize(
+    ("path", "params", "script_name", "path_info"),
+    [
+        pytest.param(
+            "/caf%C3%A9/",
+            {"SCRIPT_NAME": "/café/", "PATH_INFO": None},
+            "/café/",
+            "",
+            id="script-name-is-whole-path",
+        ),
+        pytest.param(
+            "/caf%C3%A9/%C3%BCn%C3%AFcode/",
+            {"SCRIPT_NAME": None, "PATH_INFO": None},
+            "",
+            "/café/ünïcode/",
+            id="neither",
+        ),
+        pytest.param(
+            "/app/caf%C3%A9/",
+            {"SCRIPT_NAME": "/app", "PATH_INFO": None},
+            "/app",
+            "/café/",
+            id="prefix",
+        ),
+    ],
+)
+def test_path_info_derived_from_request_uri_is_decoded(
+    *,
+    serve: Callable[..., Harness],
+    protocol: str,
+    impl: str,
+    path: str,
+    params: dict[str, str | None],
+    script_name: str,
+    path_info: str,
+) -> None:
+    """B11: without PATH_INFO, flup cut the encoded REQUEST_URI by the decoded SCRIPT_NAME's
+    length, giving garbage such as '3%A9/'."""
+    harness = serve(protocol, environ_app, impl)
+    response = REQUESTS[protocol](harness.address, path=path, params=params)
+    data = response.json()
+    assert (data["SCRIPT_NAME"], data["PATH_INFO"]) == (wsgi(script_name), wsgi(path_info))
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B12, KeyError and a warning", "scgi"))
+def test_scgi_mount_prefix_without_script_name(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """B12: WSGI_SCRIPT_NAME with no SCRIPT_NAME raised KeyError (500) in flup, after a
+    DeprecationWarning on every request; tests turn warnings into errors."""
+    harness = serve(protocol, environ_app, impl)
+    response = scgi_request(
+        harness.address,
+        path="/app/caf%C3%A9/",
+        params={"WSGI_SCRIPT_NAME": "/app", "SCRIPT_NAME": None, "PATH_INFO": None},
+    )
+    assert response.status == 200
+    assert (response.json()["SCRIPT_NAME"], response.json()["PATH_INFO"]) == (
+        "/app",
+        wsgi("/café/"),
+    )
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B13, unread body not drained", "scgi"))
+def test_scgi_unread_body_is_drained(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """B13: closing with 50 MB unread reset the connection and the front end lost the
+    response; now the rest of the body is read and dropped first."""
+    harness = serve(protocol, ignoring_app, impl)
+    response = scgi_request(harness.address, "POST", body=bytes(50_000_000), timeout=20)
+    assert (response.status, response.body) == (200, b"ok")
+
+
+def read_all_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    body = environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [str(len(body)).encode()]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("wsgi.input reads past the body", "scgi")
+)
+def test_scgi_input_stops_at_content_length(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """wsgi.input.read() with no size returns the body; flup read to EOF, which never comes
+    while the front end waits for the response."""
+    harness = serve(protocol, read_all_app, impl)
+    response = scgi_request(harness.address, "POST", body=b"x" * 1000, timeout=2)
+    assert response.body == b"1000"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("logs every request at INFO", "scgi", "ajp")
+)
+def test_per_request_log_lines_are_off_errors_stay(
+    serve: Callable[..., Harness], caplog: pytest.LogCaptureFixture, protocol: str, impl: str
+) -> None:
+    """flup logs every SCGI/AJP request at INFO to stderr; only errors remain."""
+    caplog.set_level(logging.DEBUG)
+    ok = serve(protocol, ignoring_app, impl)
+    assert REQUESTS[protocol](ok.address).status == 200
+    failing = serve(protocol, failing_app, impl)
+    assert REQUESTS[protocol](failing.address).status == 500
+    flup_logger = {"scgi": "scgi-wsgi", "ajp": "ajp-wsgi"}[protocol]
+    levels = [record.levelno for record in caplog.records if record.name == flup_logger]
+    assert levels == [logging.ERROR]
+
+
+def fcgi_record(kind: int, content: bytes, request_id: int = 1) -> bytes:
+    return struct.pack("!BBHHBx", 1, kind, request_id, len(content), 0) + content
+
+
+def ajp_packet(data: bytes) -> bytes:
+    return b"\x12\x34" + struct.pack(">H", len(data)) + data
+
+
+def ajp_strings(*values: bytes) -> bytes:
+    return b"".join(struct.pack(">H", len(value)) + value + b"\0" for value in values)
+
+
+BEGIN = fcgi_record(1, struct.pack("!HB5x", 1, 0))
+FORWARD_WITHOUT_PORT = b"\x02\x02" + ajp_strings(
+    b"HTTP/1.1", b"/", b"127.0.0.1", b"", b"localhost"
+)
+
+MALFORMED = [
+    # (protocol, name, bytes, whether plain flup gets it wrong)
+    ("fcgi", "http-request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),
+    ("fcgi", "pair-length-cut-short", BEGIN + fcgi_record(4, b"\x80\x00"), True),
+    ("fcgi", "pair-overruns-record", BEGIN + fcgi_record(4, b"\x05\x7fabc"), True),
+    ("fcgi", "short-begin-request", fcgi_record(1, b"\x00\x01"), True),
+    ("fcgi", "truncated-record", struct.pack("!BBHHBx", 1, 4, 1, 100, 0) + b"x" * 10, True),
+    ("scgi", "http-request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+    ("scgi", "length-without-colon", b"12345", True),
+    ("scgi", "truncated-netstring", b"100:abc", True),
+    ("scgi", "bad-trailer", b"5:abcde;", False),
+    ("scgi", "no-content-length", b"19:REQUEST_METHOD\0GET\0,", False),
+    ("ajp", "http-request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+    ("ajp", "bad-method-code", ajp_packet(b"\x02\xee"), True),
+    ("ajp", "forward-request-cut-short", ajp_packet(FORWARD_WITHOUT_PORT), True),
+    ("ajp", "truncated-packet", b"\x12\x34\x00\x64" + b"x" * 10, True),
+    ("ajp", "unknown-packet-type", b"\x12\x34\x00\x01\x99", False),
+]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl", "data"),
+    [
+        param
+        for protocol, name, data, flup_wrong in MALFORMED
+        for param in [
+            pytest.param(protocol, "ours", data, id=f"{protocol}-{name}-ours"),
+            *(
+                [
+                    pytest.param(
+                        protocol,
+                        "flup",
+                        data,
+                        id=f"{protocol}-{name}-flup",
+                        marks=pytest.mark.xfail(
+                            strict=True, reason="plain flup: silent or crashes"
+                        ),
+                    )
+                ]
+                if flup_wrong
+                else []
+            ),
+        ]
+    ],
+)
+def test_malformed_input_closes_with_one_log_line(
+    serve: Callable[..., Harness],
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+    impl: str,
+    data: bytes,
+) -> None:
+    """Garbage gets one log line naming the problem and a closed connection; the server
+    goes on serving. flup was silent for some, and raised out of Connection.run() (IndexError,
+    struct.error) or logged a traceback for others."""
+    harness = serve(protocol, ignoring_app, impl)
+    raw_exchange(harness.address, data, timeout=5)
+    assert harness.connections_done(5)
+    assert harness.errors == []
+    [record] = problems(caplog)
+    assert record.exc_info is None
+    if impl == "ours":
+        assert record.getMessage().startswith(
+            {"fcgi": "FastCGI", "scgi": "SCGI", "ajp": "AJP"}[protocol] + " protocol error from "
+        )
+    assert REQUESTS[protocol](harness.address, timeout=5).status == 200
+
+
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B22, empty packet is an error", "ajp"))
+def test_ajp_empty_packet_between_requests(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """B22: lighttpd's mod_ajp13 sends an empty packet between requests."""
+    harness = serve(protocol, ignoring_app, impl)
+    with connect(harness.address) as sock:
+        assert ajp_request(harness.address, sock=sock).reuse
+        sock.sendall(b"\x12\x34\x00\x00")
+        assert ajp_request(harness.address, sock=sock, timeout=5).body == b"ok"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("capability names compared as bytes", "fcgi")
+)
+def test_fcgi_get_values(serve: Callable[..., Harness], protocol: str, impl: str) -> None:
+    """FCGI_GET_VALUES: flup looked bytes names up in a dict of str names, so answered nothing."""
+    harness = serve(protocol, ignoring_app, impl)
+    values = fcgi_get_values(harness.address, ["FCGI_MPXS_CONNS", "FCGI_MAX_CONNS", "OTHER"])
+    assert values["FCGI_MPXS_CONNS"] == "0"
+    assert int(values["FCGI_MAX_CONNS"]) > 0
+    assert "OTHER" not in values
+
+
+class QuickCloseConnection(compat.FCGIConnection):
+    close_wait_seconds = 0.3
+
+
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("waits forever for the front end", "fcgi")
+)
+def test_fcgi_close_wait_is_bounded(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """After a request without FCGI_KEEP_CONN, flup waited forever for the front end to
+    close its side, pinning the worker (B2's hang at shutdown)."""
+    connection_class = QuickCloseConnection if impl == "ours" else None
+    harness = serve(protocol, ignoring_app, impl, connection_class=connection_class)
+    with connect(harness.address) as sock:
+        assert fcgi_request(harness.address, sock=sock).body == b"ok"
+        assert harness.connections_done(2)
+
+
+def persistent_requests(protocol: str, address: Address, sock: socket.socket) -> Response:
+    if protocol == "fcgi":
+        return fcgi_request(address, sock=sock, keep_conn=True, timeout=5)
+    return ajp_request(address, sock=sock, timeout=5)
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "ajp"])
+def test_persistent_connection_serves_several_requests(
+    serve: Callable[..., Harness], protocol: str
+) -> None:
+    harness = serve(protocol, ignoring_app)
+    with connect(harness.address) as sock:
+        for _ in range(3):
+            assert persistent_requests(protocol, harness.address, sock).body == b"ok"
+    assert len(harness.connections) == 1
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "ajp"])
+def test_stop_when_idle_closes_an_idle_persistent_connection(
+    serve: Callable[..., Harness], protocol: str
+) -> None:
+    """B5: a persistent connection waited for requests forever, so shutdown hung."""
+    harness = serve(protocol, ignoring_app)
+    with connect(harness.address) as sock:
+        assert persistent_requests(protocol, harness.address, sock).body == b"ok"
+        harness.connections[0].stop_when_idle()
+        assert harness.connections_done(1.5)
+        sock.settimeout(1)
+        assert sock.recv(1) == b""
+
+
+def test_stop_when_idle_closes_a_silent_scgi_connection(serve: Callable[..., Harness]) -> None:
+    harness = serve("scgi", ignoring_app)
+    with connect(harness.address):
+        harness.wait_for_connection().stop_when_idle()
+        assert harness.connections_done(1.5)
+
+
+class Gate:
+    """An application that signals when it starts and reads its body in small pieces."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> list[bytes]:
+        self.started.set()
+        time.sleep(0.3)
+        received = 0
+        while piece := environ["wsgi.input"].read(10_000):
+            received += len(piece)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [str(received).encode()]
+
+
+def slow_body(pieces: int, size: int, pause: float) -> Iterable[bytes]:
+    for _ in range(pieces):
+        time.sleep(pause)
+        yield b"y" * size
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "ajp"])
+def test_stop_when_idle_lets_the_request_in_progress_finish(
+    serve: Callable[..., Harness], protocol: str
+) -> None:
+    """The request, its body still arriving, completes; then the connection closes.
+
+    A stop flag shared with flup's _keepGoing would make FastCGI body reads spin.
+    """
+    gate = Gate()
+    harness = serve(protocol, gate)
+    results: list[Response] = []
+    with connect(harness.address) as sock:
+
+        def client() -> None:
+            body = slow_body(5, 50_000, 0.1)
+            if protocol == "fcgi":
+                results.append(
+                    fcgi_request(
+                        harness.address,
+                        "POST",
+                        body=body,
+                        content_length=250_000,
+                        sock=sock,
+                        keep_conn=True,
+                        timeout=10,
+                    )
+                )
+            else:
+                results.append(
+                    ajp_request(
+                        harness.address,
+                        "POST",
+                        body=body,
+                        content_length=250_000,
+                        sock=sock,
+                        timeout=10,
+                    )
+                )
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        assert gate.started.wait(5)
+        harness.connections[0].stop_when_idle()
+        thread.join(15)
+        assert not thread.is_alive()
+        [response] = results
+        assert response.body == b"250000"
+        assert harness.connections_done(1.5)
+        if protocol == "ajp":
+            assert not response.reuse
+
+
+@pytest.mark.parametrize(
+    ("protocol", "addr", "allowed", "flup_wrong"),
+    [
+        ("scgi", ("127.0.0.1", 5000), True, False),
+        ("scgi", ("127.1.2.3", 5000), True, True),
+        ("scgi", ("::1", 5000, 0, 0), True, False),
+        ("scgi", ("::ffff:127.0.0.1", 5000, 0, 0), True, False),
+        ("scgi", ("::ffff:10.0.0.1", 5000, 0, 0), False, True),
+        ("scgi", ("2001:db8::1", 5000, 0, 0), False, True),
+        ("scgi", ("10.0.0.1", 5000), False, False),
+        ("scgi", "", True, False),
+        ("ajp", ("127.0.0.1", 8009), True, False),
+        ("ajp", ("::1", 8009, 0, 0), True, True),
+        ("ajp", ("::ffff:127.0.0.1", 8009, 0, 0), True, True),
+        ("ajp", ("10.0.0.1", 8009), False, False),
+        ("ajp", "", True, True),
+    ],
+)
+@pytest.mark.parametrize("impl", ["ours", "flup"])
+def test_scgi_ajp_allow_loopback_and_unix_clients(
+    *,
+    request: pytest.FixtureRequest,
+    protocol: str,
+    addr: Any,
+    allowed: bool,
+    flup_wrong: bool,
+    impl: str,
+) -> None:
+    """flup allowed only '127.0.0.1' (AJP refused ::1; SCGI let in any IPv6 client)."""
+    if impl == "flup" and flup_wrong:
+        request.applymarker(pytest.mark.xfail(strict=True, reason="plain flup"))
+    server, _ = make_server(protocol, impl, ignoring_app, debug=False)
+    assert server._isClientAllowed(addr) is allowed
+
+
+def test_refused_client_gets_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    server = compat.AJPServer(ignoring_app, multithreaded=True, multiprocess=False)
+    assert not server._isClientAllowed(("192.0.2.7", 40000))
+    [record] = problems(caplog)
+    assert "192.0.2.7" in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    ("addr", "allowed", "flup_wrong"),
+    [
+        ("", True, True),
+        (("10.0.0.2", 5000), True, False),
+        (("::ffff:10.0.0.2", 5000, 0, 0), True, True),
+        (("10.0.0.3", 5000), False, False),
+    ],
+)
+@pytest.mark.parametrize("impl", ["ours", "flup"])
+def test_fcgi_web_server_addrs(
+    *,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    addr: Any,
+    allowed: bool,
+    flup_wrong: bool,
+    impl: str,
+) -> None:
+    """B16: with FCGI_WEB_SERVER_ADDRS set, flup refused every unix-socket client."""
+    monkeypatch.setenv("FCGI_WEB_SERVER_ADDRS", "127.0.0.1, 10.0.0.2")
+    if impl == "ours":
+        server: Any = compat.FCGIServer(ignoring_app, multithreaded=False, multiprocess=True)
+        is_allowed = server._isClientAllowed
+    else:
+        if flup_wrong:
+            request.applymarker(pytest.mark.xfail(strict=True, reason="plain flup: B16"))
+        flup_server = types.SimpleNamespace(_web_server_addrs=["127.0.0.1", "10.0.0.2"])
+        is_allowed = types.MethodType(fcgi_fork.WSGIServer._isClientAllowed, flup_server)
+    assert is_allowed(addr) is allowed
+    if impl == "ours":
+        assert len(problems(caplog)) == (0 if allowed else 1)
+
+
+def test_fcgi_without_web_server_addrs_allows_everyone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FCGI_WEB_SERVER_ADDRS", raising=False)
+    server = compat.FCGIServer(ignoring_app, multithreaded=False, multiprocess=True)
+    assert server._isClientAllowed(("192.0.2.7", 40000))
