@@ -160,11 +160,15 @@ def _error_page(debug: bool) -> tuple[bytes, bytes]:
     return b"text/html; charset=utf-8", _ERROR_PAGE
 
 
-def _cgi_error_response(debug: bool) -> bytes:
-    """The 500 page as a CGI response (FastCGI, SCGI)."""
+def _write_cgi_error(stdout: Any, debug: bool) -> None:
+    """The 500 page as a CGI response (FastCGI, SCGI): headers and body in separate writes,
+    like flup's handler, so a HEAD response drops the body."""
     content_type, body = _error_page(debug)
-    head = b"Status: 500 Internal Server Error\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
-    return head % (content_type, len(body)) + body
+    stdout.write(
+        b"Status: 500 Internal Server Error\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+        % (content_type, len(body))
+    )
+    stdout.write(body)
 
 
 # FastCGI
@@ -210,6 +214,7 @@ class _FCGIOutputStream(fcgi_base.OutputStream):  # type: ignore[misc]
 
     The first write to stdout (the CGI header block) is held back and goes out with the
     first body bytes; flup sent each record as three packets and headers apart from body.
+    A response to HEAD stops after that header block: flup sent the body too.
     """
 
     dataWritten: bool
@@ -219,11 +224,13 @@ class _FCGIOutputStream(fcgi_base.OutputStream):  # type: ignore[misc]
         self._held = b""
 
     def write(self, data: bytes | str) -> None:
-        if data and not self.dataWritten and not self._buffered:
+        if not data or self._buffered:
+            super().write(data)
+        elif not self.dataWritten:
             self.dataWritten = True
             self._held = data.encode() if isinstance(data, str) else data
-            return
-        super().write(data)
+        elif self._req.params.get("REQUEST_METHOD") != "HEAD":
+            super().write(data)
 
     def _write(self, data: bytes) -> None:
         if self._held:
@@ -482,7 +489,7 @@ class FCGIServer(fcgi_base.BaseFCGIServer):  # type: ignore[misc]
                 environ[name] = default
 
     def error(self, req: Any) -> None:
-        req.stdout.write(_cgi_error_response(self.debug))
+        _write_cgi_error(req.stdout, self.debug)
 
 
 # SCGI
@@ -548,6 +555,23 @@ class _SCGIInput:
                 self.remaining -= len(data)
         except OSError:
             pass
+
+
+class _HeadersOnly:
+    """Response output for HEAD: the CGI header block (the first write) and no body."""
+
+    def __init__(self, wfile: IO[bytes]) -> None:
+        self._wfile = wfile
+        self._headers_written = False
+
+    def write(self, data: bytes) -> int:
+        if not self._headers_written:
+            self._headers_written = True
+            self._wfile.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._wfile.flush()
 
 
 def _read_netstring(rfile: IO[bytes], limit: int) -> bytes:
@@ -635,7 +659,8 @@ class SCGIConnection(scgi_base.Connection):  # type: ignore[misc]
         with self._sock.makefile("rb") as rfile, self._sock.makefile("wb") as wfile:
             environ = _parse_scgi_headers(_read_netstring(rfile, self.max_header_bytes))
             stdin = _SCGIInput(rfile, int(environ["CONTENT_LENGTH"]))
-            scgi_base.Request(self, environ, stdin, wfile).run()
+            output = _HeadersOnly(wfile) if environ["REQUEST_METHOD"] == "HEAD" else wfile
+            scgi_base.Request(self, environ, stdin, output).run()
             wfile.flush()
             # The response ends at EOF: send it now, even while the unread body drains.
             self._sock.shutdown(socket.SHUT_WR)
@@ -678,7 +703,7 @@ class SCGIServer(scgi_base.BaseSCGIServer):  # type: ignore[misc]
         _fill_script_and_path(environ, environ.get("WSGI_SCRIPT_NAME"))
 
     def error(self, request: Any) -> None:
-        request.stdout.write(_cgi_error_response(self.debug))
+        _write_cgi_error(request.stdout, self.debug)
 
 
 # AJP 1.3
@@ -727,7 +752,9 @@ class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
         self._headersSent = True
 
     def write(self, data: bytes) -> None:
-        self._conn.send_body(data)
+        """SEND_BODY_CHUNK packets; none for HEAD (flup sent the body)."""
+        if self.environ["REQUEST_METHOD"] != "HEAD":
+            self._conn.send_body(data)
 
 
 class AJPConnection(ajp_base.Connection):  # type: ignore[misc]

@@ -360,6 +360,20 @@ def test_fcgi_small_response_goes_out_in_two_sends(
     assert len(harness.sockets[0].sends) == 2
 
 
+@pytest.mark.parametrize(("protocol", "impl"), flup_fails("sends the body for HEAD", *PROTOCOLS))
+def test_head_response_has_headers_and_no_body(
+    serve: Callable[..., Harness], protocol: str, impl: str
+) -> None:
+    """Django renders HEAD like GET; the body must not go out (front ends drop it anyway)."""
+    harness = serve(protocol, environ_app, impl)
+    response = REQUESTS[protocol](harness.address, "HEAD")
+    assert (response.status, response.body) == (200, b"")
+    assert response.header("Content-Type") == "application/json"
+    assert int(response.header("Content-Length") or 0) > 0
+    failing = serve(protocol, failing_app, impl)
+    assert REQUESTS[protocol](failing.address, "HEAD").body == b""
+
+
 def streaming_app(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
     start_response("200 OK", [("Content-Type", "application/octet-stream")])
     yield b"first"
