@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def test_runfcgi_help_lists_options(runner: Runner) -> None:
 
 def test_manage_py_help_runfcgi_lists_the_options_with_defaults(runner: Runner) -> None:
     run = runner.start(
-        command=["python", "manage.py", "help", "runfcgi"],
+        command=[sys.executable, "manage.py", "help", "runfcgi"],
         cwd=Path(__file__).parents[2] / "testproject",
     )
     run.wait(30)

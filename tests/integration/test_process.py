@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import Counter
 
 import pytest
 
@@ -58,8 +59,9 @@ def test_threaded_serves_concurrent_requests(runner: Runner) -> None:
 def test_maxrequests_recycles_workers_and_the_socket_survives(runner: Runner) -> None:
     address, _ = serve_unix(runner, "maxrequests=2", "maxspare=1", "minspare=1", "maxchildren=1")
     pids = [fcgi_request(address, "GET", "/echo/").json()["pid"] for _ in range(6)]
-    assert pids[0] == pids[1]
-    assert len(set(pids)) == 3, pids
+    # The start-up probe was one connection too, so the first worker may serve one request.
+    assert max(Counter(pids).values()) == 2, pids
+    assert len(set(pids)) >= 3, pids
 
 
 @pytest.mark.parametrize("method", ["prefork", "threaded"])

