@@ -28,6 +28,23 @@ from flup.server import ajp_base, fcgi_base, scgi_base
 
 logger = logging.getLogger(__name__)
 
+
+def _route_flup_logs_through_django() -> None:
+    """flup gives its SCGI and AJP loggers a stderr handler of their own at import.
+
+    Records also reach the root logger, so with any LOGGING configured each error was
+    printed twice, once outside the project's format. Without that handler they follow
+    the project's LOGGING like every other logger.
+    """
+    for name in (scgi_base.LoggerName, ajp_base.LoggerName):
+        flup_logger = logging.getLogger(name)
+        for handler in list(flup_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                flup_logger.removeHandler(handler)
+
+
+_route_flup_logs_through_django()
+
 Environ = dict[str, Any]
 WSGIApplication = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
 ClientAddress = str | bytes | tuple[Any, ...]

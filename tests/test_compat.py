@@ -836,3 +836,11 @@ def test_fcgi_without_web_server_addrs_allows_everyone(monkeypatch: pytest.Monke
     monkeypatch.delenv("FCGI_WEB_SERVER_ADDRS", raising=False)
     server = compat.FCGIServer(ignoring_app, multithreaded=False, multiprocess=True)
     assert server._isClientAllowed(("192.0.2.7", 40000))
+
+
+@pytest.mark.parametrize("name", ["scgi-wsgi", "ajp-wsgi"])
+def test_flup_loggers_follow_the_projects_logging(name: str) -> None:
+    """flup's own stderr handler printed each SCGI/AJP error a second time."""
+    import django_runfcgi.compat  # noqa: F401 - importing it is the fix
+
+    assert logging.getLogger(name).handlers == []
