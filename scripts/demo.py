@@ -30,7 +30,14 @@ def wait_for_socket(path: Path, server: subprocess.Popen[bytes], timeout: float 
     raise SystemExit(f"runfcgi did not listen on {path} within {timeout} s")
 
 
+def stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # Control-C, and TERM from whoever started the demo, both stop it cleanly.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     port = int(os.environ.get("DEMO_PORT", "8000"))
     directory = Path(tempfile.mkdtemp(prefix="runfcgi-demo-", dir="/tmp"))
     sock = directory / "fcgi.sock"
