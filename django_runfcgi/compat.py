@@ -684,10 +684,10 @@ class SCGIConnection(scgi_base.Connection):  # type: ignore[misc]
             stdin.discard_rest(self._sock, self.drain_seconds)
 
 
-class SCGIServer(scgi_base.BaseSCGIServer):  # type: ignore[misc]
-    """SCGI protocol half; combine it with a process class."""
+class _LoopbackServer:
+    """What the SCGI and AJP halves share: set-up, who may connect, the mount prefix."""
 
-    connection_class: ClassVar[type[SCGIConnection]] = SCGIConnection
+    protocol_name: ClassVar[str]
 
     def __init__(
         self,
@@ -698,10 +698,9 @@ class SCGIServer(scgi_base.BaseSCGIServer):  # type: ignore[misc]
         debug: bool = False,
         environ: Environ | None = None,
     ) -> None:
-        # flup logs each request at INFO through its own stderr handler: WARNING keeps
-        # errors and drops the per-request lines. No bind address is needed (B23).
-        scgi_base.BaseSCGIServer.__init__(
-            self,
+        # flup logs each request at INFO: WARNING keeps errors and drops the
+        # per-request lines. No bind address is needed (B23).
+        super().__init__(  # type: ignore[call-arg]
             application,
             environ=environ,
             multithreaded=multithreaded,
@@ -714,10 +713,18 @@ class SCGIServer(scgi_base.BaseSCGIServer):  # type: ignore[misc]
 
     def _isClientAllowed(self, addr: ClientAddress) -> bool:
         """Loopback and unix-socket clients; flup allowed only '127.0.0.1', not ::1."""
-        return _allow_loopback(addr, "SCGI")
+        return _allow_loopback(addr, self.protocol_name)
 
     def _sanitizeEnv(self, environ: Environ) -> None:
+        """PATH_INFO percent-decoded (B8: flup's AJP took req_uri raw)."""
         _fill_script_and_path(environ, environ.get("WSGI_SCRIPT_NAME"))
+
+
+class SCGIServer(_LoopbackServer, scgi_base.BaseSCGIServer):  # type: ignore[misc]
+    """SCGI protocol half; combine it with a process class."""
+
+    connection_class: ClassVar[type[SCGIConnection]] = SCGIConnection
+    protocol_name = "SCGI"
 
     def error(self, request: Any) -> None:
         _write_cgi_error(request.stdout, self.debug)
@@ -865,41 +872,12 @@ class AJPConnection(ajp_base.Connection):  # type: ignore[misc]
         self._send(_container_packet(ajp_base.PKTTYPE_END_RESPONSE + reuse))
 
 
-class AJPServer(ajp_base.BaseAJPServer):  # type: ignore[misc]
+class AJPServer(_LoopbackServer, ajp_base.BaseAJPServer):  # type: ignore[misc]
     """AJP 1.3 protocol half; combine it with a process class."""
 
     connection_class: ClassVar[type[AJPConnection]] = AJPConnection
     requestClass = _AJPRequest
-
-    def __init__(
-        self,
-        application: WSGIApplication,
-        *,
-        multithreaded: bool,
-        multiprocess: bool,
-        debug: bool = False,
-        environ: Environ | None = None,
-    ) -> None:
-        # See SCGIServer on the logging level; flup's default bindAddress is never used.
-        ajp_base.BaseAJPServer.__init__(
-            self,
-            application,
-            environ=environ,
-            multithreaded=multithreaded,
-            multiprocess=multiprocess,
-            bindAddress=None,
-            allowedServers=None,
-            loggingLevel=logging.WARNING,
-            debug=debug,
-        )
-
-    def _isClientAllowed(self, addr: ClientAddress) -> bool:
-        """Loopback and unix-socket clients; flup allowed only '127.0.0.1', not ::1."""
-        return _allow_loopback(addr, "AJP")
-
-    def _sanitizeEnv(self, environ: Environ) -> None:
-        """PATH_INFO percent-decoded (B8: flup took req_uri raw, so non-ASCII routes 404)."""
-        _fill_script_and_path(environ, environ.get("WSGI_SCRIPT_NAME"))
+    protocol_name = "AJP"
 
     def error(self, request: Any) -> None:
         """500, not flup's 200 (B9)."""
