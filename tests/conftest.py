@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.process_jobs import Servers
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTPROJECT = ROOT / "testproject"
 TAG_VARIABLE = "RUNFCGI_TEST_TAG"
@@ -222,3 +224,10 @@ def runner(short_tmp: Path) -> Iterator[Runner]:
     runner = Runner(short_tmp)
     yield runner
     runner.cleanup()
+
+
+@pytest.fixture
+def servers() -> Iterator[Servers]:
+    """Process-layer test servers (tests/process_jobs.py), all stopped at teardown."""
+    with Servers() as started:
+        yield started

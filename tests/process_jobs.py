@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 HERE = Path(__file__).resolve()
 MODELS = ("prefork", "threaded", "flup-prefork", "flup-threaded")
 
@@ -368,3 +370,16 @@ class Servers:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+def ours_and_flup(ours: str, bug: str) -> pytest.MarkDecorator:
+    """Run a test on our server, and on flup's, where it must fail."""
+    return pytest.mark.parametrize(
+        "model",
+        [
+            ours,
+            pytest.param(
+                f"flup-{ours}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=True)
+            ),
+        ],
+    )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 from flup.server import preforkserver
 
 from django_runfcgi.prefork import PreforkServer
+from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
     ServerProcess,
@@ -25,22 +25,7 @@ from tests.process_jobs import (
 
 
 def ours_and_flup(bug: str) -> pytest.MarkDecorator:
-    """Run a test on our server, and on flup's, where it must fail."""
-    return pytest.mark.parametrize(
-        "model",
-        [
-            "prefork",
-            pytest.param(
-                "flup-prefork", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=True)
-            ),
-        ],
-    )
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
+    return process_jobs.ours_and_flup("prefork", bug)
 
 
 def cleanups(server: ServerProcess) -> list[str]:

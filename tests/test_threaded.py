@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
 
 import pytest
 from flup.server import threadedserver
 
 from django_runfcgi.threaded import ThreadedServer
+from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
     ServerProcess,
@@ -23,22 +23,7 @@ from tests.process_jobs import (
 
 
 def ours_and_flup(bug: str) -> pytest.MarkDecorator:
-    """Run a test on our server, and on flup's, where it must fail."""
-    return pytest.mark.parametrize(
-        "model",
-        [
-            "threaded",
-            pytest.param(
-                "flup-threaded", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=True)
-            ),
-        ],
-    )
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    with Servers() as started:
-        yield started
+    return process_jobs.ours_and_flup("threaded", bug)
 
 
 def assert_stopped_cleanly(server: ServerProcess) -> None:
