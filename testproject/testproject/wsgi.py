@@ -7,3 +7,11 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 
 application = get_wsgi_application()
+
+if os.environ.get("TESTPROJECT_QUERY_AT_LOAD") == "1":
+    # Some projects touch the database while loading (a cache warm-up, a site lookup):
+    # that connection must not be shared by the workers forked afterwards.
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")

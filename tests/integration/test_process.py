@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -13,9 +14,9 @@ from tests.clients import fcgi_request
 from tests.conftest import Runner, tagged_pids
 
 
-def serve_unix(runner: Runner, *words: str) -> tuple[str, int]:
+def serve_unix(runner: Runner, *words: str, env: dict[str, str] | None = None) -> tuple[str, int]:
     address = str(runner.tmp / "app.sock")
-    run = runner.serve("daemonize=false", f"socket={address}", *words, address=address)
+    run = runner.serve("daemonize=false", f"socket={address}", *words, address=address, env=env)
     return address, run.proc.pid
 
 
@@ -114,3 +115,21 @@ def test_sighup_stops_like_django_1_8(runner: Runner) -> None:
     run = runner.runs[-1]
     run.signal(signal.SIGHUP)
     assert run.wait(5) == 0, run.describe()
+
+
+def open_files(pid: int) -> list[str]:
+    directory = f"/proc/{pid}/fd"
+    names = []
+    for fd in os.listdir(directory):
+        try:
+            names.append(os.readlink(f"{directory}/{fd}"))
+        except OSError:
+            continue
+    return names
+
+
+def test_database_connection_from_loading_is_not_shared_with_workers(runner: Runner) -> None:
+    address, master = serve_unix(runner, env={"TESTPROJECT_QUERY_AT_LOAD": "1"})
+    assert fcgi_request(address, "GET", "/echo/").status == 200
+    database = str(runner.tmp / "db.sqlite3")
+    assert database not in open_files(master), "the master kept its database connection"
