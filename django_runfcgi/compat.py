@@ -21,6 +21,7 @@ import struct
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any, ClassVar
 from urllib.parse import unquote_to_bytes
 
@@ -272,49 +273,77 @@ class _FCGIRequest(fcgi_base.Request):  # type: ignore[misc]
         super()._flush()
 
 
-class FCGIConnection(fcgi_base.Connection):  # type: ignore[misc]
-    """One FastCGI connection from the web server; one request at a time."""
+class _Connection:
+    """What every protocol's connection shares: no Nagle, the stop flag, failure logs."""
 
-    close_wait_seconds: ClassVar[float] = 10.0
-    """After the last request, how long to wait for the front end to close its side.
-    flup waited forever, pinning a worker to a front end that never closed (B2)."""
+    protocol_name: ClassVar[str]
+    protocol_errors: ClassVar[tuple[type[Exception], ...]] = (ProtocolError,)
+    _sock: socket.socket
+    _addr: ClientAddress
 
     def __init__(
         self, sock: socket.socket, addr: ClientAddress, server: Any, timeout: Any
     ) -> None:
-        super().__init__(sock, addr, server, timeout)
+        super().__init__(sock, addr, server, timeout)  # type: ignore[call-arg]
         _set_nodelay(sock)
         self._stopping = False
-        self._closed = False
-        self._held: list[bytes] | None = None
 
     def stop_when_idle(self) -> None:
-        """Finish the request in progress, then close instead of waiting for the next one.
+        """Finish the request in progress, then close instead of waiting for another.
 
-        A separate flag, not flup's _keepGoing: request body reads loop on that one.
+        A separate flag, not flup's _keepGoing: FastCGI body reads loop on that one.
         """
         self._stopping = True
 
     def _is_stopping(self) -> bool:
         return self._stopping
 
+    @contextmanager
+    def _logging_failures(self) -> Iterator[None]:
+        """A broken client costs one log line and its connection, never the worker."""
+        try:
+            yield
+        except EOFError:
+            pass
+        except self.protocol_errors as exc:
+            logger.warning(
+                "%s protocol error from %s: %s; connection closed",
+                self.protocol_name,
+                _peer(self._addr),
+                exc,
+            )
+        except OSError as exc:
+            logger.info(
+                "%s connection from %s failed: %s", self.protocol_name, _peer(self._addr), exc
+            )
+        except Exception:
+            logger.exception("%s connection from %s failed", self.protocol_name, _peer(self._addr))
+
+
+class FCGIConnection(_Connection, fcgi_base.Connection):  # type: ignore[misc]
+    """One FastCGI connection from the web server; one request at a time."""
+
+    close_wait_seconds: ClassVar[float] = 10.0
+    """After the last request, how long to wait for the front end to close its side.
+    flup waited forever, pinning a worker to a front end that never closed (B2)."""
+
+    protocol_name = "FastCGI"
+
+    def __init__(
+        self, sock: socket.socket, addr: ClientAddress, server: Any, timeout: Any
+    ) -> None:
+        super().__init__(sock, addr, server, timeout)
+        self._closed = False
+        self._held: list[bytes] | None = None
+
     def run(self) -> None:
         self._keepGoing = True
         try:
-            while self._keepGoing:
-                if not self._requests and not _wait_for_request(self._sock, self._is_stopping):
-                    break
-                self.process_input()
-        except EOFError:
-            pass
-        except ProtocolError as exc:
-            logger.warning(
-                "FastCGI protocol error from %s: %s; connection closed", _peer(self._addr), exc
-            )
-        except OSError as exc:
-            logger.info("FastCGI connection from %s failed: %s", _peer(self._addr), exc)
-        except Exception:
-            logger.exception("FastCGI connection from %s failed", _peer(self._addr))
+            with self._logging_failures():
+                while self._keepGoing:
+                    if not self._requests and not _wait_for_request(self._sock, self._is_stopping):
+                        break
+                    self.process_input()
         finally:
             self._cleanupSocket()
 
@@ -633,7 +662,7 @@ def _parse_scgi_headers(data: bytes) -> Environ:
     return environ
 
 
-class SCGIConnection(scgi_base.Connection):  # type: ignore[misc]
+class SCGIConnection(_Connection, scgi_base.Connection):  # type: ignore[misc]
     """One SCGI connection: one request, then close."""
 
     drain_seconds: ClassVar[float] = 10.0
@@ -641,34 +670,13 @@ class SCGIConnection(scgi_base.Connection):  # type: ignore[misc]
     max_header_bytes: ClassVar[int] = 1 << 20
     """Larger SCGI headers are refused: front ends send a few kilobytes."""
 
-    def __init__(
-        self, sock: socket.socket, addr: ClientAddress, server: Any, timeout: Any
-    ) -> None:
-        super().__init__(sock, addr, server, timeout)
-        _set_nodelay(sock)
-        self._stopping = False
-
-    def stop_when_idle(self) -> None:
-        """Close without a request if none has started; otherwise finish it."""
-        self._stopping = True
-
-    def _is_stopping(self) -> bool:
-        return self._stopping
+    protocol_name = "SCGI"
 
     def run(self) -> None:
         try:
-            if _wait_for_request(self._sock, self._is_stopping):
-                self.processInput()
-        except EOFError:
-            pass
-        except ProtocolError as exc:
-            logger.warning(
-                "SCGI protocol error from %s: %s; connection closed", _peer(self._addr), exc
-            )
-        except OSError as exc:
-            logger.info("SCGI connection from %s failed: %s", _peer(self._addr), exc)
-        except Exception:
-            logger.exception("SCGI connection from %s failed", _peer(self._addr))
+            with self._logging_failures():
+                if _wait_for_request(self._sock, self._is_stopping):
+                    self.processInput()
         finally:
             self._sock.close()
 
@@ -781,45 +789,25 @@ class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
             self._conn.send_body(data)
 
 
-class AJPConnection(ajp_base.Connection):  # type: ignore[misc]
+class AJPConnection(_Connection, ajp_base.Connection):  # type: ignore[misc]
     """One AJP connection; the front end may send many requests over it."""
+
+    protocol_name = "AJP"
+    # flup parses FORWARD_REQUEST by indexing: garbage raises IndexError and co.
+    protocol_errors = (ProtocolError, ajp_base.ProtocolError, IndexError, ValueError, struct.error)
 
     def __init__(
         self, sock: socket.socket, addr: ClientAddress, server: Any, timeout: Any
     ) -> None:
         super().__init__(sock, addr, server, timeout)
-        _set_nodelay(sock)
-        self._stopping = False
         self._held: list[bytes] = []
 
-    def stop_when_idle(self) -> None:
-        """Finish the request in progress, answer it with reuse off, then close."""
-        self._stopping = True
-
-    def _is_stopping(self) -> bool:
-        return self._stopping
-
     def run(self) -> None:
+        """Requests until the front end closes; once stopping, the last answer says no reuse."""
         try:
-            while _wait_for_request(self._sock, self._is_stopping):
-                self.processInput()
-        except EOFError:
-            pass
-        except (
-            ProtocolError,
-            ajp_base.ProtocolError,
-            IndexError,
-            ValueError,
-            struct.error,
-        ) as exc:
-            # flup parses FORWARD_REQUEST by indexing: garbage raises IndexError and co.
-            logger.warning(
-                "AJP protocol error from %s: %s; connection closed", _peer(self._addr), exc
-            )
-        except OSError as exc:
-            logger.info("AJP connection from %s failed: %s", _peer(self._addr), exc)
-        except Exception:
-            logger.exception("AJP connection from %s failed", _peer(self._addr))
+            with self._logging_failures():
+                while _wait_for_request(self._sock, self._is_stopping):
+                    self.processInput()
         finally:
             self._sock.close()
 
