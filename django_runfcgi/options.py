@@ -124,7 +124,6 @@ class Option:
     help: str
     metavar: str
     default_text: str | None = None
-    choices: tuple[str, ...] | None = None
     flag: bool = False
 
     def describe_default(self) -> str:
@@ -142,7 +141,6 @@ OPTIONS: tuple[Option, ...] = (
         "fcgi",
         "Protocol spoken to the web server: fcgi (FastCGI), scgi or ajp (AJP 1.3).",
         "PROTOCOL",
-        choices=PROTOCOLS,
     ),
     Option("host", parse_host, None, "Host name or IP address to listen on (IPv6 works).", "HOST"),
     Option("port", parse_port, None, "TCP port to listen on, with host.", "PORT"),
@@ -162,7 +160,6 @@ OPTIONS: tuple[Option, ...] = (
         "prefork (worker processes) or threaded (one process, worker threads). "
         "The old names fork and thread are accepted.",
         "METHOD",
-        choices=METHODS,
     ),
     Option(
         "maxrequests",
@@ -225,7 +222,6 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
-PATH_OPTIONS = ("socket", "pidfile", "outlog", "errlog", "workdir")
 
 
 def _unknown(name: str) -> OptionError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import socket
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from django_runfcgi import compat, prefork, threaded
 from django_runfcgi.options import Config
@@ -67,5 +67,4 @@ def make_server(config: Config, application: Any) -> Server:
             maxThreads=config.maxchildren,
             **job,
         )
-    server_: Server = server
-    return server_
+    return cast(Server, server)
