@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.process_jobs import Servers
+from tests.process_jobs import Captured, Servers
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTPROJECT = ROOT / "testproject"
@@ -88,24 +88,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @dataclass
-class Run:
+class Run(Captured):
     """A finished or running runfcgi process and its output."""
 
-    proc: subprocess.Popen[bytes]
-    out_path: Path
-    err_path: Path
     address: Address | None = None
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def describe(self) -> str:
-        return f"exit status {self.proc.poll()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

@@ -265,15 +265,12 @@ def wait_for(condition: Any, timeout: float, interval: float = 0.02) -> bool:
 
 
 @dataclass
-class ServerProcess:
+class Captured:
+    """A process started by a test, with its stdout and stderr kept in files."""
+
     proc: subprocess.Popen[bytes]
-    path: str
     out_path: Path
     err_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     @property
     def stdout(self) -> str:
@@ -285,6 +282,15 @@ class ServerProcess:
 
     def describe(self) -> str:
         return f"exit status {self.proc.poll()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
+
+
+@dataclass
+class ServerProcess(Captured):
+    path: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def ask(self, line: str, timeout: float = 10.0) -> list[str]:
         return ask(self.path, line, timeout)
@@ -354,7 +360,7 @@ class Servers:
                 stderr=err,
                 start_new_session=True,
             )
-        server = ServerProcess(proc, path, out_path, err_path)
+        server = ServerProcess(proc, out_path, err_path, path)
         self.started.append(server)
         deadline = time.monotonic() + timeout
         while True:
