@@ -378,14 +378,18 @@ if __name__ == "__main__":
     main(sys.argv[1:])
 
 
-def ours_and_flup(ours: str, bug: str) -> pytest.MarkDecorator:
-    """Run a test on our server, and on flup's, where it must fail."""
+def ours_and_flup(ours: str, bug: str, *, race: bool = False) -> pytest.MarkDecorator:
+    """Run a test on our server, and on flup's, where it must fail.
+
+    ``race``: flup's bug shows only when the test outruns flup's threads, which is most
+    runs but not every one on a loaded machine; flup passing then is not an error.
+    """
     return pytest.mark.parametrize(
         "model",
         [
             ours,
             pytest.param(
-                f"flup-{ours}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=True)
+                f"flup-{ours}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=not race)
             ),
         ],
     )

@@ -22,8 +22,8 @@ from tests.process_jobs import (
 )
 
 
-def ours_and_flup(bug: str) -> pytest.MarkDecorator:
-    return process_jobs.ours_and_flup("threaded", bug)
+def ours_and_flup(bug: str, *, race: bool = False) -> pytest.MarkDecorator:
+    return process_jobs.ours_and_flup("threaded", bug, race=race)
 
 
 def assert_stopped_cleanly(server: ServerProcess) -> None:
@@ -56,7 +56,7 @@ def test_constructor_neither_warns_nor_starts_threads(server_class: type) -> Non
     assert threading.active_count() == before
 
 
-@ours_and_flup("B4: a burst is queued onto threads that are already busy")
+@ours_and_flup("B4: a burst is queued onto threads that are already busy", race=True)
 def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None:
     server = servers.start(model, "maxThreads=50")
 
