@@ -8,6 +8,7 @@ the process detaches; what fails after is passed back through the readiness pipe
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from contextlib import suppress
@@ -20,6 +21,10 @@ from django.db import connections
 from django_runfcgi import daemon, pidfile, sockets
 from django_runfcgi.options import Config, Inherited
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
+
+# Signals the servers handle. From the moment the pidfile or the announcement can be
+# seen until run() has its handlers in place, they wait instead of killing the process.
+SERVER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 class StartupError(Exception):
@@ -70,6 +75,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> bool:
                 daemon.use_logs(logs)
             if config.workdir is not None:
                 os.chdir(config.workdir)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
         if config.pidfile is not None:
             pidfile.write(config.pidfile, owner)
         server = make_server(config, application)

@@ -90,6 +90,8 @@ class SignalQueue:
         self._saved: dict[signal.Signals, SignalHandler] = {}
         for signum in signums:
             self._saved[signum] = signal.signal(signum, self._handle)
+        # Signals blocked until a handler was in place (see lifecycle) arrive now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self._saved)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self._pending.append(signum)

@@ -9,7 +9,7 @@ import time
 import pytest
 from flup.server import preforkserver
 
-from django_runfcgi.prefork import PreforkServer
+from django_runfcgi.prefork import PreforkServer, SignalQueue
 from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
@@ -251,3 +251,22 @@ def test_sock_timeout_is_not_an_option() -> None:
 def test_rejects_a_negative_shutdown_timeout() -> None:
     with pytest.raises(ValueError, match="shutdownTimeout"):
         PreforkServer(jobClass=LineJob, shutdownTimeout=-1)
+
+
+def test_a_signal_sent_before_the_handlers_exist_is_queued_not_lost() -> None:
+    """runfcgi blocks its signals before it announces itself; the queue takes them over.
+
+    Without that, a HUP sent as soon as the pidfile appears killed the server.
+    """
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        queue = SignalQueue([signal.SIGUSR1])
+        try:
+            assert queue.pop() == [signal.SIGUSR1]
+        finally:
+            queue.close()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGUSR1, previous)
