@@ -143,9 +143,10 @@ def _fill_script_and_path(environ: Environ, mount: str | None = None) -> None:
 
     Without PATH_INFO, flup cut the still percent-encoded REQUEST_URI by the length of
     the decoded SCRIPT_NAME ('3%A9'). Here PATH_INFO comes from REQUEST_URI's path,
-    percent-decoded, minus SCRIPT_NAME when that is its start. `mount`, the deprecated
-    WSGI_SCRIPT_NAME a front end may send, replaces SCRIPT_NAME and is cut from the full
-    path; flup warned on every such request and raised KeyError without SCRIPT_NAME.
+    percent-decoded, minus SCRIPT_NAME when that is its start. `mount`, from the
+    scriptname option or the deprecated WSGI_SCRIPT_NAME a front end may send, replaces
+    SCRIPT_NAME and is cut from the full path; flup warned on every such request and
+    raised KeyError without SCRIPT_NAME.
     """
     uri_path = None
     query = ""
@@ -157,7 +158,9 @@ def _fill_script_and_path(environ: Environ, mount: str | None = None) -> None:
     script_name = environ.get("SCRIPT_NAME", "")
     path_info = environ.get("PATH_INFO", "")
     if mount is not None:
-        full = uri_path if uri_path is not None and not path_info else script_name + path_info
+        # The front end's split is not trusted: the URI is what the browser asked for,
+        # also when a rewrite sent the request to a script such as mysite.fcgi.
+        full = uri_path if uri_path is not None else script_name + path_info
         mount = mount.rstrip("/")
         environ["SCRIPT_NAME"] = mount
         environ["PATH_INFO"] = _below(full, mount)
@@ -490,7 +493,9 @@ class FCGIServer(fcgi_base.BaseFCGIServer):  # type: ignore[misc]
         multiprocess: bool,
         debug: bool = False,
         environ: Environ | None = None,
+        scriptname: str | None = None,
     ) -> None:
+        self._scriptname = scriptname
         fcgi_base.BaseFCGIServer.__init__(
             self,
             application,
@@ -521,7 +526,7 @@ class FCGIServer(fcgi_base.BaseFCGIServer):  # type: ignore[misc]
         return False
 
     def _sanitizeEnv(self, environ: Environ) -> None:
-        _fill_script_and_path(environ)
+        _fill_script_and_path(environ, self._scriptname)
         for name, default in (
             ("REQUEST_METHOD", "GET"),
             ("SERVER_NAME", "localhost"),
@@ -705,7 +710,9 @@ class _LoopbackServer:
         multiprocess: bool,
         debug: bool = False,
         environ: Environ | None = None,
+        scriptname: str | None = None,
     ) -> None:
+        self._scriptname = scriptname
         # flup logs each request at INFO: WARNING keeps errors and drops the
         # per-request lines. No bind address is needed (B23).
         super().__init__(  # type: ignore[call-arg]
@@ -725,7 +732,8 @@ class _LoopbackServer:
 
     def _sanitizeEnv(self, environ: Environ) -> None:
         """PATH_INFO percent-decoded (B8: flup's AJP took req_uri raw)."""
-        _fill_script_and_path(environ, environ.get("WSGI_SCRIPT_NAME"))
+        mount = self._scriptname
+        _fill_script_and_path(environ, environ.get("WSGI_SCRIPT_NAME") if mount is None else mount)
 
 
 class SCGIServer(_LoopbackServer, scgi_base.BaseSCGIServer):  # type: ignore[misc]

@@ -107,6 +107,17 @@ def parse_host(name: str, value: object) -> str:
     return host
 
 
+def parse_scriptname(name: str, value: object) -> str:
+    """A URL path prefix such as ``/app``; ``/`` (the root) is kept as the empty prefix."""
+    prefix = str(value).strip()
+    if not prefix.startswith("/") or any(char in prefix for char in "?#%"):
+        raise OptionError(
+            f"{name}={value!r} is not a URL path prefix; use / or a path such as /app "
+            "(decoded, no query)."
+        )
+    return prefix.rstrip("/")
+
+
 def parse_text(name: str, value: object) -> str:
     text = str(value)
     if not text:
@@ -219,6 +230,17 @@ OPTIONS: tuple[Option, ...] = (
         "UMASK",
         default_text="022",
     ),
+    Option(
+        "scriptname",
+        parse_scriptname,
+        None,
+        "URL prefix the site is mounted at, such as /app, or / for the root. Set it when "
+        "the web server cannot send a correct SCRIPT_NAME/PATH_INFO split (Apache "
+        "mod_proxy_scgi, AJP, a rewritten .fcgi script): runfcgi then takes SCRIPT_NAME "
+        "from this option and PATH_INFO from the request's URI.",
+        "PATH",
+        default_text="unset: use what the web server sends",
+    ),
 )
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -314,6 +336,7 @@ class Config:
     minspare: int
     maxchildren: int
     debug: bool
+    scriptname: str | None = None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -405,6 +428,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         minspare=minspare,
         maxchildren=maxchildren,
         debug=values["debug"],
+        scriptname=values["scriptname"],
     )
 
 

@@ -48,6 +48,7 @@ def make_server(config: Config, application: Any) -> Server:
         multithreaded=not prefork_method,
         multiprocess=prefork_method,
         debug=config.debug,
+        scriptname=config.scriptname,
     )
     job = {"jobClass": server.connection_class, "jobArgs": (server, None)}
     if prefork_method:

@@ -44,7 +44,11 @@ REQUESTS: dict[str, Callable[..., Response]] = {
     "scgi": scgi_request,
     "ajp": ajp_request,
 }
-OURS = {"fcgi": compat.FCGIServer, "scgi": compat.SCGIServer, "ajp": compat.AJPServer}
+OURS: dict[str, type[Any]] = {
+    "fcgi": compat.FCGIServer,
+    "scgi": compat.SCGIServer,
+    "ajp": compat.AJPServer,
+}
 PROTOCOLS = list(OURS)
 
 
@@ -187,9 +191,13 @@ class Harness:
         return done
 
 
-def make_server(protocol: str, impl: str, app: Any, debug: bool) -> tuple[Any, type[Any]]:
+def make_server(
+    protocol: str, impl: str, app: Any, debug: bool, scriptname: str | None = None
+) -> tuple[Any, type[Any]]:
     if impl == "ours":
-        server = OURS[protocol](app, multithreaded=True, multiprocess=False, debug=debug)
+        server = OURS[protocol](
+            app, multithreaded=True, multiprocess=False, debug=debug, scriptname=scriptname
+        )
         return server, server.connection_class
     if protocol == "fcgi":
         flup_fcgi = fcgi_base.BaseFCGIServer(app, multithreaded=True, debug=debug)
@@ -213,8 +221,9 @@ def serve() -> Iterator[Callable[..., Harness]]:
         tcp: bool = False,
         connection_class: type[Any] | None = None,
         wrap: Callable[[socket.socket], Any] | None = None,
+        scriptname: str | None = None,
     ) -> Harness:
-        server, default_class = make_server(protocol, impl, app, debug)
+        server, default_class = make_server(protocol, impl, app, debug, scriptname)
         harness = Harness(
             server,
             connection_class or default_class,
@@ -447,6 +456,50 @@ def test_path_info_derived_from_request_uri_is_decoded(
     response = REQUESTS[protocol](harness.address, path=path, params=params)
     data = response.json()
     assert (data["SCRIPT_NAME"], data["PATH_INFO"]) == (wsgi(script_name), wsgi(path_info))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("mount", "params", "script_name", "path_info"),
+    [
+        pytest.param(
+            "/app",
+            {"SCRIPT_NAME": "/app/café/", "PATH_INFO": None},
+            "/app",
+            "/café/",
+            id="script-name-is-whole-path",
+        ),
+        pytest.param(
+            "/app",
+            {"SCRIPT_NAME": "/mysite.fcgi", "PATH_INFO": "/app/café/"},
+            "/app",
+            "/café/",
+            id="rewritten-to-a-script",
+        ),
+        pytest.param(
+            "", {"SCRIPT_NAME": "/mysite.fcgi", "PATH_INFO": None}, "", "/café/", id="root"
+        ),
+    ],
+)
+def test_scriptname_option_overrides_the_front_ends_split(
+    *,
+    serve: Callable[..., Harness],
+    protocol: str,
+    mount: str,
+    params: dict[str, str | None],
+    script_name: str,
+    path_info: str,
+) -> None:
+    """With scriptname set, the URI the browser asked for decides, whatever the split."""
+    harness = serve(protocol, environ_app, scriptname=mount)
+    if protocol == "ajp":
+        params = {}  # AJP sends only the URI.
+    response = REQUESTS[protocol](
+        harness.address, path=f"{mount}/caf%C3%A9/", query="q=1", params=params
+    )
+    data = response.json()
+    assert (data["SCRIPT_NAME"], data["PATH_INFO"]) == (script_name, wsgi(path_info))
+    assert data["QUERY_STRING"] == "q=1"
 
 
 @pytest.mark.parametrize(("protocol", "impl"), flup_fails("B12, KeyError and a warning", "scgi"))

@@ -157,3 +157,21 @@ def test_help_lists_every_option_with_its_default() -> None:
     for option in options.OPTIONS:
         assert f"  {option.name}={option.metavar}" in text
         assert f"(default: {option.describe_default()})" in text
+
+
+@pytest.mark.parametrize(
+    ("word", "prefix"),
+    [("/app", "/app"), ("/app/", "/app"), ("/", ""), ("/a/b", "/a/b"), ("/café", "/café")],
+)
+def test_scriptname_is_a_path_prefix(word: str, prefix: str) -> None:
+    assert config_from(f"scriptname={word}").scriptname == prefix
+
+
+def test_scriptname_unset_trusts_the_front_end() -> None:
+    assert config_from().scriptname is None
+
+
+@pytest.mark.parametrize("word", ["app", "", "/app?x=1", "/caf%C3%A9"])
+def test_scriptname_must_be_a_decoded_absolute_path(word: str) -> None:
+    with pytest.raises(OptionError, match="is not a URL path prefix; use / or a path"):
+        config_from(f"scriptname={word}")

@@ -199,3 +199,24 @@ def test_foreground_tcp_ipv6(runner: Runner) -> None:
     run.signal(signal.SIGTERM)
     assert run.wait(5) == 0
     assert "Serving over FastCGI (prefork) on [::1]" in run.stdout
+
+
+def test_scriptname_mounts_the_project_under_a_prefix(runner: Runner) -> None:
+    """Like Apache's mod_proxy_fcgi: SCRIPT_NAME is the whole path and there is no PATH_INFO."""
+    sock = str(runner.tmp / "app.sock")
+    runner.serve("daemonize=false", f"socket={sock}", "scriptname=/app/", address=sock)
+    response = fcgi_request(
+        sock,
+        "GET",
+        "/app/echo/",
+        query="x=1",
+        params={"SCRIPT_NAME": "/app/echo/", "PATH_INFO": None},
+    )
+    data = response.json()
+    assert (data["script_name"], data["path_info"], data["path"]) == (
+        "/app",
+        "/echo/",
+        "/app/echo/",
+    )
+    assert data["reverse_echo"] == "/app/echo/"
+    assert data["absolute_uri"].endswith("/app/echo/?x=1")
