@@ -20,6 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "docs" / "configs"
 DOC_SOCKET = "/run/mysite/fcgi.sock"
+DOC_SCGI_SOCKET = "/run/mysite/scgi.sock"
+# Backends listening on TCP, in the order a recipe lists them.
+DOC_TCP = ("127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003")
 DOC_LISTEN = "listen 80;"
 
 

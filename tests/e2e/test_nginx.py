@@ -1,59 +1,127 @@
-"""Through nginx with the documented FastCGI recipe (docs/configs/nginx-fastcgi.conf)."""
+"""Through nginx with the documented recipes (docs/configs/nginx-*.conf), at / and /app/.
+
+Each recipe is served once per module: its runfcgi backends and nginx start together,
+then every scenario runs against them. Six wirings cover FastCGI over a unix socket and
+TCP, with kept-open connections, an upstream of three backends, and SCGI over a unix
+socket and TCP, each protocol and transport both at / and under /app/.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from testproject.bigfile import payload
 from tests.conftest import Runner, free_port
 from tests.e2e.http import http_request
-from tests.frontends import DOC_LISTEN, DOC_SOCKET, Nginx, recipe
+from tests.e2e.scenarios import SCENARIOS, Site
+from tests.frontends import DOC_LISTEN, DOC_SCGI_SOCKET, DOC_SOCKET, DOC_TCP, Nginx, recipe
+
+pytestmark = pytest.mark.e2e
+
+# Enough workers for the eight concurrent requests of a scenario, plus the connections
+# nginx keeps open (each holds a prefork worker while it waits for the next request).
+WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
 
 
-@pytest.fixture
-def nginx_fastcgi(runner: Runner, nginx_binary: str) -> Iterator[int]:
-    sock = str(runner.tmp / "fcgi.sock")
-    runner.serve("daemonize=false", f"socket={sock}", address=sock)
-    port = free_port()
-    nginx = Nginx(
-        runner.tmp / "nginx",
-        recipe("nginx-fastcgi.conf", {DOC_LISTEN: f"listen 127.0.0.1:{port};", DOC_SOCKET: sock}),
-        port,
-    )
-    nginx.start()
+@dataclass(frozen=True)
+class Wiring:
+    recipe: str
+    protocol: str
+    variant: str
+    mount: str
+    transport: str  # "unix" or "tcp"
+    backends: int = 1
+
+
+WIRINGS = [
+    Wiring("nginx-fastcgi.conf", "fcgi", "unix", "", "unix"),
+    Wiring("nginx-fastcgi-prefix.conf", "fcgi", "unix", "/app", "unix"),
+    Wiring("nginx-fastcgi-keepalive.conf", "fcgi", "tcp-keep-conn", "", "tcp"),
+    Wiring("nginx-fastcgi-upstream.conf", "fcgi", "upstream3", "/app", "tcp", backends=3),
+    Wiring("nginx-scgi.conf", "scgi", "unix", "", "unix"),
+    Wiring("nginx-scgi-prefix.conf", "scgi", "tcp", "/app", "tcp"),
+]
+
+
+@dataclass
+class Served:
+    site: Site
+    runner: Runner
+    backend_pids: list[int]
+
+
+def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
+    """Start the wiring's runfcgi backends; returns the recipe's addresses to replace."""
+    replacements: dict[str, str] = {}
+    words = ["daemonize=false", f"protocol={wiring.protocol}", *WORKERS]
+    for index in range(wiring.backends):
+        if wiring.transport == "unix":
+            sock = str(runner.tmp / f"{wiring.protocol}{index}.sock")
+            runner.serve(*words, f"socket={sock}", address=sock)
+            doc = DOC_SOCKET if wiring.protocol == "fcgi" else DOC_SCGI_SOCKET
+            replacements[doc] = sock
+        else:
+            port = free_port()
+            runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
+            replacements[DOC_TCP[index]] = f"127.0.0.1:{port}"
+    return replacements
+
+
+@pytest.fixture(
+    scope="module", params=WIRINGS, ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount or 'root'}"
+)
+def served(request: pytest.FixtureRequest, nginx_binary: str) -> Iterator[Served]:
+    wiring: Wiring = request.param
+    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+    runner = Runner(tmp)
+    nginx: Nginx | None = None
     try:
-        yield port
+        replacements = serve(runner, wiring)
+        port = free_port()
+        replacements[DOC_LISTEN] = f"listen 127.0.0.1:{port};"
+        nginx = Nginx(tmp / "nginx", recipe(wiring.recipe, replacements), port).start()
+        site = Site(
+            "nginx",
+            wiring.protocol,
+            wiring.variant,
+            wiring.mount,
+            port,
+            # nginx buffers responses unless the view sends X-Accel-Buffering: no.
+            streams=False,
+        )
+        yield Served(site, runner, [run.proc.pid for run in runner.runs])
     finally:
-        nginx.stop()
+        if nginx is not None:
+            nginx.stop()
+        runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_get_with_query_and_urls(nginx_fastcgi: int) -> None:
-    response = http_request(nginx_fastcgi, "GET", "/echo/?a=1&b=x%20y")
-    assert response.status == 200
-    data = response.json()
-    assert data["get"] == {"a": ["1"], "b": ["x y"]}
-    assert data["path"] == "/echo/"
-    assert data["reverse_echo"] == "/echo/"
-    assert data["absolute_uri"] == f"http://127.0.0.1:{nginx_fastcgi}/echo/?a=1&b=x%20y"
+@pytest.fixture(scope="module")
+def site(served: Served) -> Site:
+    return served.site
 
 
-def test_non_ascii_route(nginx_fastcgi: int) -> None:
-    response = http_request(nginx_fastcgi, "GET", "/caf%C3%A9/%C3%BCn%C3%AFcode/")
-    assert response.status == 200
-    assert response.json()["path"] == "/café/ünïcode/"
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario(site: Site, scenario: str) -> None:
+    SCENARIOS[scenario](site)
 
 
-def test_post_one_megabyte(nginx_fastcgi: int) -> None:
-    body = payload(1024 * 1024, seed=3)
-    response = http_request(nginx_fastcgi, "POST", "/echo/", body=body)
-    assert response.status == 200
-    assert response.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return int(handle.read().rsplit(b")", 1)[1].split()[1])
 
 
-def test_index_page(nginx_fastcgi: int) -> None:
-    response = http_request(nginx_fastcgi, "GET", "/")
-    assert response.status == 200
-    assert b"Served by runfcgi" in response.body
+def test_every_backend_answers(served: Served) -> None:
+    """With an upstream of three, round robin reaches each backend's workers."""
+    answered: set[int] = set()
+    for _ in range(3 * len(served.backend_pids)):
+        response = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=10)
+        assert response.status == 200
+        answered.add(parent_of(response.json()["pid"]))
+    assert answered == set(served.backend_pids)
