@@ -1,0 +1,754 @@
+"""Measure runfcgi, gunicorn and uWSGI serving the same Django views behind the same nginx.
+
+Every server runs with the same number of worker processes and listens on a unix socket;
+one nginx on loopback gives each its own port. wrk loads one server at a time, servers
+taking turns within each repetition so that machine drift hits all of them alike, and the
+table shows the median of the repetitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.views import HELLO, MEGABYTE
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC_SOCKET = "/run/mysite/fcgi.sock"
+DOC_LISTEN = "listen 80;"
+WORKERS = 2
+STOP_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    method: str
+    path: str
+    body_size: int = 0
+
+    def check(self, status: int, body: bytes) -> str | None:
+        """Why this answer is wrong, or None."""
+        if status != 200:
+            return f"status {status}"
+        expected = {
+            "hello": body == HELLO,
+            "sleep": body == b"slept\n",
+            "big": len(body) == MEGABYTE,
+            "post": body == str(MEGABYTE).encode(),
+        }[self.name]
+        return None if expected else f"unexpected body of {len(body)} bytes: {body[:60]!r}"
+
+
+VIEWS = {
+    view.name: view
+    for view in (
+        View("hello", "GET", "/hello/"),
+        View("sleep", "GET", "/sleep/"),
+        View("big", "GET", "/big/"),
+        View("post", "POST", "/sink/", MEGABYTE),
+    )
+}
+
+
+def fastcgi_block(port: int, sock: Path, keep_conn: bool = False) -> str:
+    """The documented nginx FastCGI recipe with only its addresses changed."""
+    text = (ROOT / "docs" / "configs" / "nginx-fastcgi.conf").read_text()
+    for old in (DOC_LISTEN, DOC_SOCKET):
+        if old not in text:
+            raise AssertionError(f"docs/configs/nginx-fastcgi.conf no longer contains {old!r}")
+    text = text.replace(DOC_LISTEN, f"listen 127.0.0.1:{port};")
+    if not keep_conn:
+        return text.replace(DOC_SOCKET, str(sock))
+    upstream = f"keep{port}"
+    text = text.replace(
+        f"fastcgi_pass unix:{DOC_SOCKET};",
+        f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;",
+    )
+    return f"upstream {upstream} {{\n    server unix:{sock};\n    keepalive {WORKERS};\n}}\n{text}"
+
+
+def scgi_block(port: int, sock: Path) -> str:
+    return f"""server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        include scgi_params;
+        scgi_param SCRIPT_NAME "";
+        scgi_param PATH_INFO $uri;
+        scgi_param HTTP_HOST $http_host;
+        scgi_pass unix:{sock};
+    }}
+}}
+"""
+
+
+def proxy_block(port: int, sock: Path) -> str:
+    return f"""server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        proxy_set_header Host $http_host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_pass http://unix:{sock};
+    }}
+}}
+"""
+
+
+def uwsgi_block(port: int, sock: Path) -> str:
+    return f"""server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        include uwsgi_params;
+        uwsgi_pass unix:{sock};
+    }}
+}}
+"""
+
+
+def tool(name: str) -> str:
+    """A console script of the Python running the benchmark, else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise SystemExit(f"{name} is not installed; scripts/bench installs what it needs.")
+    return found
+
+
+def runfcgi(protocol: str, method: str) -> Callable[[Path], list[str]]:
+    def command(sock: Path) -> list[str]:
+        words = [f"protocol={protocol}", f"method={method}", f"socket={sock}", "daemonize=false"]
+        if method == "prefork":
+            words += [f"minspare={WORKERS}", f"maxspare={WORKERS}", f"maxchildren={WORKERS}"]
+        return [sys.executable, str(ROOT / "testproject" / "manage.py"), "runfcgi", *words]
+
+    return command
+
+
+def gunicorn(sock: Path) -> list[str]:
+    return [
+        tool("gunicorn"),
+        f"--workers={WORKERS}",
+        f"--bind=unix:{sock}",
+        "--worker-class=sync",
+        "benchmarks.wsgi:application",
+    ]
+
+
+def uwsgi(option: str) -> Callable[[Path], list[str]]:
+    def command(sock: Path) -> list[str]:
+        return [
+            tool("uwsgi"),
+            f"--{option}={sock}",
+            "--master",
+            f"--processes={WORKERS}",
+            "--module=benchmarks.wsgi:application",
+            "--need-app",
+            "--die-on-term",
+            "--disable-logging",
+            "--chmod-socket=666",
+        ]
+
+    return command
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    command: Callable[[Path], list[str]]
+    block: Callable[[int, Path], str]
+    note: str
+
+
+SERVERS = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            "runfcgi-fcgi-prefork",
+            runfcgi("fcgi", "prefork"),
+            fastcgi_block,
+            f"{WORKERS} worker processes, a new FastCGI connection per request",
+        ),
+        ServerSpec(
+            "runfcgi-fcgi-keepconn",
+            runfcgi("fcgi", "prefork"),
+            lambda port, sock: fastcgi_block(port, sock, keep_conn=True),
+            f"{WORKERS} worker processes, fastcgi_keep_conn on, keepalive {WORKERS}",
+        ),
+        ServerSpec(
+            "runfcgi-scgi-prefork",
+            runfcgi("scgi", "prefork"),
+            scgi_block,
+            f"{WORKERS} worker processes",
+        ),
+        ServerSpec(
+            "runfcgi-fcgi-threaded",
+            runfcgi("fcgi", "threaded"),
+            fastcgi_block,
+            "one process, default thread pool (maxchildren=50)",
+        ),
+        ServerSpec("gunicorn-sync", gunicorn, proxy_block, f"{WORKERS} sync workers, proxy_pass"),
+        ServerSpec(
+            "uwsgi-fastcgi",
+            uwsgi("fastcgi-socket"),
+            fastcgi_block,
+            f"--master --processes={WORKERS} --fastcgi-socket",
+        ),
+        ServerSpec(
+            "uwsgi-native",
+            uwsgi("socket"),
+            uwsgi_block,
+            f"--master --processes={WORKERS} --socket, uwsgi_pass",
+        ),
+    )
+}
+RUNFCGI_BASELINES = ("gunicorn-sync", "uwsgi-fastcgi")
+
+
+def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
+    """Signal the process group, then kill it if it has not gone within STOP_SECONDS."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, first)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_SECONDS)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(STOP_SECONDS)
+
+
+def start_group(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+
+
+def wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], log: Path, what: str
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log.read_text()}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} was not ready within 30 s:\n{log.read_text()}")
+
+
+def accepts_unix(path: Path) -> Callable[[], bool]:
+    def ready() -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            return probe.connect_ex(str(path)) == 0
+
+    return ready
+
+
+def accepts_tcp(port: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    return ready
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class Backend:
+    spec: ServerSpec
+    sock: Path
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    def workers(self) -> list[int]:
+        """The processes that serve requests: the children, or the process itself."""
+        return children(self.proc.pid) or [self.proc.pid]
+
+    def reset_peak_rss(self) -> None:
+        for pid in self.workers():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+    def peak_rss_mb(self) -> float:
+        peaks = [0]
+        for pid in self.workers():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peaks.append(int(line.split()[1]))
+        return max(peaks) / 1024
+
+
+def nginx_config(directory: Path, blocks: list[str]) -> str:
+    user = ""
+    if os.geteuid() == 0:
+        user = f"user {pwd.getpwuid(os.getuid()).pw_name};"
+    temp = directory / "temp"
+    servers = "\n".join(blocks)
+    return f"""
+{user}
+worker_processes 1;
+daemon off;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_max_body_size 4m;
+    client_body_buffer_size 2m;
+    client_body_temp_path {temp}/body;
+    fastcgi_temp_path {temp}/fastcgi;
+    scgi_temp_path {temp}/scgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    proxy_temp_path {temp}/proxy;
+{servers}
+}}
+"""
+
+
+@contextlib.contextmanager
+def serving(names: list[str], directory: Path) -> Iterator[dict[str, Backend]]:
+    """Every server and one nginx in front of them; all stopped on the way out."""
+    env = dict(os.environ)
+    env["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "testproject")])
+    env.pop("PYTHONDEVMODE", None)
+    started: list[subprocess.Popen[bytes]] = []
+    nginx: subprocess.Popen[bytes] | None = None
+    try:
+        backends = {}
+        for number, name in enumerate(names):
+            spec = SERVERS[name]
+            sock = directory / f"s{number}.sock"
+            log = directory / f"{name}.log"
+            proc = start_group(spec.command(sock), log, env)
+            started.append(proc)
+            backends[name] = Backend(spec, sock, free_port(), proc)
+        for name, backend in backends.items():
+            log = directory / f"{name}.log"
+            wait_until(accepts_unix(backend.sock), backend.proc, log, name)
+        (directory / "temp").mkdir()
+        for params in ("fastcgi_params", "scgi_params", "uwsgi_params"):
+            shutil.copy(Path("/etc/nginx") / params, directory / params)
+        conf = directory / "nginx.conf"
+        blocks = [b.spec.block(b.port, b.sock) for b in backends.values()]
+        conf.write_text(nginx_config(directory, blocks))
+        log = directory / "nginx.log"
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = start_group([binary, "-p", str(directory), "-c", str(conf)], log, env)
+        for backend in backends.values():
+            wait_until(accepts_tcp(backend.port), nginx, log, "nginx")
+        yield backends
+    finally:
+        if nginx is not None:
+            stop_group(nginx, signal.SIGQUIT)
+        for proc in started:
+            stop_group(proc, signal.SIGTERM)
+
+
+def fetch(port: int, view: View) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        body = b"x" * view.body_size if view.method == "POST" else None
+        headers = {"Content-Type": "application/octet-stream"} if body else {}
+        conn.request(view.method, view.path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def check_answers(backends: dict[str, Backend], views: list[View]) -> list[str]:
+    problems = []
+    for name, backend in backends.items():
+        for view in views:
+            for _ in range(3):  # each worker, roughly, and warms imports and caches
+                status, body = fetch(backend.port, view)
+                problem = view.check(status, body)
+                if problem:
+                    problems.append(f"{name} {view.path}: {problem}")
+                    break
+    return problems
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    rss_mb: float
+
+
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        raise ValueError(f"unreadable latency {text!r}")
+    return float(match[1]) * UNITS[match[2]]
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
+    """requests/s, p50 ms, p99 ms, errors (socket errors + non-2xx/3xx), requests."""
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    requests = re.search(r"(\d+) requests in", output)
+    if rps is None or requests is None:
+        raise RuntimeError(f"wrk said:\n{output}")
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
+    errors = 0
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if sockets:
+        errors += sum(int(n) for n in sockets.groups())
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        errors += int(non2xx[1])
+    return (
+        float(rps[1]),
+        _ms(p50[1]) if p50 else float("nan"),
+        _ms(p99[1]) if p99 else float("nan"),
+        errors,
+        int(requests[1]),
+    )
+
+
+def run_wrk(port: int, view: View, connections: int, seconds: int, script: Path) -> str:
+    command = [
+        shutil.which("wrk") or "/usr/bin/wrk",
+        f"--threads={min(2, connections)}",
+        f"--connections={connections}",
+        f"--duration={seconds}s",
+        "--timeout=10s",
+        "--latency",
+    ]
+    if view.method == "POST":
+        command.append(f"--script={script}")
+    command.append(f"http://127.0.0.1:{port}{view.path}")
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 30, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr}{done.stdout}")
+    return done.stdout
+
+
+def post_script(directory: Path) -> Path:
+    script = directory / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = string.rep("x", {MEGABYTE})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    return script
+
+
+def ceiling(views: list[View], seconds: float, directory: Path) -> dict[str, float]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "testproject")])
+    env["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
+    env.pop("PYTHONDEVMODE", None)
+    log = directory / "ceiling.log"
+    command = [sys.executable, "-m", "benchmarks.ceiling", f"--seconds={seconds}"]
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [*command, *(v.name for v in views)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=seconds * len(views) + 60)
+        finally:
+            stop_group(proc, signal.SIGTERM)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the in-process measurement failed:\n{log.read_text()}")
+    result: dict[str, float] = json.loads(out)
+    return result
+
+
+@dataclass
+class Cell:
+    server: str
+    view: str
+    connections: int
+    samples: list[Sample] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int]:
+        def median(attr: str) -> float:
+            return float(statistics.median(getattr(s, attr) for s in self.samples))
+
+        return {
+            "rps": median("rps"),
+            "p50_ms": median("p50_ms"),
+            "p99_ms": median("p99_ms"),
+            "errors": sum(s.errors for s in self.samples),
+            "requests": sum(s.requests for s in self.samples),
+            "rss_mb": max(s.rss_mb for s in self.samples),
+        }
+
+
+def measure(
+    backends: dict[str, Backend],
+    views: list[View],
+    *,
+    levels: list[int],
+    seconds: int,
+    repeat: int,
+    script: Path,
+    progress: Callable[[str], None],
+) -> list[Cell]:
+    cells = {
+        (name, view.name, level): Cell(name, view.name, level)
+        for view in views
+        for level in levels
+        for name in backends
+    }
+    order = list(backends)
+    for round_ in range(repeat):
+        for view in views:
+            for level in levels:
+                for name in order:
+                    backend = backends[name]
+                    backend.reset_peak_rss()
+                    output = run_wrk(backend.port, view, level, seconds, script)
+                    rps, p50, p99, errors, requests = parse_wrk(output)
+                    sample = Sample(rps, p50, p99, errors, requests, backend.peak_rss_mb())
+                    cells[name, view.name, level].samples.append(sample)
+                    progress(
+                        f"[{round_ + 1}/{repeat}] {name:22} {view.name:5} c={level:<3}"
+                        f" {rps:9.1f} req/s p99 {p99:8.2f} ms errors {errors}"
+                    )
+                order = order[1:] + order[:1]  # a different server goes first each time
+    return list(cells.values())
+
+
+def ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def table(cells: list[Cell], ceilings: dict[str, float]) -> str:
+    summaries = {(c.server, c.view, c.connections): c.summary() for c in cells}
+    head = (
+        f"{'server':22} {'view':5} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'errors':>6} {'RSS MB':>7} {'/gunicorn':>9} {'/uwsgi-fcgi':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    previous = None
+    for cell in cells:
+        s = summaries[cell.server, cell.view, cell.connections]
+        if previous and previous != (cell.view, cell.connections):
+            lines.append("")
+        previous = (cell.view, cell.connections)
+        ratios = ""
+        if cell.server.startswith("runfcgi"):
+            bases = [summaries.get((b, cell.view, cell.connections)) for b in RUNFCGI_BASELINES]
+            ratios = " ".join(
+                f"{ratio(float(s['rps']), float(b['rps']) if b else None):>{w}}"
+                for b, w in zip(bases, (9, 11), strict=True)
+            )
+        lines.append(
+            f"{cell.server:22} {cell.view:5} {cell.connections:>5} {s['rps']:>9.1f}"
+            f" {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6} {s['rss_mb']:>7.1f}"
+            f" {ratios}".rstrip()
+        )
+    if ceilings:
+        lines.append("")
+        lines.append("Django's WSGI handler in-process, no server (requests/s on one core):")
+        lines.extend(f"  {view:5} {rps:9.1f}" for view, rps in ceilings.items())
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    import django
+
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "django": django.get_version(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    for name, command in {
+        "nginx": [shutil.which("nginx") or "/usr/sbin/nginx", "-v"],
+        "gunicorn": [tool("gunicorn"), "--version"],
+        "uwsgi": [tool("uwsgi"), "--version"],
+        "wrk": [shutil.which("wrk") or "/usr/bin/wrk", "--version"],
+    }.items():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+            info[name] = (done.stdout + done.stderr).strip().splitlines()[0]
+    return info
+
+
+def arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every server and view once at 16 connections for 1 s; fail on any error",
+    )
+    parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="repetitions; the median is shown (3)"
+    )
+    parser.add_argument(
+        "--connections", default="1,16,64", help="concurrency levels, comma-separated (1,16,64)"
+    )
+    parser.add_argument("--views", default=",".join(VIEWS), help=f"from {','.join(VIEWS)}")
+    parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process handler")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    parser.add_argument(
+        "--serve",
+        type=int,
+        metavar="SECONDS",
+        help="start everything, print the ports and worker pids, and wait (for profiling)",
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.duration, args.repeat, args.connections = 1, 1, "16"
+    args.levels = [int(n) for n in args.connections.split(",")]
+    args.view_list = [VIEWS[name] for name in args.views.split(",")]
+    args.server_list = args.servers.split(",")
+    unknown = set(args.server_list) - set(SERVERS)
+    if unknown:
+        parser.error(f"unknown servers {sorted(unknown)}; choose from {','.join(SERVERS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments(argv)
+    started = time.monotonic()
+
+    def progress(message: str) -> None:
+        print(f"{time.monotonic() - started:7.1f}s {message}", file=sys.stderr, flush=True)
+
+    def terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    directory = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+    try:
+        info = machine()
+        progress(f"starting {', '.join(args.server_list)} in {directory}")
+        with serving(args.server_list, directory) as backends:
+            problems = check_answers(backends, args.view_list)
+            if problems:
+                print("\n".join(["Wrong answers:", *problems]), file=sys.stderr)
+                return 1
+            if args.serve:
+                for name, backend in backends.items():
+                    print(f"{name}: http://127.0.0.1:{backend.port} workers {backend.workers()}")
+                sys.stdout.flush()
+                time.sleep(args.serve)
+                return 0
+            cells = measure(
+                backends,
+                args.view_list,
+                levels=args.levels,
+                seconds=args.duration,
+                repeat=args.repeat,
+                script=post_script(directory),
+                progress=progress,
+            )
+        ceilings = {}
+        if not args.no_ceiling:
+            ceilings = ceiling(args.view_list, 0.5 if args.smoke else 2.0, directory)
+        versions = f"Python {info['python']}, Django {info['django']}"
+        print(f"{info['date']}, {info['cpus']} CPUs, {versions}")
+        print(f"{args.repeat} x {args.duration} s per cell, {WORKERS} workers per server\n")
+        print(table(cells, ceilings))
+        if args.json:
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "machine": info,
+                        "duration": args.duration,
+                        "repeat": args.repeat,
+                        "workers": WORKERS,
+                        "servers": {n: SERVERS[n].note for n in args.server_list},
+                        "ceiling_rps_per_core": ceilings,
+                        "cells": [
+                            {
+                                "server": c.server,
+                                "view": c.view,
+                                "connections": c.connections,
+                                **c.summary(),
+                                "samples": [asdict(s) for s in c.samples],
+                            }
+                            for c in cells
+                        ],
+                    },
+                    indent=2,
+                )
+                + "\n"
+            )
+        failed = [c for c in cells if c.summary()["errors"] or not c.summary()["requests"]]
+        if args.smoke and failed:
+            for c in failed:
+                print(f"FAILED: {c.server} {c.view}: {c.summary()}", file=sys.stderr)
+            return 1
+        progress("done")
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
