@@ -53,7 +53,10 @@ def pytest_runtest_makereport(
         row = item.config.stash[RESULTS].setdefault(key, {})
         # The first bad outcome of a test (setup, call, teardown) is the one shown.
         if row.get(scenario) in (None, "ok"):
-            row[scenario] = MARKS[report.outcome]
+            mark = MARKS[report.outcome]
+            if scenario == "streaming" and mark == "ok" and not site.streams:
+                mark = "ok, buffered"
+            row[scenario] = mark
     return report
 
 

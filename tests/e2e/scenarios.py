@@ -67,10 +67,16 @@ def expect(response: HttpResponse, status: int) -> None:
     assert response.status == status, f"{response.status}: {response.body[:400]!r}"
 
 
+def json_of(response: HttpResponse) -> Any:
+    """The JSON a view answered; any other page (a wrong route, an error) fails with it."""
+    expect(response, 200)
+    assert response.header("Content-Type") == "application/json", response.body[:400]
+    return response.json()
+
+
 def get_with_query_string(site: Site) -> None:
     response = site.request("GET", "/echo/?a=1&b=two%20words&a=3")
-    expect(response, 200)
-    data = response.json()
+    data = json_of(response)
     assert data["get"] == {"a": ["1", "3"], "b": ["two words"]}
     assert data["path"] == site.url("/echo/")
     assert data["path_info"] == "/echo/"
@@ -82,8 +88,7 @@ def get_with_query_string(site: Site) -> None:
 
 def non_ascii_path(site: Site) -> None:
     response = site.request("GET", UNICODE_PATH)
-    expect(response, 200)
-    assert response.json() == {"route": "unicode", "path": site.url("/café/ünïcode/")}
+    assert json_of(response) == {"route": "unicode", "path": site.url("/café/ünïcode/")}
 
 
 def head(site: Site) -> None:
@@ -103,8 +108,7 @@ def post(size: int) -> Callable[[Site], None]:
             headers={"Content-Type": "application/octet-stream"},
             timeout=60,
         )
-        expect(response, 200)
-        data = response.json()
+        data = json_of(response)
         assert (data["body_length"], data["body_sha256"]) == (size, digest)
 
     check.__name__ = f"post_{size}"
@@ -120,8 +124,7 @@ def chunked_request_body(site: Site) -> None:
         chunked=True,
         headers={"Content-Type": "application/octet-stream"},
     )
-    expect(response, 200)
-    data = response.json()
+    data = json_of(response)
     assert (data["body_length"], data["body_sha256"]) == (len(body), digest)
 
 
@@ -143,8 +146,7 @@ def multipart_upload(site: Site) -> None:
         body=body,
         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
-    expect(response, 200)
-    data = response.json()
+    data = json_of(response)
     assert data["fields"] == {"title": "report"}
     assert data["files"]["doc"] == {"name": "r.bin", "size": len(content), "sha256": digest}
 
@@ -183,8 +185,7 @@ def redirect_after_post(site: Site) -> None:
     target = urlsplit(urljoin(site.absolute("/redirect/"), location))
     assert (target.hostname, target.port) == ("127.0.0.1", site.port)
     followed = http_request(site.port, "GET", f"{target.path}?{target.query}", timeout=30)
-    expect(followed, 200)
-    data = followed.json()
+    data = json_of(followed)
     assert (data["path"], data["get"]) == (site.url("/echo/"), {"redirected": ["1"]})
 
 
@@ -203,13 +204,12 @@ def server_error(site: Site) -> None:
 
 def cookies(site: Site) -> None:
     response = site.request("GET", "/cookie/?flavour=ginger", headers={"Cookie": "basket=abc"})
-    expect(response, 200)
-    assert response.json() == {"basket": "abc"}
+    assert json_of(response) == {"basket": "abc"}
     set_cookies = response.header_list("Set-Cookie")
     jar = dict(cookie.split(";")[0].split("=", 1) for cookie in set_cookies)
     assert jar == {"flavour": "ginger", "second": "two"}
     sent = "; ".join(f"{name}={value}" for name, value in jar.items())
-    echoed = site.request("GET", "/echo/", headers={"Cookie": sent}).json()
+    echoed = json_of(site.request("GET", "/echo/", headers={"Cookie": sent}))
     assert echoed["cookies"] == {"flavour": "ginger", "second": "two"}
 
 
