@@ -86,7 +86,6 @@ error_log {self.directory}/error.log warn;
 events {{ worker_connections 512; }}
 http {{
     access_log off;
-    client_max_body_size 200m;
     client_body_temp_path {temp}/body;
     fastcgi_temp_path {temp}/fastcgi;
     scgi_temp_path {temp}/scgi;

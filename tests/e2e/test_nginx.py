@@ -125,3 +125,11 @@ def test_every_backend_answers(served: Served) -> None:
         assert response.status == 200
         answered.add(parent_of(response.json()["pid"]))
     assert answered == set(served.backend_pids)
+
+
+def test_prefix_without_its_slash_redirects(site: Site) -> None:
+    if not site.mount:
+        pytest.skip("mounted at /")
+    response = http_request(site.port, "GET", site.mount, timeout=10)
+    assert response.status == 301
+    assert response.header("Location") in (site.url("/"), site.absolute("/"))
