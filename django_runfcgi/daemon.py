@@ -93,9 +93,23 @@ def use_logs(fds: tuple[int, int]) -> None:
             reconfigure(line_buffering=True)
 
 
-def redirect_output(outlog: Path | None, errlog: Path | None) -> None:
-    """Reopen the log files, e.g. after logrotate moved them away."""
-    use_logs(open_logs(outlog, errlog))
+def reopen_logs(outlog: Path | None, errlog: Path | None) -> None:
+    """Reopen the log files that are set, e.g. after logrotate moved them away.
+
+    An unset one is left as it is: a foreground server keeps writing to its terminal.
+    A file that cannot be opened is reported on the current stderr and left unchanged.
+    """
+    for name, path, target in (("outlog", outlog, 1), ("errlog", errlog, 2)):
+        if path is None:
+            continue
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as err:
+            sys.stderr.write(f"Cannot reopen {name}={str(path)!r}: {err.strerror}.\n")
+            continue
+        (sys.stdout if target == 1 else sys.stderr).flush()
+        os.dup2(fd, target)
+        os.close(fd)
 
 
 def close_inherited_fds(keep: set[int]) -> None:

@@ -3,10 +3,13 @@
 load the application -> check the pidfile -> bind -> detach -> write the pidfile ->
 serve -> clean up. Everything that can fail because of the user's input fails before
 the process detaches; what fails after is passed back through the readiness pipe.
+A reload (HUP) re-executes the command, which then takes over the socket, the pidfile
+and the running workers instead of binding and detaching again.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -18,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
-from django_runfcgi import daemon, pidfile, sockets
+from django_runfcgi import daemon, pidfile, reload, sockets
 from django_runfcgi.options import Config, Inherited
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
 
@@ -42,9 +45,8 @@ def load_application() -> Any:
     return application
 
 
-def serve(config: Config, announce: Callable[[str], None]) -> bool:
-    """Run until stopped; True if stopped by SIGHUP."""
-    application = load_application()
+def _prepare(config: Config) -> tuple[sockets.Listener, tuple[int, int] | None]:
+    """Everything that can fail on the user's input, done before detaching."""
     try:
         if config.pidfile is not None:
             pidfile.check(config.pidfile)
@@ -53,14 +55,31 @@ def serve(config: Config, announce: Callable[[str], None]) -> bool:
             if config.daemonize or config.outlog or config.errlog
             else None
         )
-        listener = sockets.listen(config.bind, config.umask)
+        return sockets.listen(config.bind, config.umask), logs
     except (pidfile.PidfileError, daemon.LogError, sockets.BindError) as err:
         raise StartupError(str(err)) from err
+
+
+def serve(config: Config, announce: Callable[[str], None]) -> None:
+    """Run until stopped by TERM or INT; HUP reloads the code in place (see reload)."""
+    if reload.checking():
+        load_application()
+        return
+    start_dir = os.getcwd()
+    state = reload.take_state()
+    if state is None:
+        application = load_application()
+        listener, logs = _prepare(config)
+    else:
+        listener = sockets.take_over(state.fd, config.bind, state.created)
 
     readiness = daemon.Readiness()
     owner = os.getpid()
     try:
-        if config.daemonize:
+        if state is not None:
+            # Reloaded: already detached, logging, and named in the pidfile.
+            application = load_application()
+        elif config.daemonize:
             assert config.workdir is not None, "resolve() sets workdir when daemonizing"
             assert logs is not None
             readiness = daemon.detach(
@@ -70,22 +89,34 @@ def serve(config: Config, announce: Callable[[str], None]) -> bool:
                 keep={listener.sock.fileno()},
             )
             owner = os.getpid()
-        else:
-            if logs is not None:
-                daemon.use_logs(logs)
-            if config.workdir is not None:
-                os.chdir(config.workdir)
+        elif logs is not None:
+            daemon.use_logs(logs)
+        if config.workdir is not None:
+            os.chdir(config.workdir)
         signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
-        if config.pidfile is not None:
+        if config.pidfile is not None and state is None:
             pidfile.write(config.pidfile, owner)
         server = make_server(config, application)
+        server.reload_check = functools.partial(reload.check_new_code, start_dir)
+        server.on_usr1 = functools.partial(daemon.reopen_logs, config.outlog, config.errlog)
+        server.on_stop = listener.remove_socket_file
+        if state is not None:
+            server.adopt_workers(state.retiring)
         if not isinstance(config.bind, Inherited):
+            what = "Reloaded; serving" if state is not None else "Serving"
             announce(
-                f"Serving over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
+                f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
                 f"{config.bind}, PID {owner}."
             )
         readiness.ready()
-        return server.run(listener.sock)
+        if server.run(listener.sock):
+            handover = reload.State(
+                fd=listener.sock.fileno(),
+                created=listener.created,
+                retiring=tuple(server.retiring),
+                start_dir=start_dir,
+            )
+            reload.reexec(handover, SERVER_SIGNALS)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)
         raise

@@ -41,6 +41,7 @@ NOTIFY_TIMEOUT = 5.0
 
 GRACEFUL = "graceful"
 NOW = "now"
+RELOAD = "reload"
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
@@ -60,6 +61,19 @@ def stop_when_idle(job: object) -> None:
         stop()
     except Exception:
         logger.exception("Could not tell a connection to stop")
+
+
+def reload_allowed(check: Callable[[], str | None]) -> bool:
+    """Run a reload's check of the new code; a failure is logged and cancels the reload."""
+    try:
+        error = check()
+    except Exception:
+        logger.exception("Reload cancelled: the check failed; still serving the old code.")
+        return False
+    if error is not None:
+        logger.error("Reload cancelled, still serving the old code: %s", error)
+        return False
+    return True
 
 
 def flush_stdio() -> None:
@@ -129,6 +143,9 @@ class _Worker:
 
     link: socket.socket | None
     idle: bool = True
+    # Set for a worker that finishes its request for a previous master (reload): when
+    # it is killed if still running. It no longer counts towards the pool.
+    deadline: float | None = None
 
 
 class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
@@ -137,7 +154,13 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
     TERM and HUP stop gracefully: idle workers leave at once, busy ones finish their
     request (persistent connections are told ``stop_when_idle()``), and whatever is
     left after ``shutdownTimeout`` seconds is killed. INT stops now: workers get
-    SIGINT and are killed after a second. USR1 calls :meth:`_handle_usr1`.
+    SIGINT and are killed after a second. USR1 calls :meth:`_handle_usr1` in the
+    master, then is passed on to the workers.
+
+    With ``reload_check`` set, HUP reloads instead: if the check returns no error,
+    the workers are told to finish and ``run()`` returns True at once, leaving them
+    running; their pids are in ``retiring``, for :meth:`adopt_workers` in the master
+    that takes over. If the check returns an error, it is logged and nothing changes.
     """
 
     MASTER_SIGNALS = (
@@ -177,13 +200,38 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
         self._stopping: str | None = None
         self._retry_at: float | None = None
         self._job: object | None = None
+        self.reload_check: Callable[[], str | None] | None = None
+        self.on_usr1: Callable[[], None] | None = None
+        # Called once when TERM or INT starts a stop; runfcgi removes its socket file
+        # there, so that a new server can start while this one finishes its requests.
+        self.on_stop: Callable[[], None] | None = None
+        self.retiring: list[int] = []
+
+    def adopt_workers(self, pids: Iterable[int]) -> None:
+        """Wait for the workers of the master this process replaced (same pid, after exec).
+
+        They finish their request and exit; after ``shutdownTimeout`` they are killed.
+        """
+        deadline = time.monotonic() + self._shutdownTimeout
+        for pid in pids:
+            self._children[pid] = _Worker(None, idle=False, deadline=deadline)
 
     def _handle_usr1(self) -> None:
         """Called from the main loop after SIGUSR1 (B3: flup's handler killed the master).
 
         In the master for a USR1 sent to the master, and in a worker between requests
-        for a USR1 sent to that worker. Does nothing; meant to be overridden.
+        for a USR1 sent to that worker. Calls ``on_usr1`` when set: runfcgi reopens its
+        log files.
         """
+        if self.on_usr1 is not None:
+            self.on_usr1()
+
+    def _stop_begins(self) -> None:
+        if self.on_stop is not None:
+            try:
+                self.on_stop()
+            except Exception:
+                logger.exception("Error while starting to stop.")
 
     def _usr1_received(self) -> None:
         try:
@@ -203,6 +251,7 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
         self._hupReceived = False
         self._stopping = None
         self._retry_at = None
+        self.retiring = []
         # Workers race for each connection; a non-blocking accept() lets the losers go
         # back to waiting (B24).
         sock.setblocking(False)
@@ -211,7 +260,11 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
         self._selector.register(self._signals.fd, selectors.EVENT_READ)
         try:
             self._serve(sock)
-            self._shutdown()
+            if self._stopping == RELOAD:
+                self._retire_workers()
+            else:
+                self._stop_begins()
+                self._shutdown()
         finally:
             self._kill_workers()
             self._signals.close()
@@ -225,9 +278,10 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
                 return
             self._reapChildren()
             self._maintain_pool(sock)
-            timeout = None
-            if self._retry_at is not None:
-                timeout = max(0.0, self._retry_at - time.monotonic())
+            wake_at = [self._retry_at, self._expire_retiring()]
+            timeout = min((t for t in wake_at if t is not None), default=None)
+            if timeout is not None:
+                timeout = max(0.0, timeout - time.monotonic())
             for key, _ in self._selector.select(timeout):
                 if key.fd != self._signals.fd:
                     self._read_state(key.data)
@@ -236,12 +290,50 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
         for signum in self._signals.pop():
             if signum == signal.SIGUSR1:
                 self._usr1_received()
+                self._signal_workers(signal.SIGUSR1)
             elif signum == signal.SIGINT:
                 self._stopping = NOW
+            elif signum == signal.SIGHUP and self.reload_check is not None:
+                if self._stopping is None and reload_allowed(self.reload_check):
+                    self._hupReceived = True
+                    self._stopping = RELOAD
             elif signum in (signal.SIGTERM, signal.SIGHUP):
                 self._hupReceived = self._hupReceived or signum == signal.SIGHUP
                 self._stopping = self._stopping or GRACEFUL
             # SIGCHLD only wakes the loop, which reaps.
+
+    def _retire_workers(self) -> None:
+        """Reload: workers finish their request and exit; a new master will wait for them."""
+        self._signal_workers(signal.SIGTERM)
+        for pid in self._children:
+            self._close_link(pid)
+        self.retiring = sorted(self._children)
+        self._children = {}
+
+    def _expire_retiring(self) -> float | None:
+        """Kill the previous master's workers that are past their time; the next deadline."""
+        now = time.monotonic()
+        nearest = None
+        for pid, worker in self._children.items():
+            if worker.deadline is None or worker.deadline == float("inf"):
+                continue
+            if worker.deadline <= now:
+                logger.warning(
+                    "Worker process %d of the previous code still running %.1f s after "
+                    "the reload; killing it.",
+                    pid,
+                    self._shutdownTimeout,
+                )
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                worker.deadline = float("inf")
+            elif nearest is None or worker.deadline < nearest:
+                nearest = worker.deadline
+        return nearest
+
+    def _active(self) -> dict[int, _Worker]:
+        """The workers of this master's pool, without those finishing for a previous one."""
+        return {pid: worker for pid, worker in self._children.items() if worker.deadline is None}
 
     def _read_state(self, pid: int) -> None:
         link = self._children[pid].link
@@ -274,12 +366,13 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
             if time.monotonic() < self._retry_at:
                 return
             self._retry_at = None
-        while len(self._children) < self._maxSpare:
+        while len(self._active()) < self._maxSpare:
             if not self._spawnChild(sock):
                 return
-        idle = sorted(pid for pid, worker in self._children.items() if worker.idle)
+        active = self._active()
+        idle = sorted(pid for pid, worker in active.items() if worker.idle)
         if len(idle) < self._minSpare:
-            wanted = min(self._minSpare - len(idle), self._maxChildren - len(self._children))
+            wanted = min(self._minSpare - len(idle), self._maxChildren - len(active))
             for _ in range(wanted):
                 if not self._spawnChild(sock):
                     return
@@ -320,9 +413,9 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
             if done == 0:
                 continue
             self._close_link(pid)
-            del self._children[pid]
+            retired = self._children.pop(pid).deadline is not None
             code = os.waitstatus_to_exitcode(status)
-            if code != 0 and self._stopping is None:
+            if code != 0 and self._stopping is None and not retired:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
                 logger.warning("Worker process %d %s; starting another.", pid, how)
 

@@ -8,6 +8,7 @@ the fixed process halves, and serve a socket that is already bound.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Iterable
 from functools import cache
 from typing import Any, Protocol, cast
 
@@ -27,7 +28,14 @@ PROTOCOL_NAMES = {"fcgi": "FastCGI", "scgi": "SCGI", "ajp": "AJP 1.3"}
 
 
 class Server(Protocol):
+    reload_check: Callable[[], str | None] | None
+    retiring: list[int]
+    on_usr1: Callable[[], None] | None
+    on_stop: Callable[[], None] | None
+
     def run(self, sock: socket.socket) -> bool: ...
+
+    def adopt_workers(self, pids: Iterable[int]) -> None: ...
 
 
 @cache

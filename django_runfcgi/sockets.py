@@ -169,6 +169,13 @@ def adopt(target: Inherited) -> Listener:
     return Listener(sock, target)
 
 
+def take_over(fd: int, target: Bind, created: tuple[int, int] | None) -> Listener:
+    """The listening socket of the master this process was before a reload."""
+    sock = socket.socket(fileno=fd)
+    sock.set_inheritable(False)
+    return Listener(sock, target, created=created)
+
+
 def listen(target: Bind, umask: int) -> Listener:
     if isinstance(target, TCP):
         return bind_tcp(target)

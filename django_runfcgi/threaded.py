@@ -15,12 +15,20 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from flup.server import threadedserver, threadpool
 
-from django_runfcgi.prefork import GRACEFUL, INT_GRACE, NOW, Job, SignalQueue, stop_when_idle
+from django_runfcgi.prefork import (
+    GRACEFUL,
+    INT_GRACE,
+    NOW,
+    Job,
+    SignalQueue,
+    reload_allowed,
+    stop_when_idle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +179,8 @@ class ThreadedServer(threadedserver.ThreadedServer):  # type: ignore[misc]
     TERM and HUP stop gracefully: no new connection is accepted, persistent
     connections are told ``stop_when_idle()`` and running requests get
     ``shutdownTimeout`` seconds to finish. INT does the same with one second.
-    USR1 calls :meth:`_handle_usr1`.
+    USR1 calls :meth:`_handle_usr1`. With ``reload_check`` set, HUP first calls it and
+    is ignored, with the error logged, when it returns one.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
@@ -197,12 +206,33 @@ class ThreadedServer(threadedserver.ThreadedServer):  # type: ignore[misc]
         self._shutdownTimeout = shutdownTimeout
         self._hupReceived = False
         self._stopping: str | None = None
+        self.reload_check: Callable[[], str | None] | None = None
+        self.on_usr1: Callable[[], None] | None = None
+        # Called once when TERM or INT starts a stop; runfcgi removes its socket file
+        # there, so that a new server can start while this one finishes its requests.
+        self.on_stop: Callable[[], None] | None = None
+        # Threads cannot outlive a reload: run() returns once they have finished.
+        self.retiring: list[int] = []
+
+    def adopt_workers(self, pids: Iterable[int]) -> None:
+        """Nothing to wait for: a threaded server's threads end before it reloads."""
+        if list(pids):
+            raise ValueError("A threaded server has no worker processes to adopt.")
 
     def _handle_usr1(self) -> None:
         """Called from the main loop after SIGUSR1, which flup leaves to kill the process.
 
-        Does nothing; meant to be overridden.
+        Calls ``on_usr1`` when set (runfcgi reopens its log files).
         """
+        if self.on_usr1 is not None:
+            self.on_usr1()
+
+    def _stop_begins(self) -> None:
+        if self.on_stop is not None:
+            try:
+                self.on_stop()
+            except Exception:
+                logger.exception("Error while starting to stop.")
 
     def _usr1_received(self) -> None:
         try:
@@ -233,6 +263,8 @@ class ThreadedServer(threadedserver.ThreadedServer):  # type: ignore[misc]
                 pool.start(self._signals.wake)
                 try:
                     self._serve(sock, selector)
+                    if not self._hupReceived:
+                        self._stop_begins()
                 finally:
                     pool.stop()
                 self._wait_for_threads(selector)
@@ -247,9 +279,28 @@ class ThreadedServer(threadedserver.ThreadedServer):  # type: ignore[misc]
                 self._usr1_received()
             elif signum == signal.SIGINT:
                 self._stopping = NOW
+            elif signum == signal.SIGHUP and not self._reload_allowed():
+                continue
             else:
                 self._hupReceived = self._hupReceived or signum == signal.SIGHUP
                 self._stopping = self._stopping or GRACEFUL
+
+    def _reload_allowed(self) -> bool:
+        """With ``reload_check`` set, HUP stops only if the check finds no error."""
+        if self.reload_check is None:
+            return True
+        return self._stopping is None and reload_allowed(self.reload_check)
+        if self._stopping is not None:
+            return False
+        try:
+            error = self.reload_check()
+        except Exception:
+            logger.exception("Reload cancelled: the check failed; still serving the old code.")
+            return False
+        if error is not None:
+            logger.error("Reload cancelled, still serving the old code: %s", error)
+            return False
+        return True
 
     def _serve(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
         listening = False

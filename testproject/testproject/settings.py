@@ -84,3 +84,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
 }
+
+# The code a reload must pick up: a file read once, when the project loads. "broken"
+# stands for a deploy whose code fails to import.
+RELEASE = ""
+if os.environ.get("TESTPROJECT_RELEASE_FILE"):
+    RELEASE = Path(os.environ["TESTPROJECT_RELEASE_FILE"]).read_text().strip()
+    if RELEASE == "broken":
+        raise RuntimeError("this release does not load")

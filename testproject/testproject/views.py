@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -63,6 +64,7 @@ def echo(request: HttpRequest) -> JsonResponse:
             "absolute_uri": request.build_absolute_uri(),
             "cookies": dict(request.COOKIES),
             "pid": os.getpid(),
+            "release": settings.RELEASE,
             "meta": {k: request.META[k] for k in ECHO_META if k in request.META},
         }
     )

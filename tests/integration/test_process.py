@@ -110,13 +110,6 @@ def test_sigusr1_does_not_stop_the_server(runner: Runner, method: str) -> None:
     assert fcgi_request(address, "GET", "/echo/").status == 200
 
 
-def test_sighup_stops_like_django_1_8(runner: Runner) -> None:
-    serve_unix(runner)
-    run = runner.runs[-1]
-    run.signal(signal.SIGHUP)
-    assert run.wait(5) == 0, run.describe()
-
-
 def open_files(pid: int) -> list[str]:
     directory = f"/proc/{pid}/fd"
     names = []
