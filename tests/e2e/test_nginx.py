@@ -9,7 +9,9 @@ socket and TCP, each protocol and transport both at / and under /app/.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +75,9 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
 
 
 @pytest.fixture(
-    scope="module", params=WIRINGS, ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount or 'root'}"
+    scope="module",
+    params=WIRINGS,
+    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
 )
 def served(request: pytest.FixtureRequest, nginx_binary: str) -> Iterator[Served]:
     wiring: Wiring = request.param
@@ -133,3 +137,15 @@ def test_prefix_without_its_slash_redirects(site: Site) -> None:
     response = http_request(site.port, "GET", site.mount, timeout=10)
     assert response.status == 301
     assert response.header("Location") in (site.url("/"), site.absolute("/"))
+
+
+def test_backends_stop_promptly_while_nginx_holds_connections(served: Served) -> None:
+    """Runs last for each wiring: TERM ends runfcgi even with kept-open connections."""
+    for _ in range(4):
+        assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
+    started = time.monotonic()
+    for run in served.runner.runs:
+        run.signal(signal.SIGTERM)
+    for run in served.runner.runs:
+        assert run.wait(timeout=15) == 0, run.describe()
+    assert time.monotonic() - started < 10
