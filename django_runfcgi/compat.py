@@ -54,6 +54,9 @@ ClientAddress = str | bytes | tuple[Any, ...]
 IDLE_POLL_SECONDS = 0.5
 """How often an idle connection checks whether stop_when_idle() was called."""
 
+FIRST_REQUEST_SECONDS = 2.0
+"""How long a connection accepted during a stop waits for its first request."""
+
 _ERROR_PAGE = b"""<!DOCTYPE html>
 <html><head><title>500 Internal Server Error</title></head>
 <body><h1>Internal Server Error</h1>
@@ -101,15 +104,6 @@ def _set_nodelay(sock: socket.socket) -> None:
     """Send small packets at once: with Nagle, every request body chunk waits 40 ms (B10)."""
     if sock.family in (socket.AF_INET, socket.AF_INET6):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _wait_for_request(sock: socket.socket, stopping: Callable[[], bool]) -> bool:
-    """Wait until the client sends something (True) or stop_when_idle() is called (False)."""
-    while not stopping():
-        readable, _, _ = select.select([sock], [], [], IDLE_POLL_SECONDS)
-        if readable:
-            return True
-    return False
 
 
 def _recv_exactly(sock: socket.socket, size: int, what: str, *, first: bool = False) -> bytes:
@@ -290,6 +284,7 @@ class _Connection:
         super().__init__(sock, addr, server, timeout)  # type: ignore[call-arg]
         _set_nodelay(sock)
         self._stopping = False
+        self._first = True
 
     def stop_when_idle(self) -> None:
         """Finish the request in progress, then close instead of waiting for another.
@@ -298,8 +293,26 @@ class _Connection:
         """
         self._stopping = True
 
-    def _is_stopping(self) -> bool:
-        return self._stopping
+    def _wait_for_request(self) -> bool:
+        """Wait until the client sends a request (True) or stop_when_idle() is called (False).
+
+        The first request is waited for even during a stop: the web server connected to
+        send it, and a worker that accepted the connection must not drop it (a reload or
+        a stop under load would answer 502).
+        """
+        first, self._first = self._first, False
+        deadline = None
+        while True:
+            if self._stopping:
+                if not first:
+                    return False
+                if deadline is None:
+                    deadline = time.monotonic() + FIRST_REQUEST_SECONDS
+                elif time.monotonic() > deadline:
+                    return False
+            readable, _, _ = select.select([self._sock], [], [], IDLE_POLL_SECONDS)
+            if readable:
+                return True
 
     @contextmanager
     def _logging_failures(self) -> Iterator[None]:
@@ -344,7 +357,7 @@ class FCGIConnection(_Connection, fcgi_base.Connection):  # type: ignore[misc]
         try:
             with self._logging_failures():
                 while self._keepGoing:
-                    if not self._requests and not _wait_for_request(self._sock, self._is_stopping):
+                    if not self._requests and not self._wait_for_request():
                         break
                     self.process_input()
         finally:
@@ -680,7 +693,7 @@ class SCGIConnection(_Connection, scgi_base.Connection):  # type: ignore[misc]
     def run(self) -> None:
         try:
             with self._logging_failures():
-                if _wait_for_request(self._sock, self._is_stopping):
+                if self._wait_for_request():
                     self.processInput()
         finally:
             self._sock.close()
@@ -814,7 +827,7 @@ class AJPConnection(_Connection, ajp_base.Connection):  # type: ignore[misc]
         """Requests until the front end closes; once stopping, the last answer says no reuse."""
         try:
             with self._logging_failures():
-                while _wait_for_request(self._sock, self._is_stopping):
+                while self._wait_for_request():
                     self.processInput()
         finally:
             self._sock.close()

@@ -572,8 +572,12 @@ def scgi_request(
     params: Params | None = None,
     script_name: str = "",
     timeout: float = 30.0,
+    sock: socket.socket | None = None,
 ) -> Response:
-    """One SCGI request; the response ends when the server closes the connection."""
+    """One SCGI request; the response ends when the server closes the connection.
+
+    With `sock` the request goes over that connection, which the caller closes.
+    """
     length = _content_length(body, content_length)
     env = _cgi_params(
         method=method,
@@ -585,13 +589,18 @@ def scgi_request(
         params=params,
         protocol_params={"SCGI": b"1"},
     )
-    with connect(address, timeout) as conn, _Exchange(conn, address, timeout) as exchange:
-        exchange.send(_scgi_stream(env, _BodyReader(body)))
-        cgi = _CgiResponse()
-        # EOF ends the response, even with part of the body unsent: the server has answered.
-        while data := exchange.receive():
-            cgi.feed(data)
-        return cgi.response()
+    conn = connect(address, timeout) if sock is None else sock
+    try:
+        with _Exchange(conn, address, timeout) as exchange:
+            exchange.send(_scgi_stream(env, _BodyReader(body)))
+            cgi = _CgiResponse()
+            # EOF ends the response, even with part of the body unsent: it has answered.
+            while data := exchange.receive():
+                cgi.feed(data)
+            return cgi.response()
+    finally:
+        if sock is None:
+            conn.close()
 
 
 def _ajp_string(value: str | bytes | None) -> bytes:

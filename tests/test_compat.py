@@ -728,10 +728,11 @@ def test_stop_when_idle_closes_an_idle_persistent_connection(
 
 
 def test_stop_when_idle_closes_a_silent_scgi_connection(serve: Callable[..., Harness]) -> None:
+    """A connection that never sends its first request is given up after a short while."""
     harness = serve("scgi", ignoring_app)
     with connect(harness.address):
         harness.wait_for_connection().stop_when_idle()
-        assert harness.connections_done(1.5)
+        assert harness.connections_done(compat.FIRST_REQUEST_SECONDS + 1.5)
 
 
 class Gate:
@@ -897,3 +898,21 @@ def test_flup_loggers_follow_the_projects_logging(name: str) -> None:
     import django_runfcgi.compat  # noqa: F401 - importing it is the fix
 
     assert logging.getLogger(name).handlers == []
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_connection_accepted_during_a_stop_serves_its_first_request(protocol: str) -> None:
+    """A worker told to stop just after accept() dropped the connection: nginx said 502."""
+    server, connection_class = make_server(protocol, "ours", environ_app, debug=False)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        conn = connection_class(ours, "", server, None)
+        conn.stop_when_idle()
+        thread = threading.Thread(target=conn.run)
+        thread.start()
+        time.sleep(0.2)
+        response = REQUESTS[protocol]("", "GET", "/late/", sock=theirs, timeout=10)
+        thread.join(timeout=10)
+    assert response.status == 200
+    assert response.json()["PATH_INFO"] == "/late/"
+    assert not thread.is_alive()
