@@ -1,0 +1,156 @@
+"""Apache httpd 2.4 in front of runfcgi, configured from the recipes in docs/configs/.
+
+A recipe is a site file written for a person (``<VirtualHost *:80>``, the socket in
+``/run/mysite/``, backends on ``127.0.0.1:8001``...); the harness changes only those
+addresses and wraps the site in the smallest main configuration Apache needs to run
+from a temporary directory.
+
+Apache refuses to serve as root and switches to ``User`` instead, but that user could
+not open the test's sockets, temp directories or interpreter. So when the tests run as
+root, Apache starts in a user namespace where the test's uid looks like an ordinary
+user: it keeps the test's file access and needs no ``User`` at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import require
+from tests.frontends import find, wait_for_port
+
+DOC_VHOST = "<VirtualHost *:80>"
+DOC_FCGI_TCP = "127.0.0.1:8001"
+DOC_SCGI_TCP = "127.0.0.1:8002"
+DOC_AJP_FIRST = "127.0.0.1:8009"
+DOC_AJP_SECOND = "127.0.0.1:8010"
+DOC_PYTHON = "#!/home/mysite/venv/bin/python"
+DOC_PROJECT = "/home/mysite/mysite"
+DOC_SETTINGS = '"mysite.settings"'
+
+MODULES = "/usr/lib/apache2/modules"
+LOADED = (
+    "authz_core",
+    "authz_host",
+    "mime",
+    "dir",
+    "alias",
+    "env",
+    "setenvif",
+    "headers",
+    "rewrite",
+    "proxy",
+    "proxy_fcgi",
+    "proxy_scgi",
+    "proxy_ajp",
+    "proxy_balancer",
+    "slotmem_shm",
+    "lbmethod_byrequests",
+    "fcgid",
+)
+
+# Small pools that still serve the scenarios' eight concurrent requests at once.
+MPM_SETTINGS = {
+    "event": "StartServers 1\nServerLimit 2\nThreadsPerChild 25\nMaxRequestWorkers 50\n"
+    "MinSpareThreads 10\nMaxSpareThreads 50",
+    "prefork": "StartServers 4\nMinSpareServers 2\nMaxSpareServers 12\nServerLimit 24\n"
+    "MaxRequestWorkers 24",
+}
+
+
+def vhost(port: int) -> dict[str, str]:
+    """The replacement that puts a documented site on the test's loopback port."""
+    return {DOC_VHOST: f"<VirtualHost 127.0.0.1:{port}>"}
+
+
+@dataclass
+class Apache:
+    """``apache2 -DFOREGROUND`` with one site, its own ServerRoot and logs."""
+
+    directory: Path
+    site: str
+    port: int
+    mpm: str = "event"
+    main: str = ""
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def config(self) -> str:
+        d = self.directory
+        modules = "\n".join(
+            f"LoadModule {name}_module {MODULES}/mod_{name}.so"
+            for name in (f"mpm_{self.mpm}", *LOADED)
+        )
+        return f"""
+ServerRoot {d}
+ServerName 127.0.0.1
+Listen 127.0.0.1:{self.port}
+PidFile {d}/httpd.pid
+DefaultRuntimeDir {d}
+Mutex file:{d} default
+ErrorLog {d}/error.log
+LogLevel warn
+{modules}
+TypesConfig /etc/mime.types
+{MPM_SETTINGS[self.mpm]}
+Timeout 60
+FcgidIPCDir {d}/fcgid
+FcgidProcessTableFile {d}/fcgid/table
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+{self.main}
+{self.site}
+"""
+
+    def command(self, conf: Path) -> list[str]:
+        argv = [find("apache2", "apache2"), "-f", str(conf), "-DFOREGROUND"]
+        if os.geteuid() == 0:
+            return ["unshare", "--user", "--map-user=65533", "--map-group=65533", *argv]
+        return argv
+
+    def start(self) -> Apache:
+        (self.directory / "fcgid").mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "httpd.conf"
+        conf.write_text(self.config())
+        log = self.directory / "httpd.out"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.command(conf),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.port, self.proc, log)
+        except RuntimeError as err:
+            self.stop()
+            raise RuntimeError(f"{err}\n{self.error_log()}") from None
+        return self
+
+    def stop(self) -> None:
+        """TERM to the process group: Apache, its children and what mod_fcgid spawned."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def error_log(self) -> str:
+        path = self.directory / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def apache_binary() -> str:
+    return require("apache2", "apache2")

@@ -1,0 +1,304 @@
+"""Through Apache httpd 2.4 with the documented recipes (docs/configs/apache-*, mysite.fcgi,
+htaccess), at / and /app/.
+
+Each wiring is served once per module: its runfcgi backends and Apache start together,
+then every scenario runs against them. The wirings cover mod_proxy_fcgi over a unix
+socket and TCP, mod_proxy_scgi, mod_proxy_ajp behind mod_proxy_balancer over two
+backends, and mod_fcgid spawning mysite.fcgi from a shared host's ``.htaccess``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TESTPROJECT, Runner, free_port
+from tests.e2e.apache import (
+    DOC_AJP_FIRST,
+    DOC_AJP_SECOND,
+    DOC_FCGI_TCP,
+    DOC_PROJECT,
+    DOC_PYTHON,
+    DOC_SCGI_TCP,
+    DOC_SETTINGS,
+    Apache,
+    apache_binary,
+    vhost,
+)
+from tests.e2e.http import http_request
+from tests.e2e.scenarios import SCENARIOS, Site
+from tests.frontends import DOC_SOCKET, recipe
+
+__all__ = ["apache_binary"]
+
+pytestmark = pytest.mark.e2e
+
+# Enough workers for the eight concurrent requests of a scenario.
+WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
+
+CHUNKED_REFUSED = "mod_proxy_scgi answers 411 Length Required to a chunked request body"
+FCGID_BURST = (
+    "mod_fcgid gives each mysite.fcgi process one request at a time and starts more "
+    "processes only after requests have waited for one, so a burst queues until the pool grew"
+)
+# Apache forwards "Transfer-Encoding: chunked" without a length and sends the body only
+# when the backend asks for it with GET_BODY_CHUNK, as Tomcat does, until an empty packet.
+AJP_CHUNKED = (
+    "runfcgi's AJP server to read a chunked request body (Transfer-Encoding: chunked, no "
+    "Content-Length) with GET_BODY_CHUNK requests until Apache sends an empty body packet"
+)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    recipe: str
+    protocol: str
+    variant: str
+    mount: str
+    transport: str  # "unix", "tcp" or "fcgid" (Apache starts mysite.fcgi itself)
+    backends: int = 1
+    streams: bool = True
+    cannot: Mapping[str, str] = field(default_factory=dict)
+    host: str = ""  # main-server settings of a shared host (mod_fcgid)
+    needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
+
+
+WIRINGS = [
+    Wiring("apache-fcgi.conf", "fcgi", "unix", "", "unix"),
+    Wiring("apache-fcgi-prefix.conf", "fcgi", "tcp", "/app", "tcp"),
+    Wiring(
+        "apache-scgi.conf", "scgi", "proxy", "", "tcp", cannot={"chunked-body": CHUNKED_REFUSED}
+    ),
+    Wiring(
+        "apache-scgi-prefix.conf",
+        "scgi",
+        "proxy",
+        "/app",
+        "tcp",
+        cannot={"chunked-body": CHUNKED_REFUSED},
+    ),
+    Wiring(
+        "apache-ajp-balancer.conf",
+        "ajp",
+        "balancer",
+        "",
+        "tcp",
+        backends=2,
+        needs={"chunked-body": AJP_CHUNKED},
+    ),
+    Wiring(
+        "apache-ajp-balancer-prefix.conf",
+        "ajp",
+        "balancer",
+        "/app",
+        "tcp",
+        backends=2,
+        needs={"chunked-body": AJP_CHUNKED},
+    ),
+    # A host that lets responses stream, and one with mod_fcgid's default 64 KiB buffer.
+    Wiring(
+        "htaccess",
+        "fcgi",
+        "fcgid",
+        "",
+        "fcgid",
+        host="FcgidOutputBufferSize 0",
+        cannot={"concurrent-slow": FCGID_BURST},
+    ),
+    Wiring(
+        "htaccess",
+        "fcgi",
+        "fcgid",
+        "/app",
+        "fcgid",
+        streams=False,
+        cannot={"concurrent-slow": FCGID_BURST},
+    ),
+]
+
+TCP_DOCS = {
+    "fcgi": (DOC_FCGI_TCP,),
+    "scgi": (DOC_SCGI_TCP,),
+    "ajp": (DOC_AJP_FIRST, DOC_AJP_SECOND),
+}
+
+
+@dataclass
+class Served:
+    wiring: Wiring
+    site: Site
+    runner: Runner
+    backend_pids: list[int]
+    apache: Apache
+
+
+def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
+    """Start the wiring's runfcgi backends; returns the recipe's addresses to replace."""
+    replacements: dict[str, str] = {}
+    words = ["daemonize=false", f"protocol={wiring.protocol}", *WORKERS]
+    if wiring.protocol == "scgi" or (wiring.protocol == "ajp" and wiring.mount):
+        # mod_proxy_scgi sends the whole path as SCRIPT_NAME, AJP no SCRIPT_NAME at all.
+        words.append(f"scriptname={wiring.mount or '/'}")
+    for index in range(wiring.backends):
+        if wiring.transport == "unix":
+            sock = str(runner.tmp / f"{wiring.protocol}{index}.sock")
+            runner.serve(*words, f"socket={sock}", address=sock)
+            replacements[DOC_SOCKET] = sock
+        else:
+            port = free_port()
+            runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
+            replacements[TCP_DOCS[wiring.protocol][index]] = f"127.0.0.1:{port}"
+    return replacements
+
+
+def shared_host(runner: Runner, wiring: Wiring, port: int) -> tuple[str, str]:
+    """A document root holding the documented .htaccess and mysite.fcgi; returns the
+    host's site and main-server settings, as a shared host would have them."""
+    htdocs = runner.tmp / "htdocs"
+    directory = htdocs / wiring.mount.lstrip("/")
+    directory.mkdir(parents=True)
+    (directory / ".htaccess").write_text(recipe("htaccess", {}))
+    script = directory / "mysite.fcgi"
+    script.write_text(
+        recipe(
+            "mysite.fcgi",
+            {
+                DOC_PYTHON: f"#!{sys.executable}",
+                DOC_PROJECT: str(TESTPROJECT),
+                DOC_SETTINGS: '"testproject.settings"',
+            },
+        )
+    )
+    script.chmod(0o755)
+    env = runner.env()
+    site = f"""
+<VirtualHost 127.0.0.1:{port}>
+    DocumentRoot {htdocs}
+    <Directory {htdocs}>
+        AllowOverride FileInfo Options=ExecCGI
+        Require all granted
+    </Directory>
+    <FilesMatch "^\\.ht">
+        Require all denied
+    </FilesMatch>
+</VirtualHost>
+"""
+    main = "\n".join(
+        [
+            wiring.host,
+            # Large enough for the 50 MB upload (the default is 128 KiB).
+            "FcgidMaxRequestLen 104857600",
+            *(
+                f"FcgidInitialEnv {name} {env[name]}"
+                for name in ("RUNFCGI_TEST_TAG", "TESTPROJECT_DB", "PYTHONUNBUFFERED")
+            ),
+        ]
+    )
+    return site, main
+
+
+@pytest.fixture(
+    scope="module",
+    params=WIRINGS,
+    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
+)
+def served(request: pytest.FixtureRequest, apache_binary: str) -> Iterator[Served]:
+    wiring: Wiring = request.param
+    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+    runner = Runner(tmp)
+    apache: Apache | None = None
+    try:
+        port = free_port()
+        main = ""
+        if wiring.transport == "fcgid":
+            site_config, main = shared_host(runner, wiring, port)
+        else:
+            replacements = serve(runner, wiring) | vhost(port)
+            site_config = recipe(wiring.recipe, replacements)
+        apache = Apache(tmp / "apache", site_config, port, main=main).start()
+        site = Site(
+            "apache",
+            wiring.protocol,
+            wiring.variant,
+            wiring.mount,
+            port,
+            streams=wiring.streams,
+            cannot=wiring.cannot,
+        )
+        yield Served(wiring, site, runner, [run.proc.pid for run in runner.runs], apache)
+    finally:
+        if apache is not None:
+            apache.stop()
+        runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site(served: Served) -> Site:
+    return served.site
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario(
+    served: Served, site: Site, scenario: str, request: pytest.FixtureRequest
+) -> None:
+    if scenario in served.wiring.needs:
+        need = served.wiring.needs[scenario]
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
+    SCENARIOS[scenario](site)
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as handle:
+        return int(handle.read().rsplit(b")", 1)[1].split()[1])
+
+
+def test_balancer_spreads_requests_over_backends(served: Served) -> None:
+    if len(served.backend_pids) < 2:
+        pytest.skip("one backend")
+    answered: set[int] = set()
+    for _ in range(3 * len(served.backend_pids)):
+        response = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=10)
+        assert response.status == 200
+        answered.add(parent_of(response.json()["pid"]))
+    assert answered == set(served.backend_pids)
+
+
+def running(pid: int) -> bool:
+    """Not exited: mod_fcgid reaps its children only now and then."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_fcgid_starts_a_new_script_after_kill(served: Served) -> None:
+    """The shared-hosting restart: TERM the script, the next request starts a new one."""
+    if served.site.variant != "fcgid":
+        pytest.skip("mod_fcgid only")
+    first = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=10)
+    assert first.status == 200
+    old = first.json()["pid"]
+    os.kill(old, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while running(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=20)
+    assert again.status == 200
+    assert again.json()["pid"] != old
+
+
+def test_no_error_logged(served: Served) -> None:
+    """Apache logs no proxy or fcgid error after the scenarios ran."""
+    errors = [line for line in served.apache.error_log().splitlines() if ":error]" in line]
+    assert errors == []
