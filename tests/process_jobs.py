@@ -189,8 +189,9 @@ def ask_all(path: str, lines: list[str], timeout: float = 10.0) -> tuple[float, 
             deadline = start + timeout
             while selector.get_map() and time.monotonic() < deadline:
                 for key, _ in selector.select(deadline - time.monotonic()):
-                    sock = key.fileobj
-                    assert isinstance(sock, socket.socket)
+                    ready = key.fileobj
+                    assert isinstance(ready, socket.socket)
+                    sock = ready
                     try:
                         data = sock.recv(4096)
                     except ConnectionResetError:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner, free_port, wait_until_accepting
+from tests.conftest import TESTPROJECT, Run, Runner, free_port, wait_until_accepting
 from tests.e2e.http import http_request
 from tests.frontends import DOC_LISTEN, DOC_SOCKET, Nginx, recipe
 from tests.process_jobs import wait_for
@@ -79,6 +79,15 @@ class Load:
         with self._lock:
             return self.outcomes["200"]
 
+    def serves_on(self, more: int = 20, timeout: float = 10) -> bool:
+        """Whether `more` requests succeed from now on, within `timeout` seconds."""
+        target = self.served() + more
+        return wait_for(lambda: self.served() >= target, timeout=timeout)
+
+
+def reloads(run: Run) -> int:
+    return run.stdout.count("Reloaded; serving")
+
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("method", ["prefork", "threaded"])
@@ -97,13 +106,12 @@ def test_reload_under_load_fails_no_request(
         env={"TESTPROJECT_RELEASE_FILE": str(release)},
     )
     with nginx_in_front(runner.tmp / "nginx", sock) as port, Load(port) as load:
-        assert wait_for(lambda: load.served() > 20, timeout=10)
+        assert load.serves_on()
         for n in range(1, 4):
             release.write_text(f"r{n}")
             run.signal(signal.SIGHUP)
-            assert wait_for(lambda: run.stdout.count("Reloaded") == n, timeout=30), run.describe()
-            before = load.served()
-            assert wait_for(lambda: load.served() > before + 20, timeout=10)
+            assert wait_for(lambda n=n: reloads(run) >= n, timeout=30), run.describe()
+            assert load.serves_on()
     assert set(load.outcomes) == {"200"}, (load.outcomes, run.describe())
     assert load.releases["r3"] > 0
     assert run.proc.poll() is None, run.describe()
@@ -187,11 +195,10 @@ def test_the_historic_restart_script_ten_times_under_load_leaves_one_server(
     wait_until_accepting(None, str(sock), 20)
     masters = [first]
     with nginx_in_front(short_tmp / "nginx", str(sock)) as port, Load(port) as load:
-        assert wait_for(lambda: load.served() > 20, timeout=10)
+        assert load.serves_on()
         for _ in range(10):
             masters.append(restart())
-            before = load.served()
-            assert wait_for(lambda: load.served() > before + 10, timeout=20), load.outcomes
+            assert load.serves_on(10, timeout=20), load.outcomes
             assert wait_for(lambda: masters_serving(str(sock)) == [masters[-1]], timeout=35), (
                 masters_serving(str(sock)),
                 masters,
