@@ -98,7 +98,11 @@ def stream(request: HttpRequest) -> StreamingHttpResponse:
                 time.sleep(pause)
             yield f"chunk {i} at {time.monotonic():.3f}\n".encode()
 
-    return StreamingHttpResponse(chunks(), content_type="text/plain")
+    response = StreamingHttpResponse(chunks(), content_type="text/plain")
+    if request.GET.get("accel") == "no":
+        # How an application asks nginx not to buffer this one response.
+        response["X-Accel-Buffering"] = "no"
+    return response
 
 
 def download(request: HttpRequest) -> FileResponse:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import TESTPROJECT, Run, Runner, free_port, wait_until_accepting
 from tests.e2e.http import http_request
-from tests.frontends import DOC_LISTEN, DOC_SOCKET, Nginx, recipe
+from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, Nginx, recipe
 from tests.process_jobs import wait_for
 
 LOAD_THREADS = 4
@@ -117,11 +117,8 @@ def test_reload_under_load_fails_no_request(
     assert run.proc.poll() is None, run.describe()
 
 
-RESTART_SCRIPT = """\
-cd $PROJDIR
-if [ -f $PIDFILE ]; then kill `cat -- $PIDFILE`; rm -f -- $PIDFILE; fi
-exec /usr/bin/env - PYTHONPATH="../python:.." ./manage.py runfcgi socket=$SOCKET pidfile=$PIDFILE
-"""
+# Django 1.8's restart script, as docs/signals.rst shows it.
+RESTART_SCRIPT = CONFIGS / "restart.sh"
 
 
 def masters_serving(sock: str) -> list[int]:
@@ -157,8 +154,7 @@ def old_style_site(short_tmp: Path) -> Iterator[tuple[Path, Callable[[], int]]]:
     source = (TESTPROJECT / "manage.py").read_text().split("\n", 1)[1]
     manage.write_text(f"#!{sys.executable}\n{source}")
     manage.chmod(0o755)
-    script = site / "restart.sh"
-    script.write_text(RESTART_SCRIPT)
+    script = RESTART_SCRIPT
     sock, pidfile = short_tmp / "fcgi.sock", short_tmp / "mysite.pid"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

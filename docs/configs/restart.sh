@@ -1,0 +1,4 @@
+#!/bin/sh
+cd $PROJDIR
+if [ -f $PIDFILE ]; then kill `cat -- $PIDFILE`; rm -f -- $PIDFILE; fi
+exec /usr/bin/env - PYTHONPATH="../python:.." ./manage.py runfcgi socket=$SOCKET pidfile=$PIDFILE
