@@ -30,6 +30,7 @@ from tests.e2e.apache import (
     DOC_PYTHON,
     DOC_SCGI_TCP,
     DOC_SETTINGS,
+    DOC_STATIC,
     Apache,
     apache_binary,
     vhost,
@@ -70,10 +71,11 @@ class Wiring:
     cannot: Mapping[str, str] = field(default_factory=dict)
     host: str = ""  # main-server settings of a shared host (mod_fcgid)
     needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
+    static: bool = False  # the recipe serves /static/ from a directory
 
 
 WIRINGS = [
-    Wiring("apache-fcgi.conf", "fcgi", "unix", "", "unix"),
+    Wiring("apache-fcgi.conf", "fcgi", "unix", "", "unix", static=True),
     Wiring("apache-fcgi-prefix.conf", "fcgi", "tcp", "/app", "tcp"),
     Wiring(
         "apache-scgi.conf", "scgi", "proxy", "", "tcp", cannot={"chunked-body": CHUNKED_REFUSED}
@@ -131,6 +133,8 @@ TCP_DOCS = {
     "ajp": (DOC_AJP_FIRST, DOC_AJP_SECOND),
 }
 
+STATIC_CSS = "body { color: #333; }\n"
+
 
 @dataclass
 class Served:
@@ -157,6 +161,11 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
             port = free_port()
             runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
             replacements[TCP_DOCS[wiring.protocol][index]] = f"127.0.0.1:{port}"
+    if wiring.static:
+        static = runner.tmp / "static"
+        static.mkdir()
+        (static / "site.css").write_text(STATIC_CSS)
+        replacements[DOC_STATIC] = f"{static}/"
     return replacements
 
 
@@ -255,6 +264,17 @@ def test_scenario(
         need = served.wiring.needs[scenario]
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
     SCENARIOS[scenario](site)
+
+
+def test_static_files_served_by_apache(served: Served) -> None:
+    if not served.wiring.static:
+        pytest.skip("the recipe serves no static files")
+    response = http_request(served.site.port, "GET", "/static/site.css", timeout=10)
+    assert response.status == 200
+    assert response.body == STATIC_CSS.encode()
+    assert response.header("Content-Type") == "text/css"
+    # Served from the directory: Django's security headers are absent.
+    assert response.header("X-Frame-Options") is None
 
 
 def parent_of(pid: int) -> int:
