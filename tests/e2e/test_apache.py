@@ -72,6 +72,7 @@ class Wiring:
     host: str = ""  # main-server settings of a shared host (mod_fcgid)
     needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
     static: bool = False  # the recipe serves /static/ from a directory
+    mpm: str = "event"
 
 
 WIRINGS = [
@@ -104,6 +105,8 @@ WIRINGS = [
         "/app",
         "tcp",
         backends=2,
+        # One site under the prefork MPM, where every Apache process has its own pool.
+        mpm="prefork",
         needs={"chunked-body": AJP_CHUNKED},
     ),
     # A host that lets responses stream, and one with mod_fcgid's default 64 KiB buffer.
@@ -233,7 +236,7 @@ def served(request: pytest.FixtureRequest, apache_binary: str) -> Iterator[Serve
         else:
             replacements = serve(runner, wiring) | vhost(port)
             site_config = recipe(wiring.recipe, replacements)
-        apache = Apache(tmp / "apache", site_config, port, main=main).start()
+        apache = Apache(tmp / "apache", site_config, port, mpm=wiring.mpm, main=main).start()
         site = Site(
             "apache",
             wiring.protocol,
