@@ -162,23 +162,23 @@ def old_style_site(short_tmp: Path) -> Iterator[tuple[Path, Callable[[], int]]]:
         "PIDFILE": str(pidfile),
         "SOCKET": str(sock),
     }
-    started: set[int] = set()
 
     def restart() -> int:
         result = subprocess.run(
             ["/bin/sh", str(script)], env=env, capture_output=True, timeout=60, check=False
         )
         assert result.returncode == 0, result.stderr.decode(errors="replace")
-        master = int(pidfile.read_text())
-        started.add(master)
-        return master
+        return int(pidfile.read_text())
 
     try:
         yield sock, restart
     finally:
-        for master in started:
+        # Only servers of this socket: a pid of an old master may belong to another
+        # process by now. A daemon is not its own group leader (double fork); its
+        # workers share its group.
+        for master in masters_serving(str(sock)):
             with suppress(ProcessLookupError, PermissionError):
-                os.killpg(master, signal.SIGKILL)
+                os.killpg(os.getpgid(master), signal.SIGKILL)
         shutil.rmtree(site, ignore_errors=True)
 
 
