@@ -1,0 +1,170 @@
+"""lighttpd in front of runfcgi, configured from the recipes in docs/configs/lighttpd-*.
+
+A recipe is a snippet for ``/etc/lighttpd/conf-available/`` written for a person (the
+socket in ``/run/mysite/``, a backend on port 8001, the project in ``/srv/mysite``); the
+harness changes only those, then includes it from the smallest main configuration
+lighttpd needs to run in the foreground from a temporary directory.
+
+With ``bin-path`` lighttpd starts runfcgi itself, so lighttpd is stopped with TERM to
+its own pid: what it started must then go away by itself, and ``stop()`` reports
+whatever did not.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import signal
+import subprocess
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import require
+from tests.frontends import find, wait_for_port
+
+DOC_SCGI_PORT = '"port" => 8001'
+DOC_AJP_PORT = '"port" => 8009'
+DOC_SPAWN_SOCKET = "/run/lighttpd/mysite-fcgi.sock"
+DOC_PYTHON = "/srv/mysite/venv/bin/python"
+DOC_MANAGE = "/srv/mysite/manage.py"
+DOC_SETTINGS = '"mysite.settings"'
+
+
+def process_state(pid: int) -> tuple[str, int] | None:
+    """(state, process group) of a process, None once it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    state = fields[0].decode()
+    return None if state in ("Z", "X") else (state, int(fields[2]))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in a process group: what lighttpd and its backends left running."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            state = process_state(int(entry))
+            if state is not None and state[1] == pgid:
+                found.append(int(entry))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+            found.append(int(entry))
+    return found
+
+
+def account_lines() -> str:
+    """As root, lighttpd switches to the test's user, so it can reach the test's sockets.
+
+    lighttpd refuses to switch to uid 0; a test run by root itself keeps running as root.
+    """
+    if os.geteuid() != 0 or os.getuid() == 0:
+        return ""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    return f'server.username = "{user}"\nserver.groupname = "{group}"\n'
+
+
+@dataclass
+class Lighttpd:
+    """``lighttpd -D`` with one recipe included, in its own directory and session."""
+
+    directory: Path
+    site: str
+    port: int
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def config(self) -> str:
+        d = self.directory
+        return f"""
+server.document-root = "{d}/htdocs"
+server.port = {self.port}
+server.bind = "127.0.0.1"
+server.modules = ("mod_access")
+server.errorlog = "{d}/error.log"
+server.upload-dirs = ("{d}/uploads")
+{account_lines()}
+include "{d}/site.conf"
+"""
+
+    def start(self) -> Lighttpd:
+        binary = find("lighttpd", "lighttpd")
+        for name in ("htdocs", "uploads"):
+            (self.directory / name).mkdir(parents=True, exist_ok=True)
+        (self.directory / "site.conf").write_text(self.site)
+        conf = self.directory / "lighttpd.conf"
+        conf.write_text(self.config())
+        log = self.directory / "lighttpd.out"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [binary, "-D", "-f", str(conf)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.port, self.proc, log)
+        except RuntimeError as err:
+            self.stop()
+            raise RuntimeError(f"{err}\n{self.error_log()}") from None
+        return self
+
+    def spawned(self) -> list[int]:
+        """The backends lighttpd started itself (``bin-path``)."""
+        return children_of(self.proc.pid) if self.proc is not None else []
+
+    def stop(self, timeout: float = 10) -> list[int]:
+        """TERM lighttpd, which stops the backends it started; returns what outlived it.
+
+        Whatever is still in lighttpd's process group after ``timeout`` is killed.
+        """
+        if self.proc is None:
+            return []
+        pgid = self.proc.pid
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        self.proc = None
+        deadline = time.monotonic() + timeout
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = group_members(pgid)
+        for pid in left:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return left
+
+    def error_log(self) -> str:
+        path = self.directory / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def lighttpd_binary() -> str:
+    return require("lighttpd", "lighttpd")

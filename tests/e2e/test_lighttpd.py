@@ -1,0 +1,161 @@
+"""Through lighttpd with the documented recipes (docs/configs/lighttpd-*.conf), at / and /app/.
+
+Each recipe is served once per module: its runfcgi backend and lighttpd start together,
+then every scenario runs against them. The wirings cover mod_fastcgi to a runfcgi on a
+unix socket, mod_fastcgi starting runfcgi itself (``bin-path``, two processes), and
+mod_scgi to a runfcgi on TCP, each at / and under /app/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TESTPROJECT, Runner, free_port
+from tests.e2e.http import http_request
+from tests.e2e.lighttpd import (
+    DOC_MANAGE,
+    DOC_PYTHON,
+    DOC_SCGI_PORT,
+    DOC_SETTINGS,
+    DOC_SPAWN_SOCKET,
+    Lighttpd,
+    lighttpd_binary,
+    process_state,
+)
+from tests.e2e.scenarios import SCENARIOS, Site
+from tests.frontends import DOC_SOCKET, recipe
+
+__all__ = ["lighttpd_binary"]
+
+pytestmark = pytest.mark.e2e
+
+# Enough workers for the eight concurrent requests of a scenario.
+WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
+
+
+@dataclass(frozen=True)
+class Wiring:
+    recipe: str
+    protocol: str
+    variant: str  # "unix", "tcp", or "bin-path" (lighttpd starts runfcgi itself)
+    mount: str
+    cannot: Mapping[str, str] = field(default_factory=dict)
+    needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
+
+
+WIRINGS = [
+    Wiring("lighttpd-fastcgi.conf", "fcgi", "unix", ""),
+    Wiring("lighttpd-fastcgi-prefix.conf", "fcgi", "unix", "/app"),
+    Wiring("lighttpd-fastcgi-spawn.conf", "fcgi", "bin-path", ""),
+    Wiring("lighttpd-fastcgi-spawn-prefix.conf", "fcgi", "bin-path", "/app"),
+    Wiring("lighttpd-scgi.conf", "scgi", "tcp", ""),
+    Wiring("lighttpd-scgi-prefix.conf", "scgi", "tcp", "/app"),
+]
+
+
+@dataclass
+class Served:
+    wiring: Wiring
+    site: Site
+    lighttpd: Lighttpd
+
+
+def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
+    """Start the wiring's runfcgi backend; returns the recipe's lines to replace."""
+    words = ["daemonize=false", f"protocol={wiring.protocol}", *WORKERS]
+    if wiring.variant == "bin-path":
+        return {
+            DOC_PYTHON: sys.executable,
+            DOC_MANAGE: str(TESTPROJECT / "manage.py"),
+            DOC_SETTINGS: '"testproject.settings"',
+            DOC_SPAWN_SOCKET: str(runner.tmp / "spawn.sock"),
+        }
+    if wiring.variant == "unix":
+        sock = str(runner.tmp / f"{wiring.protocol}.sock")
+        runner.serve(*words, f"socket={sock}", address=sock)
+        return {DOC_SOCKET: sock}
+    port = free_port()
+    runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
+    return {DOC_SCGI_PORT: f'"port" => {port}'}
+
+
+@pytest.fixture(
+    scope="module",
+    params=WIRINGS,
+    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
+)
+def served(request: pytest.FixtureRequest, lighttpd_binary: str) -> Iterator[Served]:
+    wiring: Wiring = request.param
+    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+    runner = Runner(tmp)
+    lighttpd: Lighttpd | None = None
+    try:
+        port = free_port()
+        site_config = recipe(wiring.recipe, serve(runner, wiring))
+        # lighttpd passes its environment on to what it starts: the test's tag and database.
+        lighttpd = Lighttpd(tmp / "lighttpd", site_config, port, env=runner.env()).start()
+        site = Site(
+            "lighttpd",
+            wiring.protocol,
+            wiring.variant,
+            wiring.mount,
+            port,
+            streams=True,
+            cannot=wiring.cannot,
+        )
+        yield Served(wiring, site, lighttpd)
+    finally:
+        left = lighttpd.stop() if lighttpd is not None else []
+        runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert left == [], f"still running after lighttpd stopped: {left}"
+
+
+@pytest.fixture(scope="module")
+def site(served: Served) -> Site:
+    return served.site
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario(
+    served: Served, site: Site, scenario: str, request: pytest.FixtureRequest
+) -> None:
+    if scenario in served.wiring.needs:
+        need = served.wiring.needs[scenario]
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
+    SCENARIOS[scenario](site)
+
+
+def test_prefix_without_its_slash_redirects(site: Site) -> None:
+    if not site.mount:
+        pytest.skip("mounted at /")
+    response = http_request(site.port, "GET", site.mount, timeout=10)
+    assert response.status == 301
+    assert response.header("Location") in (site.url("/"), site.absolute("/"))
+
+
+def test_no_error_logged(served: Served) -> None:
+    """lighttpd logs nothing but its start after the scenarios ran."""
+    lines = served.lighttpd.error_log().splitlines()
+    assert [line for line in lines if "server started" not in line] == []
+
+
+def test_spawned_backends_stop_with_lighttpd(served: Served) -> None:
+    """Runs last for each wiring: lighttpd's TERM ends the runfcgi processes it started."""
+    if served.site.variant != "bin-path":
+        pytest.skip("runfcgi started by the test")
+    assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
+    spawned = served.lighttpd.spawned()
+    assert len(spawned) == 2  # "max-procs" => 2
+    started = time.monotonic()
+    assert served.lighttpd.stop() == []
+    assert [pid for pid in spawned if process_state(pid) is not None] == []
+    assert time.monotonic() - started < 10
