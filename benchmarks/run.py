@@ -541,7 +541,7 @@ class Cell:
 
 def measure(
     backends: dict[str, Backend],
-    views: list[View],
+    view: View,
     *,
     levels: list[int],
     seconds: int,
@@ -549,29 +549,24 @@ def measure(
     script: Path,
     progress: Callable[[str], None],
 ) -> list[Cell]:
-    cells = {
-        (name, view.name, level): Cell(name, view.name, level)
-        for view in views
-        for level in levels
-        for name in backends
-    }
+    """One view on servers started for it, so a worker's peak memory is this view's."""
+    cells = {(name, level): Cell(name, view.name, level) for level in levels for name in backends}
     order = list(backends)
     for round_ in range(repeat):
-        for view in views:
-            for level in levels:
-                for name in order:
-                    backend = backends[name]
-                    backend.reset_peak_rss()
-                    output = run_wrk(backend.port, view, level, seconds, script)
-                    rps, p50, p99, errors, requests = parse_wrk(output)
-                    sample = Sample(rps, p50, p99, errors, requests, backend.peak_rss_mb())
-                    cells[name, view.name, level].samples.append(sample)
-                    progress(
-                        f"[{round_ + 1}/{repeat}] {name:22} {view.name:5} c={level:<3}"
-                        f" {rps:9.1f} req/s p99 {p99:8.2f} ms errors {errors}"
-                    )
-                order = order[1:] + order[:1]  # a different server goes first each time
-    return list(cells.values())
+        for level in levels:
+            for name in order:
+                backend = backends[name]
+                backend.reset_peak_rss()
+                output = run_wrk(backend.port, view, level, seconds, script)
+                rps, p50, p99, errors, requests = parse_wrk(output)
+                sample = Sample(rps, p50, p99, errors, requests, backend.peak_rss_mb())
+                cells[name, level].samples.append(sample)
+                progress(
+                    f"[{round_ + 1}/{repeat}] {name:22} {view.name:5} c={level:<3}"
+                    f" {rps:9.1f} req/s p99 {p99:8.2f} ms errors {errors}"
+                )
+            order = order[1:] + order[:1]  # a different server goes first each time
+    return sorted(cells.values(), key=lambda c: (c.connections, list(backends).index(c.server)))
 
 
 def ratio(value: float, base: float | None) -> str:
@@ -688,26 +683,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = machine()
         progress(f"starting {', '.join(args.server_list)} in {directory}")
-        with serving(args.server_list, directory) as backends:
-            problems = check_answers(backends, args.view_list)
-            if problems:
-                print("\n".join(["Wrong answers:", *problems]), file=sys.stderr)
-                return 1
-            if args.serve:
+        if args.serve:
+            with serving(args.server_list, directory) as backends:
+                problems = check_answers(backends, args.view_list)
                 for name, backend in backends.items():
                     print(f"{name}: http://127.0.0.1:{backend.port} workers {backend.workers()}")
-                sys.stdout.flush()
+                print("\n".join(problems) or "all answers correct", flush=True)
                 time.sleep(args.serve)
-                return 0
-            cells = measure(
-                backends,
-                args.view_list,
-                levels=args.levels,
-                seconds=args.duration,
-                repeat=args.repeat,
-                script=post_script(directory),
-                progress=progress,
-            )
+            return 0
+        cells = []
+        script = post_script(directory)
+        for view in args.view_list:
+            place = directory / view.name
+            place.mkdir()
+            with serving(args.server_list, place) as backends:
+                problems = check_answers(backends, [view])
+                if problems:
+                    print("\n".join(["Wrong answers:", *problems]), file=sys.stderr)
+                    return 1
+                if not args.smoke:  # fresh processes: first requests fill caches
+                    for backend in backends.values():
+                        run_wrk(backend.port, view, max(args.levels), 1, script)
+                cells += measure(
+                    backends,
+                    view,
+                    levels=args.levels,
+                    seconds=args.duration,
+                    repeat=args.repeat,
+                    script=script,
+                    progress=progress,
+                )
         ceilings = {}
         if not args.no_ceiling:
             ceilings = ceiling(args.view_list, 0.5 if args.smoke else 2.0, directory)
