@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import TESTPROJECT, Runner, free_port
 from tests.e2e.http import http_request
 from tests.e2e.lighttpd import (
+    DOC_AJP_PORT,
     DOC_MANAGE,
     DOC_PYTHON,
     DOC_SCGI_PORT,
@@ -48,8 +49,20 @@ class Wiring:
     variant: str  # "unix", "tcp", or "bin-path" (lighttpd starts runfcgi itself)
     mount: str
     cannot: Mapping[str, str] = field(default_factory=dict)
-    needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
+    # scenario -> the runfcgi change it needs; not run, as it can wait for the client's timeout
+    needs: Mapping[str, str] = field(default_factory=dict)
 
+
+# lighttpd 1.4's mod_ajp13 sends each request body packet as 0x1234, length, body bytes;
+# the AJP 1.3 specification (and Apache, Tomcat and flup) put a 2-byte data length before
+# the bytes, so runfcgi reads the body's first two bytes as a length and loses its place.
+AJP_BODY = (
+    "runfcgi's AJP server to accept lighttpd's request body packets, which carry the body "
+    "bytes without the 2-byte data length that AJP 1.3 puts before them"
+)
+AJP_NEEDS = dict.fromkeys(
+    ("post-1MB", "post-50MB", "chunked-body", "multipart", "keep-alive"), AJP_BODY
+)
 
 WIRINGS = [
     Wiring("lighttpd-fastcgi.conf", "fcgi", "unix", ""),
@@ -58,6 +71,8 @@ WIRINGS = [
     Wiring("lighttpd-fastcgi-spawn-prefix.conf", "fcgi", "bin-path", "/app"),
     Wiring("lighttpd-scgi.conf", "scgi", "tcp", ""),
     Wiring("lighttpd-scgi-prefix.conf", "scgi", "tcp", "/app"),
+    Wiring("lighttpd-ajp.conf", "ajp", "tcp", "", needs=AJP_NEEDS),
+    Wiring("lighttpd-ajp-prefix.conf", "ajp", "tcp", "/app", needs=AJP_NEEDS),
 ]
 
 
@@ -82,9 +97,13 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
         sock = str(runner.tmp / f"{wiring.protocol}.sock")
         runner.serve(*words, f"socket={sock}", address=sock)
         return {DOC_SOCKET: sock}
+    if wiring.protocol == "ajp":
+        # AJP has no SCRIPT_NAME: runfcgi takes the prefix from its option.
+        words.append(f"scriptname={wiring.mount or '/'}")
     port = free_port()
     runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
-    return {DOC_SCGI_PORT: f'"port" => {port}'}
+    doc = DOC_AJP_PORT if wiring.protocol == "ajp" else DOC_SCGI_PORT
+    return {doc: f'"port" => {port}'}
 
 
 @pytest.fixture(
@@ -125,12 +144,10 @@ def site(served: Served) -> Site:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(
-    served: Served, site: Site, scenario: str, request: pytest.FixtureRequest
-) -> None:
+def test_scenario(served: Served, site: Site, scenario: str) -> None:
     if scenario in served.wiring.needs:
-        need = served.wiring.needs[scenario]
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
+        # runfcgi can wait for body bytes lighttpd never sends, until the client gives up.
+        pytest.xfail(f"needs: {served.wiring.needs[scenario]}")
     SCENARIOS[scenario](site)
 
 
@@ -146,6 +163,16 @@ def test_no_error_logged(served: Served) -> None:
     """lighttpd logs nothing but its start after the scenarios ran."""
     lines = served.lighttpd.error_log().splitlines()
     assert [line for line in lines if "server started" not in line] == []
+
+
+def test_short_body_reaches_django(served: Served, request: pytest.FixtureRequest) -> None:
+    """Four bytes whose first two, read as an AJP data length, say zero: fails at once."""
+    if served.site.protocol == "ajp":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {AJP_BODY}"))
+    body = b"\0\0ab"
+    response = http_request(served.site.port, "POST", served.site.url("/echo/"), body=body)
+    assert response.status == 200, response.body[:400]
+    assert response.json()["body_length"] == len(body)
 
 
 def test_spawned_backends_stop_with_lighttpd(served: Served) -> None:
