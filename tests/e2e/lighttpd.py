@@ -100,10 +100,22 @@ class Lighttpd:
 server.document-root = "{d}/htdocs"
 server.port = {self.port}
 server.bind = "127.0.0.1"
-server.modules = ("mod_access")
+server.modules = ("mod_indexfile", "mod_access", "mod_alias", "mod_redirect")
 server.errorlog = "{d}/error.log"
 server.upload-dirs = ("{d}/uploads")
 {account_lines()}
+# Debian's /etc/lighttpd/lighttpd.conf normalizes request paths this way.
+server.http-parseopts = (
+    "header-strict" => "enable",
+    "host-strict" => "enable",
+    "host-normalize" => "enable",
+    "url-normalize-unreserved" => "enable",
+    "url-normalize-required" => "enable",
+    "url-ctrls-reject" => "enable",
+    "url-path-2f-decode" => "enable",
+    "url-path-dotseg-remove" => "enable",
+)
+
 include "{d}/site.conf"
 """
 
