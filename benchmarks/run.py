@@ -385,10 +385,15 @@ def serving(names: list[str], directory: Path) -> Iterator[dict[str, Backend]]:
             wait_until(accepts_tcp(backend.port), nginx, log, "nginx")
         yield backends
     finally:
-        if nginx is not None:
-            stop_group(nginx, signal.SIGQUIT)
-        for proc in started:
-            stop_group(proc, signal.SIGTERM)
+        # A second Control-C or TERM must not cut the clean-up short: it is bounded.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            if nginx is not None:
+                stop_group(nginx, signal.SIGQUIT)
+            for proc in started:
+                stop_group(proc, signal.SIGTERM)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def fetch(port: int, view: View) -> tuple[int, bytes]:
