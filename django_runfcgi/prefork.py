@@ -15,14 +15,24 @@ import signal
 import socket
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from types import FrameType
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn
 
 from flup.server import preforkserver
+
+from django_runfcgi.control import (
+    GRACEFUL,
+    INT_GRACE,
+    NOW,
+    RELOAD,
+    Hooks,
+    Job,
+    SignalQueue,
+    reload_allowed,
+    stop_when_idle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +40,6 @@ logger = logging.getLogger(__name__)
 BUSY = b"\x00"
 IDLE = b"\xff"
 
-# Workers told to stop now (SIGINT) are killed if they are still there after this.
-INT_GRACE = 1.0
 # How long to wait for the kernel to release workers after SIGKILL.
 REAP_LIMIT = 5.0
 # How long the master waits before trying again after fork() failed.
@@ -39,102 +47,12 @@ RETRY_INTERVAL = 1.0
 # A worker that cannot tell the master its state in this time takes it for gone.
 NOTIFY_TIMEOUT = 5.0
 
-GRACEFUL = "graceful"
-NOW = "now"
-RELOAD = "reload"
-
-SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
-
-
-class Job(Protocol):
-    """A protocol connection: serves one client socket, then returns."""
-
-    def run(self) -> object: ...
-
-
-def stop_when_idle(job: object) -> None:
-    """Tell a persistent connection to return after its request in progress, if it can."""
-    stop = getattr(job, "stop_when_idle", None)
-    if stop is None:
-        return
-    try:
-        stop()
-    except Exception:
-        logger.exception("Could not tell a connection to stop")
-
-
-def reload_allowed(check: Callable[[], str | None]) -> bool:
-    """Run a reload's check of the new code; a failure is logged and cancels the reload."""
-    try:
-        error = check()
-    except Exception:
-        logger.exception("Reload cancelled: the check failed; still serving the old code.")
-        return False
-    if error is not None:
-        logger.error("Reload cancelled, still serving the old code: %s", error)
-        return False
-    return True
-
 
 def flush_stdio() -> None:
     """Flush what Python buffered, so it is written once and not lost at os._exit()."""
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
-
-
-class SignalQueue:
-    """Signal handlers that only queue the signal and wake the main loop (B2).
-
-    Since PEP 475, select() and os.wait() resume after a Python signal handler runs,
-    so a flag alone is not seen until the next request. The handler also writes a
-    byte to a pipe that the main loop selects on.
-    """
-
-    def __init__(
-        self,
-        signums: Iterable[signal.Signals],
-        on_signal: Callable[[int], None] | None = None,
-    ) -> None:
-        self.fd, self._write_fd = os.pipe()
-        os.set_blocking(self.fd, False)
-        os.set_blocking(self._write_fd, False)
-        self._pending: deque[int] = deque()
-        self._on_signal = on_signal
-        self._saved: dict[signal.Signals, SignalHandler] = {}
-        for signum in signums:
-            self._saved[signum] = signal.signal(signum, self._handle)
-        # Signals blocked until a handler was in place (see lifecycle) arrive now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, self._saved)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._pending.append(signum)
-        self.wake()
-        if self._on_signal is not None:
-            self._on_signal(signum)
-
-    def wake(self) -> None:
-        """Make the main loop's select() return; safe from threads and signal handlers."""
-        # A full pipe already holds a wake-up.
-        with suppress(OSError):
-            os.write(self._write_fd, b"\0")
-
-    def pop(self) -> list[int]:
-        """The signals received since the last call, oldest first."""
-        with suppress(OSError):
-            while os.read(self.fd, 512):
-                pass
-        signums = []
-        while self._pending:
-            signums.append(self._pending.popleft())
-        return signums
-
-    def close(self) -> None:
-        """Give the signals back their previous handlers and close the pipe."""
-        for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
-        os.close(self.fd)
-        os.close(self._write_fd)
 
 
 @dataclass
@@ -148,7 +66,7 @@ class _Worker:
     deadline: float | None = None
 
 
-class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
+class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
     """flup's prefork server, with a master and workers that stop when told to.
 
     TERM and HUP stop gracefully: idle workers leave at once, busy ones finish their
@@ -200,12 +118,6 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
         self._stopping: str | None = None
         self._retry_at: float | None = None
         self._job: object | None = None
-        self.reload_check: Callable[[], str | None] | None = None
-        self.on_usr1: Callable[[], None] | None = None
-        # Called once when TERM or INT starts a stop; runfcgi removes its socket file
-        # there, so that a new server can start while this one finishes its requests.
-        self.on_stop: Callable[[], None] | None = None
-        self.retiring: list[int] = []
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Wait for the workers of the master this process replaced (same pid, after exec).
@@ -215,29 +127,6 @@ class PreforkServer(preforkserver.PreforkServer):  # type: ignore[misc]
         deadline = time.monotonic() + self._shutdownTimeout
         for pid in pids:
             self._children[pid] = _Worker(None, idle=False, deadline=deadline)
-
-    def _handle_usr1(self) -> None:
-        """Called from the main loop after SIGUSR1 (B3: flup's handler killed the master).
-
-        In the master for a USR1 sent to the master, and in a worker between requests
-        for a USR1 sent to that worker. Calls ``on_usr1`` when set: runfcgi reopens its
-        log files.
-        """
-        if self.on_usr1 is not None:
-            self.on_usr1()
-
-    def _stop_begins(self) -> None:
-        if self.on_stop is not None:
-            try:
-                self.on_stop()
-            except Exception:
-                logger.exception("Error while starting to stop.")
-
-    def _usr1_received(self) -> None:
-        try:
-            self._handle_usr1()
-        except Exception:
-            logger.exception("Error while handling SIGUSR1.")
 
     # The master.
 

@@ -8,7 +8,7 @@ the fixed process halves, and serve a socket that is already bound.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 from typing import Any, Protocol, cast
 
@@ -29,7 +29,7 @@ PROTOCOL_NAMES = {"fcgi": "FastCGI", "scgi": "SCGI", "ajp": "AJP 1.3"}
 
 class Server(Protocol):
     reload_check: Callable[[], str | None] | None
-    retiring: list[int]
+    retiring: Sequence[int]
     on_usr1: Callable[[], None] | None
     on_stop: Callable[[], None] | None
 

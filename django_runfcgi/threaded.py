@@ -20,10 +20,11 @@ from typing import Any
 
 from flup.server import threadedserver, threadpool
 
-from django_runfcgi.prefork import (
+from django_runfcgi.control import (
     GRACEFUL,
     INT_GRACE,
     NOW,
+    Hooks,
     Job,
     SignalQueue,
     reload_allowed,
@@ -173,7 +174,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
             self._lock.release()
 
 
-class ThreadedServer(threadedserver.ThreadedServer):  # type: ignore[misc]
+class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc]
     """flup's threaded server, which waits for its threads and stops when told to.
 
     TERM and HUP stop gracefully: no new connection is accepted, persistent
@@ -206,39 +207,11 @@ class ThreadedServer(threadedserver.ThreadedServer):  # type: ignore[misc]
         self._shutdownTimeout = shutdownTimeout
         self._hupReceived = False
         self._stopping: str | None = None
-        self.reload_check: Callable[[], str | None] | None = None
-        self.on_usr1: Callable[[], None] | None = None
-        # Called once when TERM or INT starts a stop; runfcgi removes its socket file
-        # there, so that a new server can start while this one finishes its requests.
-        self.on_stop: Callable[[], None] | None = None
-        # Threads cannot outlive a reload: run() returns once they have finished.
-        self.retiring: list[int] = []
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Nothing to wait for: a threaded server's threads end before it reloads."""
         if list(pids):
             raise ValueError("A threaded server has no worker processes to adopt.")
-
-    def _handle_usr1(self) -> None:
-        """Called from the main loop after SIGUSR1, which flup leaves to kill the process.
-
-        Calls ``on_usr1`` when set (runfcgi reopens its log files).
-        """
-        if self.on_usr1 is not None:
-            self.on_usr1()
-
-    def _stop_begins(self) -> None:
-        if self.on_stop is not None:
-            try:
-                self.on_stop()
-            except Exception:
-                logger.exception("Error while starting to stop.")
-
-    def _usr1_received(self) -> None:
-        try:
-            self._handle_usr1()
-        except Exception:
-            logger.exception("Error while handling SIGUSR1.")
 
     def shutdown(self) -> None:
         """Nothing to do: run() has waited for the threads (flup's callers still call this)."""

@@ -9,7 +9,8 @@ import time
 import pytest
 from flup.server import preforkserver
 
-from django_runfcgi.prefork import PreforkServer, SignalQueue
+from django_runfcgi.control import SignalQueue
+from django_runfcgi.prefork import PreforkServer
 from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
