@@ -16,6 +16,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -477,6 +478,20 @@ def _fcgi_records(exchange: _Exchange, buffer: bytearray) -> Iterator[tuple[int,
         buffer += data
 
 
+@contextmanager
+def _exchange_on(
+    address: Address, timeout: float, sock: socket.socket | None
+) -> Iterator[_Exchange]:
+    """An exchange over `sock`, left open for the caller, or over a new connection."""
+    conn = connect(address, timeout) if sock is None else sock
+    try:
+        with _Exchange(conn, address, timeout) as exchange:
+            yield exchange
+    finally:
+        if sock is None:
+            conn.close()
+
+
 def fcgi_request(
     address: Address,
     method: str = "GET",
@@ -507,34 +522,29 @@ def fcgi_request(
         content_length=length,
         params=params,
     )
-    conn = connect(address, timeout) if sock is None else sock
-    try:
-        with _Exchange(conn, address, timeout) as exchange:
-            exchange.send(_fcgi_stream(1, keep_conn, env, _BodyReader(body)))
-            cgi = _CgiResponse()
-            stderr = bytearray()
-            for kind, request_id, content in _fcgi_records(exchange, bytearray()):
-                if request_id != 1:
-                    raise ProtocolError(f"record type {kind} for request id {request_id}")
-                if kind == FCGI_STDOUT:
-                    cgi.feed(content)
-                elif kind == FCGI_STDERR:
-                    stderr += content
-                elif kind == FCGI_END_REQUEST:
-                    app_status, protocol_status = struct.unpack("!LB3x", content)
-                    if keep_conn:
-                        exchange.flush()
-                    return cgi.response(
-                        stderr=bytes(stderr),
-                        app_status=app_status,
-                        protocol_status=protocol_status,
-                    )
-                else:
-                    raise ProtocolError(f"unexpected FastCGI record type {kind}")
-            raise ProtocolError(f"{address!r} closed the connection before FCGI_END_REQUEST")
-    finally:
-        if sock is None:
-            conn.close()
+    with _exchange_on(address, timeout, sock) as exchange:
+        exchange.send(_fcgi_stream(1, keep_conn, env, _BodyReader(body)))
+        cgi = _CgiResponse()
+        stderr = bytearray()
+        for kind, request_id, content in _fcgi_records(exchange, bytearray()):
+            if request_id != 1:
+                raise ProtocolError(f"record type {kind} for request id {request_id}")
+            if kind == FCGI_STDOUT:
+                cgi.feed(content)
+            elif kind == FCGI_STDERR:
+                stderr += content
+            elif kind == FCGI_END_REQUEST:
+                app_status, protocol_status = struct.unpack("!LB3x", content)
+                if keep_conn:
+                    exchange.flush()
+                return cgi.response(
+                    stderr=bytes(stderr),
+                    app_status=app_status,
+                    protocol_status=protocol_status,
+                )
+            else:
+                raise ProtocolError(f"unexpected FastCGI record type {kind}")
+        raise ProtocolError(f"{address!r} closed the connection before FCGI_END_REQUEST")
 
 
 def fcgi_get_values(
@@ -589,18 +599,13 @@ def scgi_request(
         params=params,
         protocol_params={"SCGI": b"1"},
     )
-    conn = connect(address, timeout) if sock is None else sock
-    try:
-        with _Exchange(conn, address, timeout) as exchange:
-            exchange.send(_scgi_stream(env, _BodyReader(body)))
-            cgi = _CgiResponse()
-            # EOF ends the response, even with part of the body unsent: it has answered.
-            while data := exchange.receive():
-                cgi.feed(data)
-            return cgi.response()
-    finally:
-        if sock is None:
-            conn.close()
+    with _exchange_on(address, timeout, sock) as exchange:
+        exchange.send(_scgi_stream(env, _BodyReader(body)))
+        cgi = _CgiResponse()
+        # EOF ends the response, even with part of the body unsent: it has answered.
+        while data := exchange.receive():
+            cgi.feed(data)
+        return cgi.response()
 
 
 def _ajp_string(value: str | bytes | None) -> bytes:
@@ -731,64 +736,59 @@ def ajp_request(
     """
     length = _content_length(body, content_length)
     reader = _BodyReader(body)
-    conn = connect(address, timeout) if sock is None else sock
-    try:
-        with _Exchange(conn, address, timeout) as exchange:
-            request = _ajp_forward_request(
-                method=method,
-                path=path,
-                query=query,
-                headers=headers,
-                content_length=length,
-                params=params,
-                is_ssl=is_ssl,
-            )
-            first = [request]
-            if length:
-                first.append(_ajp_body_packet(reader.read(AJP_MAX_BODY_CHUNK)))
-            exchange.send(first)
-            status, reason = 0, ""
-            response_headers: list[tuple[str, str]] = []
-            body_parts: list[bytes] = []
-            chunk_times: list[tuple[float, int]] = []
-            for packet in _ajp_packets(exchange, bytearray()):
-                kind = packet[0]
-                fields = _AjpReader(packet)
-                if kind == AJP_GET_BODY_CHUNK:
-                    wanted = min(fields.short(), AJP_MAX_BODY_CHUNK)
-                    exchange.send([_ajp_body_packet(reader.read(wanted))])
-                elif kind == AJP_SEND_HEADERS:
-                    status, reason = fields.short(), fields.string()
-                    for _ in range(fields.short()):
-                        if packet[fields.pos] == 0xA0:
-                            code = fields.short()
-                            if code not in AJP_RESPONSE_HEADERS:
-                                raise ProtocolError(f"unknown AJP response header code {code:#x}")
-                            name = AJP_RESPONSE_HEADERS[code]
-                        else:
-                            name = fields.string()
-                        response_headers.append((name, fields.string()))
-                elif kind == AJP_SEND_BODY_CHUNK:
-                    chunk = packet[3 : 3 + fields.short()]
-                    body_parts.append(chunk)
-                    chunk_times.append((time.monotonic(), len(chunk)))
-                elif kind == AJP_END_RESPONSE:
-                    if not status:
-                        raise ProtocolError("END_RESPONSE before SEND_HEADERS")
-                    return Response(
-                        status,
-                        reason,
-                        response_headers,
-                        b"".join(body_parts),
-                        chunk_times,
-                        reuse=packet[1:2] == b"\x01",
-                    )
-                else:
-                    raise ProtocolError(f"unexpected AJP packet type {kind}")
-            raise ProtocolError(f"{address!r} closed the connection before END_RESPONSE")
-    finally:
-        if sock is None:
-            conn.close()
+    with _exchange_on(address, timeout, sock) as exchange:
+        request = _ajp_forward_request(
+            method=method,
+            path=path,
+            query=query,
+            headers=headers,
+            content_length=length,
+            params=params,
+            is_ssl=is_ssl,
+        )
+        first = [request]
+        if length:
+            first.append(_ajp_body_packet(reader.read(AJP_MAX_BODY_CHUNK)))
+        exchange.send(first)
+        status, reason = 0, ""
+        response_headers: list[tuple[str, str]] = []
+        body_parts: list[bytes] = []
+        chunk_times: list[tuple[float, int]] = []
+        for packet in _ajp_packets(exchange, bytearray()):
+            kind = packet[0]
+            fields = _AjpReader(packet)
+            if kind == AJP_GET_BODY_CHUNK:
+                wanted = min(fields.short(), AJP_MAX_BODY_CHUNK)
+                exchange.send([_ajp_body_packet(reader.read(wanted))])
+            elif kind == AJP_SEND_HEADERS:
+                status, reason = fields.short(), fields.string()
+                for _ in range(fields.short()):
+                    if packet[fields.pos] == 0xA0:
+                        code = fields.short()
+                        if code not in AJP_RESPONSE_HEADERS:
+                            raise ProtocolError(f"unknown AJP response header code {code:#x}")
+                        name = AJP_RESPONSE_HEADERS[code]
+                    else:
+                        name = fields.string()
+                    response_headers.append((name, fields.string()))
+            elif kind == AJP_SEND_BODY_CHUNK:
+                chunk = packet[3 : 3 + fields.short()]
+                body_parts.append(chunk)
+                chunk_times.append((time.monotonic(), len(chunk)))
+            elif kind == AJP_END_RESPONSE:
+                if not status:
+                    raise ProtocolError("END_RESPONSE before SEND_HEADERS")
+                return Response(
+                    status,
+                    reason,
+                    response_headers,
+                    b"".join(body_parts),
+                    chunk_times,
+                    reuse=packet[1:2] == b"\x01",
+                )
+            else:
+                raise ProtocolError(f"unexpected AJP packet type {kind}")
+        raise ProtocolError(f"{address!r} closed the connection before END_RESPONSE")
 
 
 def raw_exchange(address: Address, data: bytes, timeout: float = 10.0) -> bytes:
