@@ -241,6 +241,27 @@ def processes() -> dict[int, list[str]]:
     return found
 
 
+def parent_of(pid: int) -> int:
+    fields = stat_of(pid)
+    assert fields is not None, f"process {pid} is gone"
+    return int(fields[1])
+
+
+def alive(pid: int) -> bool:
+    """Running: neither gone nor a zombie waiting to be reaped."""
+    fields = stat_of(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes in a process group."""
+    return [
+        pid
+        for pid, fields in processes().items()
+        if fields[2] == str(pgid) and fields[0] not in ("Z", "X")
+    ]
+
+
 def children_of(pid: int) -> dict[int, str]:
     """The children of PID and their state letter ("Z" for a zombie)."""
     return {child: fields[0] for child, fields in processes().items() if fields[1] == str(pid)}

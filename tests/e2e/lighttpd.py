@@ -26,6 +26,7 @@ import pytest
 
 from tests.e2e.conftest import require
 from tests.frontends import find, wait_for_port
+from tests.process_jobs import children_of, group_members
 
 DOC_SCGI_PORT = '"port" => 8001'
 DOC_AJP_PORT = '"port" => 8009'
@@ -33,43 +34,6 @@ DOC_SPAWN_SOCKET = "/run/lighttpd/mysite-fcgi.sock"
 DOC_PYTHON = "/srv/mysite/venv/bin/python"
 DOC_MANAGE = "/srv/mysite/manage.py"
 DOC_SETTINGS = '"mysite.settings"'
-
-
-def process_state(pid: int) -> tuple[str, int] | None:
-    """(state, process group) of a process, None once it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    state = fields[0].decode()
-    return None if state in ("Z", "X") else (state, int(fields[2]))
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes in a process group: what lighttpd and its backends left running."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            state = process_state(int(entry))
-            if state is not None and state[1] == pgid:
-                found.append(int(entry))
-    return found
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
 
 
 def account_lines() -> str:
@@ -145,7 +109,9 @@ include "{d}/site.conf"
 
     def spawned(self) -> list[int]:
         """The backends lighttpd started itself (``bin-path``)."""
-        return children_of(self.proc.pid) if self.proc is not None else []
+        if self.proc is None:
+            return []
+        return [pid for pid, state in children_of(self.proc.pid).items() if state not in "ZX"]
 
     def stop(self, timeout: float = 10) -> list[int]:
         """TERM lighttpd, which stops the backends it started; returns what outlived it.

@@ -38,6 +38,7 @@ from tests.e2e.apache import (
 from tests.e2e.http import http_request
 from tests.e2e.scenarios import SCENARIOS, Site
 from tests.frontends import DOC_SOCKET, recipe
+from tests.process_jobs import alive, parent_of
 
 __all__ = ["apache_binary"]
 
@@ -280,11 +281,6 @@ def test_static_files_served_by_apache(served: Served) -> None:
     assert response.header("X-Frame-Options") is None
 
 
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        return int(handle.read().rsplit(b")", 1)[1].split()[1])
-
-
 def test_balancer_spreads_requests_over_backends(served: Served) -> None:
     if len(served.backend_pids) < 2:
         pytest.skip("one backend")
@@ -296,15 +292,6 @@ def test_balancer_spreads_requests_over_backends(served: Served) -> None:
     assert answered == set(served.backend_pids)
 
 
-def running(pid: int) -> bool:
-    """Not exited: mod_fcgid reaps its children only now and then."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_fcgid_starts_a_new_script_after_kill(served: Served) -> None:
     """The shared-hosting restart: TERM the script, the next request starts a new one."""
     if served.site.variant != "fcgid":
@@ -314,7 +301,8 @@ def test_fcgid_starts_a_new_script_after_kill(served: Served) -> None:
     old = first.json()["pid"]
     os.kill(old, signal.SIGTERM)
     deadline = time.monotonic() + 10
-    while running(old) and time.monotonic() < deadline:
+    # mod_fcgid reaps its children only now and then: a zombie counts as gone.
+    while alive(old) and time.monotonic() < deadline:
         time.sleep(0.05)
     again = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=20)
     assert again.status == 200

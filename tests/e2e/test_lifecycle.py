@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import TESTPROJECT, Run, Runner, free_port, wait_until_accepting
 from tests.e2e.http import http_request
 from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, Nginx, recipe
-from tests.process_jobs import wait_for
+from tests.process_jobs import processes, wait_for
 
 LOAD_THREADS = 4
 LOAD_LIMIT = 20_000  # requests per thread, a bound that a healthy run never reaches
@@ -124,18 +124,14 @@ RESTART_SCRIPT = CONFIGS / "restart.sh"
 def masters_serving(sock: str) -> list[int]:
     """runfcgi processes started for `sock` that are not workers of another one."""
     found: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, fields in processes().items():
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 cmdline = handle.read()
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != b"Z" and f"socket={sock}".encode() in cmdline.split(b"\0"):
-            found[int(entry)] = int(fields[1])
+        if fields[0] != "Z" and f"socket={sock}".encode() in cmdline.split(b"\0"):
+            found[pid] = int(fields[1])
     return sorted(pid for pid, parent in found.items() if parent not in found)
 
 

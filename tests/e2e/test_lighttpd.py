@@ -29,10 +29,10 @@ from tests.e2e.lighttpd import (
     DOC_SPAWN_SOCKET,
     Lighttpd,
     lighttpd_binary,
-    process_state,
 )
 from tests.e2e.scenarios import SCENARIOS, Site
 from tests.frontends import DOC_SOCKET, recipe
+from tests.process_jobs import alive
 
 __all__ = ["lighttpd_binary"]
 
@@ -184,5 +184,5 @@ def test_spawned_backends_stop_with_lighttpd(served: Served) -> None:
     assert len(spawned) == 2  # "max-procs" => 2
     started = time.monotonic()
     assert served.lighttpd.stop() == []
-    assert [pid for pid in spawned if process_state(pid) is not None] == []
+    assert [pid for pid in spawned if alive(pid)] == []
     assert time.monotonic() - started < 10

@@ -22,6 +22,7 @@ from tests.conftest import Runner, free_port
 from tests.e2e.http import http_request
 from tests.e2e.scenarios import SCENARIOS, Site
 from tests.frontends import DOC_LISTEN, DOC_SCGI_SOCKET, DOC_SOCKET, DOC_TCP, Nginx, recipe
+from tests.process_jobs import parent_of
 
 pytestmark = pytest.mark.e2e
 
@@ -114,11 +115,6 @@ def site(served: Served) -> Site:
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_scenario(site: Site, scenario: str) -> None:
     SCENARIOS[scenario](site)
-
-
-def parent_of(pid: int) -> int:
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        return int(handle.read().rsplit(b")", 1)[1].split()[1])
 
 
 def test_every_backend_answers(served: Served) -> None:
