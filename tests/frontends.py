@@ -61,8 +61,54 @@ def wait_for_port(
     raise RuntimeError(f"the web server did not listen on {port} within {timeout} s")
 
 
+class Frontend:
+    """What the web server harnesses share: start in a new session, wait, stop, logs."""
+
+    directory: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def _launch(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> None:
+        """Start the server in its own session; fail with its error log if it does not listen."""
+        log = self.directory / log_name
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        try:
+            wait_for_port(self.port, self.proc, log)
+        except RuntimeError as err:
+            self.stop()
+            raise RuntimeError(f"{err}\n{self.error_log()}") from None
+
+    def _stop_group(self, signum: signal.Signals) -> None:
+        """Signal the server's process group; SIGKILL it if it is still there after 10 s."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signum)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def error_log(self) -> str:
+        path = self.directory / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
 @dataclass
-class Nginx:
+class Nginx(Frontend):
     """nginx in the foreground with one server block, in its own directory."""
 
     directory: Path
@@ -104,29 +150,9 @@ http {{
                 shutil.copy(source, self.directory / params)
         conf = self.directory / "nginx.conf"
         conf.write_text(self.config())
-        log = self.directory / "nginx.out"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [binary, "-p", str(self.directory), "-c", str(conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for_port(self.port, self.proc, log)
+        self._launch([binary, "-p", str(self.directory), "-c", str(conf)], "nginx.out")
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGQUIT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def error_log(self) -> str:
-        path = self.directory / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        """QUIT: nginx finishes the requests it is serving."""
+        self._stop_group(signal.SIGQUIT)

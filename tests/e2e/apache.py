@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import require
-from tests.frontends import find, wait_for_port
+from tests.frontends import Frontend, find
 
 DOC_VHOST = "<VirtualHost *:80>"
 DOC_FCGI_TCP = "127.0.0.1:8001"
@@ -70,7 +70,7 @@ def vhost(port: int) -> dict[str, str]:
 
 
 @dataclass
-class Apache:
+class Apache(Frontend):
     """``apache2 -DFOREGROUND`` with one site, its own ServerRoot and logs."""
 
     directory: Path
@@ -119,37 +119,12 @@ FcgidProcessTableFile {d}/fcgid/table
         (self.directory / "fcgid").mkdir(parents=True, exist_ok=True)
         conf = self.directory / "httpd.conf"
         conf.write_text(self.config())
-        log = self.directory / "httpd.out"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                self.command(conf),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_for_port(self.port, self.proc, log)
-        except RuntimeError as err:
-            self.stop()
-            raise RuntimeError(f"{err}\n{self.error_log()}") from None
+        self._launch(self.command(conf), "httpd.out")
         return self
 
     def stop(self) -> None:
         """TERM to the process group: Apache, its children and what mod_fcgid spawned."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def error_log(self) -> str:
-        path = self.directory / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        self._stop_group(signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import require
-from tests.frontends import find, wait_for_port
+from tests.frontends import Frontend, find
 from tests.process_jobs import children_of, group_members
 
 DOC_SCGI_PORT = '"port" => 8001'
@@ -49,7 +49,7 @@ def account_lines() -> str:
 
 
 @dataclass
-class Lighttpd:
+class Lighttpd(Frontend):
     """``lighttpd -D`` with one recipe included, in its own directory and session."""
 
     directory: Path
@@ -90,21 +90,7 @@ include "{d}/site.conf"
         (self.directory / "site.conf").write_text(self.site)
         conf = self.directory / "lighttpd.conf"
         conf.write_text(self.config())
-        log = self.directory / "lighttpd.out"
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [binary, "-D", "-f", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                start_new_session=True,
-            )
-        try:
-            wait_for_port(self.port, self.proc, log)
-        except RuntimeError as err:
-            self.stop()
-            raise RuntimeError(f"{err}\n{self.error_log()}") from None
+        self._launch([binary, "-D", "-f", str(conf)], "lighttpd.out", env=self.env)
         return self
 
     def spawned(self) -> list[int]:
@@ -137,10 +123,6 @@ include "{d}/site.conf"
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return left
-
-    def error_log(self) -> str:
-        path = self.directory / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.fixture(scope="module")
