@@ -83,9 +83,10 @@ def check_new_code(start_dir: str) -> str | None:
     env = dict(os.environ)
     env.pop(STATE_VARIABLE, None)
     env[CHECK_VARIABLE] = "1"
+    argv = command()
     try:
         result = subprocess.run(
-            command(),
+            argv,
             cwd=start_dir,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -96,7 +97,7 @@ def check_new_code(start_dir: str) -> str | None:
     except subprocess.TimeoutExpired:
         return f"loading the project took more than {CHECK_TIMEOUT:.0f} s"
     except OSError as err:
-        return f"cannot run {command()[0]}: {err}"
+        return f"cannot run {argv[0]}: {err}"
     if result.returncode == 0:
         return None
     lines = [line for line in result.stderr.decode(errors="replace").splitlines() if line.strip()]
