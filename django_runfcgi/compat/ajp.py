@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import socket
 import struct
-from typing import Any, ClassVar
+import tempfile
+from typing import IO, Any, ClassVar
 
 from flup.server import ajp_base
 
@@ -19,6 +22,14 @@ from django_runfcgi.compat.common import (
 
 _AJP_MAX_BODY_CHUNK = 8184
 """Data per SEND_BODY_CHUNK: 8192 minus the packet header, type, length and NUL."""
+
+_AJP_MAX_REQUEST_CHUNK = 8186
+"""Request body bytes asked for per GET_BODY_CHUNK, as Tomcat asks: what one 8192-byte
+body packet holds after its header and data length."""
+
+_BODY_IN_MEMORY = 2621440
+"""Request bodies up to this size stay in memory, larger ones go to a temporary file
+(Django's FILE_UPLOAD_MAX_MEMORY_SIZE default)."""
 
 
 def _container_packet(data: bytes | memoryview) -> bytes:
@@ -35,13 +46,31 @@ def _body_chunk(chunk: memoryview) -> bytes:
 class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
     _headersSent: bool
 
+    def addHeader(self, name: bytes, value: bytes) -> None:
+        """Headers into environ; unlike flup's, the body is left to run()."""
+        key = name.replace(b"-", b"_").upper().decode("latin-1")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        self.environ[key] = value.decode("latin-1")
+
     def run(self) -> None:
+        """The whole request body first, so a broken body costs its connection, not a 500.
+
+        Django reads no more than CONTENT_LENGTH, which a chunked body does not have until
+        it has been read to its end; and a body packet left unread would be taken for the
+        next request on the connection.
+        """
+        self.input = self._conn.read_body(self.environ)
+        self.environ["wsgi.input_terminated"] = True
         try:
-            self._conn.server.handler(self)
-        except Exception:
-            self.logger.exception("Exception caught from handler")
-            if not self._headersSent:
-                self._conn.server.error(self)
+            try:
+                self._conn.server.handler(self)
+            except Exception:
+                self.logger.exception("Exception caught from handler")
+                if not self._headersSent:
+                    self._conn.server.error(self)
+        finally:
+            self.input.close()
         self._conn.end_response()
 
     def startResponse(
@@ -66,6 +95,14 @@ class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
             self._conn.send_body(data)
 
 
+def _content_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit():
+        raise ProtocolError(f"Content-Length {value!r} is not a number of bytes")
+    return int(value)
+
+
 class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[misc]
     """One AJP connection; the front end may send many requests over it."""
 
@@ -78,6 +115,8 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
     ) -> None:
         super().__init__(sock, addr, server, timeout)
         self._held: list[bytes] = []
+        self._framing: str | None = None
+        """How this request's body packets are framed: "spec" or "bare" (lighttpd)."""
 
     def run(self) -> None:
         """Requests until the front end closes; once stopping, the last answer says no reuse."""
@@ -96,16 +135,90 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
         pkt = ajp_base.Packet()
         (pkt.length,) = struct.unpack(">H", header[2:])
         pkt.data = recv_exactly(self._sock, pkt.length, "a packet") if pkt.length else b""
-        if self._request is not None:
-            self._processBody(pkt)
-        elif not pkt.length:
-            return  # lighttpd's mod_ajp13 sends an empty packet between requests (B22)
+        if not pkt.length:
+            return  # lighttpd's mod_ajp13 follows a request without a body with one (B22)
         elif pkt.data[0] == ajp_base.PKTTYPE_FWD_REQ:
             self._forwardRequest(pkt)
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
             self._cping(pkt)
         elif pkt.data[0] not in (ajp_base.PKTTYPE_SHUTDOWN, ajp_base.PKTTYPE_PING):
             raise ProtocolError(f"unknown packet type {pkt.data[0]:#04x}")
+
+    def read_body(self, environ: dict[str, Any]) -> IO[bytes]:
+        """The request body, read to its end; CONTENT_LENGTH is set for a chunked one.
+
+        With a Content-Length the front end sends the first packet unasked. A chunked
+        body (Apache forwards Transfer-Encoding and no length) comes only when asked
+        for, one packet per GET_BODY_CHUNK, until a packet without data, as Tomcat reads it.
+        """
+        length = _content_length(environ.get("CONTENT_LENGTH"))
+        if length is None and "HTTP_TRANSFER_ENCODING" not in environ:
+            length = 0
+        if length == 0:
+            return io.BytesIO()
+        with contextlib.ExitStack() as on_error:
+            body = on_error.enter_context(tempfile.SpooledTemporaryFile(_BODY_IN_MEMORY))
+            received = 0
+            self._framing = None
+            ask = length is None  # the first packet of a body with a length comes unasked
+            while length is None or received < length:
+                if ask:
+                    wanted = _AJP_MAX_REQUEST_CHUNK
+                    if length is not None:
+                        wanted = min(wanted, length - received)
+                    self._send(
+                        _container_packet(ajp_base.PKTTYPE_GET_BODY + struct.pack(">H", wanted))
+                    )
+                ask = True
+                data = self._body_packet(None if length is None else length - received)
+                if not data:
+                    if length is None:
+                        break
+                    raise ProtocolError(
+                        f"request body ended after {received} of its {length} bytes"
+                    )
+                if length is not None and received + len(data) > length:
+                    raise ProtocolError(
+                        f"request body longer than its Content-Length of {length} bytes"
+                    )
+                body.write(data)
+                received += len(data)
+            on_error.pop_all()
+        if length is None:
+            environ["CONTENT_LENGTH"] = str(received)
+        body.seek(0)
+        return body
+
+    def _body_packet(self, left: int | None) -> bytes:
+        """One request body packet's data; empty at the end of a chunked body.
+
+        AJP 1.3 puts a 2-byte data length before the bytes, as Apache and Tomcat do;
+        lighttpd 1.4's mod_ajp13 sends the bytes alone. The first packet of each body
+        tells which: its data length is its size minus those 2 bytes (and at most what
+        is `left`, the rest of a body with a known length), which lighttpd's bytes match
+        only if the body happens to start so. Such a body is then misread, as its own
+        request's body and no other: lighttpd opens a new connection for every request.
+        """
+        header = recv_exactly(self._sock, 4, "a request body packet header")
+        if header[:2] != ajp_base.SERVER_PREFIX:
+            raise ProtocolError(
+                f"request body packet header {header!r} does not start with 0x1234"
+            )
+        (size,) = struct.unpack(">H", header[2:])
+        payload = recv_exactly(self._sock, size, "a request body packet") if size else b""
+        if not size:
+            return b""  # a packet without even a data length also ends a chunked body
+        stated = struct.unpack(">H", payload[:2])[0] if size >= 2 else -1
+        if self._framing is None:
+            fits = stated == size - 2 and (left is None or 0 < stated <= left)
+            self._framing = "spec" if fits else "bare"
+        if self._framing == "bare":
+            return payload
+        if stated != size - 2:
+            raise ProtocolError(
+                f"request body packet of {size} bytes says it holds {stated} bytes of data"
+            )
+        return payload[2:]
 
     def hold(self, packet: bytes) -> None:
         """Keep a packet to send with the next one."""
