@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,24 @@ from tests.e2e.scenarios import SCENARIOS, Site
 from tests.frontends import FrontendMissing, find
 
 TABLE_VARIABLE = "RUNFCGI_E2E_TABLE"
-RESULTS = pytest.StashKey[dict[tuple[str, str, str, str], dict[str, str]]]()
-MARKS = {"passed": "ok", "skipped": "skip", "failed": "FAIL"}
+Key = tuple[str, str, str, str]  # front end, protocol, wiring, mount
+# A failure's message is cut to this many characters in the table's notes.
+REASON_LENGTH = 160
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One scenario on one site: "ok", "FAIL", "xfail", "cannot", "skip" or "XPASS"."""
+
+    mark: str
+    reason: str = ""
+
+    @property
+    def bad(self) -> bool:
+        return self.mark not in ("ok", "ok, buffered")
+
+
+RESULTS = pytest.StashKey[dict[Key, dict[str, Cell]]]()
 
 
 def require(binary: str, package: str) -> str:
@@ -39,6 +56,36 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = {}
 
 
+def skip_message(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return message.removeprefix("Skipped: ")
+
+
+def failure_message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    message = crash.message if crash is not None else report.longreprtext
+    first = message.strip().splitlines()[0] if message.strip() else report.when
+    return first if len(first) <= REASON_LENGTH else first[: REASON_LENGTH - 3] + "..."
+
+
+def cell_of(report: pytest.TestReport, site: Site, scenario: str) -> Cell:
+    """What a report says about a scenario, in the words the docs use for it."""
+    expected = getattr(report, "wasxfail", None)
+    if expected is not None:
+        # pytest.xfail("...") reports "reason: ..."; an xfail marker reports its reason.
+        reason = str(expected).removeprefix("reason: ")
+        return Cell("XPASS" if report.passed else "xfail", reason)
+    if report.passed:
+        buffered = scenario == "streaming" and not site.streams
+        return Cell("ok, buffered" if buffered else "ok")
+    if report.skipped:
+        if scenario in site.cannot:
+            return Cell("cannot", site.cannot[scenario])
+        return Cell("skip", skip_message(report))
+    return Cell("FAIL", failure_message(report))
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -52,21 +99,33 @@ def pytest_runtest_makereport(
         key = (site.frontend, site.protocol, site.variant, site.mount or "/")
         row = item.config.stash[RESULTS].setdefault(key, {})
         # The first bad outcome of a test (setup, call, teardown) is the one shown.
-        if row.get(scenario) in (None, "ok"):
-            mark = MARKS[report.outcome]
-            if scenario == "streaming" and mark == "ok" and not site.streams:
-                mark = "ok, buffered"
-            row[scenario] = mark
+        if scenario not in row or not row[scenario].bad:
+            row[scenario] = cell_of(report, site, scenario)
     return report
 
 
-def pass_table(results: dict[tuple[str, str, str, str], dict[str, str]]) -> list[str]:
+def pass_table(results: dict[Key, dict[str, Cell]]) -> list[str]:
+    """A markdown grid, one row per site and one column per scenario, then its notes.
+
+    A cell that is not a pass names a numbered note giving the reason in full, so the
+    grid stays narrow enough to read while every reason is still shown.
+    """
     names = list(SCENARIOS)
     for row in results.values():
         names += [name for name in row if name not in names]
-    head = ["front end", "protocol", "variant", "mount", *names]
+    notes: dict[tuple[str, str], int] = {}
+
+    def text(cell: Cell | None) -> str:
+        if cell is None:
+            return "-"
+        if not cell.bad:
+            return cell.mark
+        number = notes.setdefault((cell.mark, cell.reason), len(notes) + 1)
+        return f"{cell.mark} [{number}]"
+
+    head = ["front end", "protocol", "wiring", "mount", *names]
     rows = [
-        [*key, *(row.get(name, "-") for name in names)] for key, row in sorted(results.items())
+        [*key, *(text(row.get(name)) for name in names)] for key, row in sorted(results.items())
     ]
     widths = [max(len(line[i]) for line in [head, *rows]) for i in range(len(head))]
 
@@ -74,7 +133,11 @@ def pass_table(results: dict[tuple[str, str, str, str], dict[str, str]]) -> list
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return [format_line(head), rule, *(format_line(row) for row in rows)]
+    lines = [format_line(head), rule, *(format_line(row) for row in rows)]
+    if notes:
+        lines.append("")
+        lines += [f"- [{number}] {mark}: {reason}" for (mark, reason), number in notes.items()]
+    return lines
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -1,9 +1,10 @@
 """Through nginx with the documented recipes (docs/configs/nginx-*.conf), at / and /app/.
 
-Each recipe is served once per module: its runfcgi backends and nginx start together,
-then every scenario runs against them. Six wirings cover FastCGI over a unix socket and
-TCP, with kept-open connections, an upstream of three backends, and SCGI over a unix
-socket and TCP, each protocol and transport both at / and under /app/.
+Each wiring is served once per module: its runfcgi backends and nginx start together,
+then every scenario runs against them. FastCGI and SCGI each run over a unix socket and
+over TCP, FastCGI also with kept-open connections (``fastcgi_keep_conn``) and with an
+upstream of three backends, and every one of them both at / and under /app/. A recipe
+is written with one kind of address; the other kind replaces it, as a user would.
 """
 
 from __future__ import annotations
@@ -13,16 +14,17 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, free_port
+from tests.conftest import Address, Runner, free_port
 from tests.e2e.http import http_request
-from tests.e2e.scenarios import SCENARIOS, Site
+from tests.e2e.scenarios import SCENARIOS, STREAM_PAUSE, Site, stream_lead
 from tests.frontends import DOC_LISTEN, DOC_SCGI_SOCKET, DOC_SOCKET, DOC_TCP, Nginx, recipe
-from tests.process_jobs import parent_of
+from tests.process_jobs import parent_of, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -31,30 +33,55 @@ pytestmark = pytest.mark.e2e
 WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
 
 
+# Measured with nginx 1.22: not a documented promise, so the docs say to send the header.
+KEPT_CONNECTIONS_STREAM = (
+    "over kept connections (fastcgi_keep_conn on) nginx passes a response on as it "
+    "arrives even with buffering on"
+)
+
+
 @dataclass(frozen=True)
 class Wiring:
     recipe: str
     protocol: str
-    variant: str
     mount: str
-    transport: str  # "unix" or "tcp"
+    written: str  # the recipe's own address: "unix" or "tcp"
+    transport: str  # the address the test serves on: "unix" or "tcp"
+    keep_conn: bool = False
     backends: int = 1
+
+    @property
+    def variant(self) -> str:
+        if self.backends > 1:
+            return f"upstream{self.backends}-{self.transport}"
+        return self.transport + ("-keep-conn" if self.keep_conn else "")
+
+
+def both_transports(
+    recipe: str, protocol: str, mount: str, written: str, keep_conn: bool = False
+) -> list[Wiring]:
+    """The recipe with its own kind of address and with the other kind."""
+    return [Wiring(recipe, protocol, mount, written, t, keep_conn) for t in ("unix", "tcp")]
 
 
 WIRINGS = [
-    Wiring("nginx-fastcgi.conf", "fcgi", "unix", "", "unix"),
-    Wiring("nginx-fastcgi-prefix.conf", "fcgi", "unix", "/app", "unix"),
-    Wiring("nginx-fastcgi-keepalive.conf", "fcgi", "tcp-keep-conn", "", "tcp"),
-    Wiring("nginx-fastcgi-upstream.conf", "fcgi", "upstream3", "/app", "tcp", backends=3),
-    Wiring("nginx-scgi.conf", "scgi", "unix", "", "unix"),
-    Wiring("nginx-scgi-prefix.conf", "scgi", "tcp", "/app", "tcp"),
+    *both_transports("nginx-fastcgi.conf", "fcgi", "", "unix"),
+    *both_transports("nginx-fastcgi-prefix.conf", "fcgi", "/app", "unix"),
+    *both_transports("nginx-fastcgi-keepalive.conf", "fcgi", "", "tcp", keep_conn=True),
+    *both_transports("nginx-fastcgi-keepalive-prefix.conf", "fcgi", "/app", "tcp", keep_conn=True),
+    Wiring("nginx-fastcgi-upstream.conf", "fcgi", "", "tcp", "tcp", True, backends=3),
+    Wiring("nginx-fastcgi-upstream-prefix.conf", "fcgi", "/app", "tcp", "tcp", True, 3),
+    *both_transports("nginx-scgi.conf", "scgi", "", "unix"),
+    *both_transports("nginx-scgi-prefix.conf", "scgi", "/app", "tcp"),
 ]
 
 
 @dataclass
 class Served:
+    wiring: Wiring
     site: Site
     runner: Runner
+    addresses: list[Address]
     backend_pids: list[int]
 
 
@@ -66,22 +93,22 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
         if wiring.transport == "unix":
             sock = str(runner.tmp / f"{wiring.protocol}{index}.sock")
             runner.serve(*words, f"socket={sock}", address=sock)
-            doc = DOC_SOCKET if wiring.protocol == "fcgi" else DOC_SCGI_SOCKET
-            replacements[doc] = sock
+            address = f"unix:{sock}"
         else:
             port = free_port()
             runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
-            replacements[DOC_TCP[index]] = f"127.0.0.1:{port}"
+            address = f"127.0.0.1:{port}"
+        if wiring.written == "unix":
+            doc = DOC_SOCKET if wiring.protocol == "fcgi" else DOC_SCGI_SOCKET
+            replacements[f"unix:{doc}"] = address
+        else:
+            replacements[DOC_TCP[index]] = address
     return replacements
 
 
-@pytest.fixture(
-    scope="module",
-    params=WIRINGS,
-    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
-)
-def served(request: pytest.FixtureRequest, nginx_binary: str) -> Iterator[Served]:
-    wiring: Wiring = request.param
+@contextmanager
+def serving(wiring: Wiring, nginx_binary: str) -> Iterator[Served]:
+    """runfcgi and nginx running the wiring, all stopped and removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
     runner = Runner(tmp)
     nginx: Nginx | None = None
@@ -96,15 +123,26 @@ def served(request: pytest.FixtureRequest, nginx_binary: str) -> Iterator[Served
             wiring.variant,
             wiring.mount,
             port,
-            # nginx buffers responses unless the view sends X-Accel-Buffering: no.
-            streams=False,
+            # Buffered by default; the scenario's view sends X-Accel-Buffering: no.
+            streams=True,
         )
-        yield Served(site, runner, [run.proc.pid for run in runner.runs])
+        addresses = [run.address for run in runner.runs if run.address is not None]
+        yield Served(wiring, site, runner, addresses, [run.proc.pid for run in runner.runs])
     finally:
         if nginx is not None:
             nginx.stop()
         runner.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(
+    scope="module",
+    params=WIRINGS,
+    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
+)
+def served(request: pytest.FixtureRequest, nginx_binary: str) -> Iterator[Served]:
+    with serving(request.param, nginx_binary) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +171,50 @@ def test_prefix_without_its_slash_redirects(site: Site) -> None:
     response = http_request(site.port, "GET", site.mount, timeout=10)
     assert response.status == 301
     assert response.header("Location") in (site.url("/"), site.absolute("/"))
+
+
+def open_connections(address: Address) -> int:
+    """Connections runfcgi has accepted on ``address`` and not yet closed."""
+    if isinstance(address, str):
+        # Num RefCount Protocol Flags Type St Inode Path: an accepted socket carries the
+        # listening socket's path, in state 03 (connected).
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+        return sum(1 for line in lines if line.split()[5:8:2] == ["03", address])
+    # sl local_address rem_address st: the accepted end has the server's port, state 01.
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    local = f"0100007F:{address[1]:04X}"
+    return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "01")
+
+
+def test_connections_stay_open_only_with_keep_conn(served: Served) -> None:
+    """fastcgi_keep_conn keeps connections to runfcgi open; otherwise each one closes."""
+    for _ in range(3):
+        assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
+
+    def held() -> int:
+        return sum(open_connections(address) for address in served.addresses)
+
+    if served.wiring.keep_conn:
+        assert held() >= 1, "nginx closed its connections to runfcgi"
+    else:
+        assert wait_for(lambda: held() == 0, timeout=5), f"{held()} connections left open"
+
+
+def test_streamed_response_is_buffered_unless_the_view_asks(served: Served) -> None:
+    """The recipes keep nginx's buffering on, as the docs say."""
+    if served.wiring.keep_conn:
+        pytest.skip(KEPT_CONNECTIONS_STREAM)
+    lead = stream_lead(served.site, accel=False)
+    assert lead < STREAM_PAUSE, f"streamed ({lead:.2f} s) without X-Accel-Buffering: no"
+
+
+def test_location_without_buffering_streams(nginx_binary: str) -> None:
+    """nginx-fastcgi-streaming.conf: fastcgi_buffering off for the URLs under /stream/."""
+    wiring = Wiring("nginx-fastcgi-streaming.conf", "fcgi", "", "unix", "unix")
+    with serving(wiring, nginx_binary) as served:
+        lead = stream_lead(served.site, accel=False)
+        assert lead >= STREAM_PAUSE, f"buffered: the first chunk led by {lead:.2f} s"
+        SCENARIOS["get"](served.site)
 
 
 def test_backends_stop_promptly_while_nginx_holds_connections(served: Served) -> None:
