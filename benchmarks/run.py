@@ -303,6 +303,7 @@ class Backend:
     sock: Path
     port: int
     proc: subprocess.Popen[bytes]
+    nginx_pid: int = 0
 
     def workers(self) -> list[int]:
         """The processes that serve requests: the children, or the process itself."""
@@ -383,6 +384,7 @@ def serving(names: list[str], directory: Path) -> Iterator[dict[str, Backend]]:
         nginx = start_group([binary, "-p", str(directory), "-c", str(conf)], log, env)
         for backend in backends.values():
             wait_until(accepts_tcp(backend.port), nginx, log, "nginx")
+            backend.nginx_pid = nginx.pid
         yield backends
     finally:
         # A second Control-C or TERM must not cut the clean-up short: it is bounded.
