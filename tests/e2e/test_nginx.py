@@ -69,8 +69,16 @@ WIRINGS = [
     *both_transports("nginx-fastcgi-prefix.conf", "fcgi", "/app", "unix"),
     *both_transports("nginx-fastcgi-keepalive.conf", "fcgi", "", "tcp", keep_conn=True),
     *both_transports("nginx-fastcgi-keepalive-prefix.conf", "fcgi", "/app", "tcp", keep_conn=True),
-    Wiring("nginx-fastcgi-upstream.conf", "fcgi", "", "tcp", "tcp", True, backends=3),
-    Wiring("nginx-fastcgi-upstream-prefix.conf", "fcgi", "/app", "tcp", "tcp", True, 3),
+    Wiring("nginx-fastcgi-upstream.conf", "fcgi", "", "tcp", "tcp", keep_conn=True, backends=3),
+    Wiring(
+        "nginx-fastcgi-upstream-prefix.conf",
+        "fcgi",
+        "/app",
+        "tcp",
+        "tcp",
+        keep_conn=True,
+        backends=3,
+    ),
     *both_transports("nginx-scgi.conf", "scgi", "", "unix"),
     *both_transports("nginx-scgi-prefix.conf", "scgi", "/app", "tcp"),
 ]
@@ -213,7 +221,7 @@ def test_location_without_buffering_streams(nginx_binary: str) -> None:
     wiring = Wiring("nginx-fastcgi-streaming.conf", "fcgi", "", "unix", "unix")
     with serving(wiring, nginx_binary) as served:
         lead = stream_lead(served.site, accel=False)
-        assert lead >= STREAM_PAUSE, f"buffered: the first chunk led by {lead:.2f} s"
+        assert lead >= STREAM_PAUSE, f"buffered: the first chunk led the last by {lead:.2f} s"
         SCENARIOS["get"](served.site)
 
 
