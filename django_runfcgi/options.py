@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -61,6 +62,24 @@ def _count(minimum: int) -> Callable[[str, object], int]:
         return _parse_int(name, value, minimum)
 
     return parse
+
+
+def parse_seconds(name: str, value: object) -> float:
+    """A duration such as ``30`` or ``2.5``; 0 is allowed, its meaning is the option's."""
+    if isinstance(value, bool):
+        number = math.nan
+    elif isinstance(value, (int, float)):
+        number = float(value)
+    else:
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            number = math.nan
+    if not math.isfinite(number) or number < 0:
+        raise OptionError(
+            f"{name}={value!r} is not a number of seconds; use 0 or more, such as 30."
+        )
+    return number
 
 
 def parse_port(name: str, value: object) -> int:
@@ -187,6 +206,24 @@ OPTIONS: tuple[Option, ...] = (
         50,
         "Hard limit on worker processes (prefork) or threads (threaded).",
         "NUMBER",
+    ),
+    Option(
+        "shutdowntimeout",
+        parse_seconds,
+        30.0,
+        "Seconds that TERM (stop) and HUP (reload) give requests in progress to finish "
+        "before the workers still serving them are killed (0 = kill them at once).",
+        "SECONDS",
+        default_text="30",
+    ),
+    Option(
+        "requesttimeout",
+        parse_seconds,
+        0.0,
+        "Seconds a prefork worker may spend on one request; past that, the master kills "
+        "it and starts another (0 = no limit).",
+        "SECONDS",
+        default_text="0",
     ),
     Option(
         "daemonize",
@@ -337,6 +374,8 @@ class Config:
     maxchildren: int
     debug: bool
     scriptname: str | None = None
+    shutdowntimeout: float = 30.0
+    requesttimeout: float = 0.0
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -404,6 +443,11 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         )
     if values["method"] == "threaded" and "maxrequests" in given:
         raise OptionError("maxrequests= applies to method=prefork only; threads are not recycled.")
+    if values["method"] == "threaded" and values["requesttimeout"] > 0:
+        raise OptionError(
+            "requesttimeout= applies to method=prefork only; a thread cannot be stopped "
+            "in the middle of a request."
+        )
 
     paths = {
         name: (_absolute(values[name], base) if values[name] is not None else None)
@@ -429,6 +473,8 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         maxchildren=maxchildren,
         debug=values["debug"],
         scriptname=values["scriptname"],
+        shutdowntimeout=values["shutdowntimeout"],
+        requesttimeout=values["requesttimeout"],
     )
 
 

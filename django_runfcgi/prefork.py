@@ -8,6 +8,7 @@ replaces the loops of the master and of the workers.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import selectors
@@ -15,7 +16,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -36,9 +37,17 @@ from django_runfcgi.control import (
 
 logger = logging.getLogger(__name__)
 
-# What a worker tells the master about itself, one byte at a time.
+# What a worker tells the master about itself, one byte at a time: whether it holds a
+# connection, and (with a request timeout) when each request on it begins and ends.
 BUSY = b"\x00"
 IDLE = b"\xff"
+REQUEST_BEGINS = b"\x01"
+REQUEST_ENDS = b"\x02"
+
+# A worker past its request timeout gets this signal, which makes it write where it is
+# stuck to standard error, and is killed this many seconds later.
+DUMP_SIGNAL = signal.SIGUSR2
+DUMP_GRACE = 1.0
 
 # How long to wait for the kernel to release workers after SIGKILL.
 REAP_LIMIT = 5.0
@@ -64,6 +73,10 @@ class _Worker:
     # Set for a worker that finishes its request for a previous master (reload): when
     # it is killed if still running. It no longer counts towards the pool.
     deadline: float | None = None
+    # When the request in progress began, as the master saw it.
+    request_since: float | None = None
+    # Past its request timeout: when it is killed.
+    kill_at: float | None = None
 
 
 class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
@@ -74,6 +87,10 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
     left after ``shutdownTimeout`` seconds is killed. INT stops now: workers get
     SIGINT and are killed after a second. USR1 calls :meth:`_handle_usr1` in the
     master, then is passed on to the workers.
+
+    With ``requestTimeout`` above 0, a worker that spends longer than that on one
+    request (as reported through :func:`timed_application`) is sent ``DUMP_SIGNAL``,
+    so its stack shows where it hung, then killed; the pool replaces it.
 
     With ``reload_check`` set, HUP reloads instead: if the check returns no error,
     the workers are told to finish and ``run()`` returns True at once, leaving them
@@ -100,6 +117,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         jobArgs: Sequence[Any] = (),
         *,
         shutdownTimeout: float = 30.0,
+        requestTimeout: float = 0.0,
     ) -> None:
         # sockTimeout is left out: flup feeds it to setblocking() (B24).
         super().__init__(
@@ -112,7 +130,12 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         )
         if shutdownTimeout < 0:
             raise ValueError("shutdownTimeout must be 0 or more.")
+        if requestTimeout < 0:
+            raise ValueError("requestTimeout must be 0 or more.")
         self._shutdownTimeout = shutdownTimeout
+        self._requestTimeout = requestTimeout
+        # In a worker: its end of the status link.
+        self._link: socket.socket | None = None
         self._children: dict[int, _Worker] = {}
         self._hupReceived = False
         self._stopping: str | None = None
@@ -167,7 +190,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 return
             self._reapChildren()
             self._maintain_pool(sock)
-            wake_at = [self._retry_at, self._expire_retiring()]
+            wake_at = [self._retry_at, self._expire_retiring(), self._expire_requests()]
             timeout = min((t for t in wake_at if t is not None), default=None)
             if timeout is not None:
                 timeout = max(0.0, timeout - time.monotonic())
@@ -220,6 +243,38 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 nearest = worker.deadline
         return nearest
 
+    def _expire_requests(self) -> float | None:
+        """Kill workers stuck on one request for longer than allowed; the next deadline."""
+        if self._requestTimeout <= 0:
+            return None
+        now = time.monotonic()
+        nearest = None
+        for pid, worker in self._active().items():
+            if worker.kill_at is not None:
+                if worker.kill_at <= now:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    worker.kill_at = float("inf")
+                when = worker.kill_at
+            elif worker.request_since is None:
+                continue
+            elif now - worker.request_since >= self._requestTimeout:
+                logger.error(
+                    "Worker process %d has spent %.1f s on one request (requesttimeout=%g); "
+                    "killing it and starting another.",
+                    pid,
+                    now - worker.request_since,
+                    self._requestTimeout,
+                )
+                with suppress(ProcessLookupError):
+                    os.kill(pid, DUMP_SIGNAL)
+                when = worker.kill_at = now + DUMP_GRACE
+            else:
+                when = worker.request_since + self._requestTimeout
+            if when != float("inf") and (nearest is None or when < nearest):
+                nearest = when
+        return nearest
+
     def _active(self) -> dict[int, _Worker]:
         """The workers of this master's pool, without those finishing for a previous one."""
         return {pid: worker for pid, worker in self._children.items() if worker.deadline is None}
@@ -234,8 +289,19 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         except OSError:
             data = b""
         if data:
-            # B1: flup compared this byte with a str, so every worker looked idle.
-            self._children[pid].idle = data[-1:] == IDLE
+            worker = self._children[pid]
+            now = time.monotonic()
+            for state in data:
+                # B1: flup compared this byte with a str, so every worker looked idle.
+                if state == IDLE[0]:
+                    worker.idle = True
+                    worker.request_since = None
+                elif state == BUSY[0]:
+                    worker.idle = False
+                elif state == REQUEST_BEGINS[0]:
+                    worker.request_since = now
+                elif state == REQUEST_ENDS[0]:
+                    worker.request_since = None
         else:
             # The worker is on its way out; SIGCHLD will wake us to reap it.
             self._close_link(pid)
@@ -302,9 +368,11 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             if done == 0:
                 continue
             self._close_link(pid)
-            retired = self._children.pop(pid).deadline is not None
+            worker = self._children.pop(pid)
+            # A worker killed for its request timeout has been logged already.
+            expected = worker.deadline is not None or worker.kill_at is not None
             code = os.waitstatus_to_exitcode(status)
-            if code != 0 and self._stopping is None and not retired:
+            if code != 0 and self._stopping is None and not expected:
                 how = f"was killed by signal {-code}" if code < 0 else f"exited with {code}"
                 logger.warning("Worker process %d %s; starting another.", pid, how)
 
@@ -335,11 +403,12 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 mode = self._stopping
                 self._signal_workers(signal.SIGINT)
                 deadline = min(deadline, time.monotonic() + INT_GRACE)
-        logger.warning(
-            "%d worker process(es) still running %.1f s after the stop signal; killing them.",
-            len(self._children),
-            limit,
-        )
+        if limit > 0:
+            logger.warning(
+                "%d worker process(es) still running %.1f s after the stop signal; killing them.",
+                len(self._children),
+                limit,
+            )
 
     def _kill_workers(self) -> None:
         """SIGKILL whatever workers are left and reap them, within a bound."""
@@ -397,6 +466,8 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         self._stopping = None
         self._signals = SignalQueue(self.WORKER_SIGNALS, self._worker_signalled)
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._requestTimeout > 0:
+            faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
 
     def _worker_signalled(self, signum: int) -> None:
         """In the signal handler: a busy worker's persistent connection must end."""
@@ -408,6 +479,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
     def _child(self, sock: socket.socket, link: socket.socket) -> None:
         """Accept and serve connections until told to stop, or maxRequests is reached."""
         link.settimeout(NOTIFY_TIMEOUT)
+        self._link = link
         served = 0
         with selectors.DefaultSelector() as selector:
             selector.register(sock, selectors.EVENT_READ, "listener")
@@ -449,6 +521,16 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             return False
         return True
 
+    def request_begins(self) -> None:
+        """In a worker timing its requests: tell the master a request has begun."""
+        if self._link is not None and self._requestTimeout > 0:
+            self._notify(self._link, REQUEST_BEGINS)
+
+    def request_ends(self) -> None:
+        """In a worker timing its requests: tell the master the request has ended."""
+        if self._link is not None and self._requestTimeout > 0:
+            self._notify(self._link, REQUEST_ENDS)
+
     def _serve_client(self, client: socket.socket, addr: Any) -> None:
         """Run one job; an exception is logged and the worker goes on serving."""
         try:
@@ -462,3 +544,45 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         finally:
             self._job = None
             client.close()
+
+
+WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class _TimedResponse:
+    """The application's response; the request ends when the server closes it."""
+
+    def __init__(self, result: Iterable[bytes], ends: Callable[[], None]) -> None:
+        self._result = result
+        self._ends = ends
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._ends()
+
+
+def timed_application(application: WSGIApplication, server: PreforkServer) -> WSGIApplication:
+    """Wrap a WSGI application so each request is timed by the master, not each connection.
+
+    One connection from the web server may carry many requests (FastCGI keep-conn,
+    AJP) and wait idle between them: only the time spent in a request counts, from the
+    call of the application until the server closes its response.
+    """
+
+    def timed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        server.request_begins()
+        try:
+            result = application(environ, start_response)
+        except BaseException:
+            server.request_ends()
+            raise
+        return _TimedResponse(result, server.request_ends)
+
+    return timed

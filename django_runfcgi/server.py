@@ -50,6 +50,8 @@ def make_server(config: Config, application: Any) -> Server:
     cls = server_class(config.protocol, config.method)
     server = object.__new__(cls)
     prefork_method = config.method == "prefork"
+    if prefork_method and config.requesttimeout > 0:
+        application = prefork.timed_application(application, server)
     PROTOCOL_CLASSES[config.protocol].__init__(
         server,
         application,
@@ -66,6 +68,8 @@ def make_server(config: Config, application: Any) -> Server:
             maxSpare=config.maxspare,
             maxChildren=config.maxchildren,
             maxRequests=config.maxrequests,
+            shutdownTimeout=config.shutdowntimeout,
+            requestTimeout=config.requesttimeout,
             **job,
         )
     else:
@@ -74,6 +78,7 @@ def make_server(config: Config, application: Any) -> Server:
             minSpare=config.minspare,
             maxSpare=config.maxspare,
             maxThreads=config.maxchildren,
+            shutdownTimeout=config.shutdowntimeout,
             **job,
         )
     return cast(Server, server)

@@ -127,6 +127,17 @@ def test_maxchildren_alone_caps_the_spares() -> None:
         (("daemonize=maybe",), "daemonize='maybe' is not a boolean; use true or false"),
         (("daemonize=true",), "daemonize=true needs host=/port= or socket="),
         (("method=threaded", "maxrequests=10"), "maxrequests= applies to method=prefork only"),
+        (
+            ("method=threaded", "requesttimeout=30"),
+            "requesttimeout= applies to method=prefork only; a thread cannot be stopped",
+        ),
+        (
+            ("shutdowntimeout=-1",),
+            "shutdowntimeout='-1' is not a number of seconds; use 0 or more, such as 30.",
+        ),
+        (("shutdowntimeout=soon",), "shutdowntimeout='soon' is not a number of seconds"),
+        (("requesttimeout=nan",), "requesttimeout='nan' is not a number of seconds"),
+        (("requesttimeout=inf",), "requesttimeout='inf' is not a number of seconds"),
         (("port=1", "port=2"), "port= is given twice."),
         (("socket=",), "socket= is empty; give a path."),
     ],
@@ -175,3 +186,26 @@ def test_scriptname_unset_trusts_the_front_end() -> None:
 def test_scriptname_must_be_a_decoded_absolute_path(word: str) -> None:
     with pytest.raises(OptionError, match="is not a URL path prefix; use / or a path"):
         config_from(f"scriptname={word}")
+
+
+def test_timeouts_default_to_30_s_to_stop_and_no_request_limit() -> None:
+    config = config_from()
+    assert (config.shutdowntimeout, config.requesttimeout) == (30.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("word", "seconds"), [("0", 0.0), ("5", 5.0), ("2.5", 2.5), (" 10 ", 10.0)]
+)
+def test_timeouts_take_seconds(word: str, seconds: float) -> None:
+    config = config_from(f"shutdowntimeout={word}", f"requesttimeout={word}")
+    assert (config.shutdowntimeout, config.requesttimeout) == (seconds, seconds)
+
+
+def test_timeouts_from_python_values() -> None:
+    config = resolve(options.merge({"shutdowntimeout": 0, "requesttimeout": 2.5}), cwd=Path("/"))
+    assert (config.shutdowntimeout, config.requesttimeout) == (0.0, 2.5)
+
+
+def test_threaded_takes_a_shutdown_timeout_and_requesttimeout_0() -> None:
+    config = config_from("method=threaded", "shutdowntimeout=5", "requesttimeout=0")
+    assert (config.shutdowntimeout, config.requesttimeout) == (5.0, 0.0)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
+from typing import Any
 
 import pytest
 from flup.server import preforkserver
 
 from django_runfcgi.control import SignalQueue
-from django_runfcgi.prefork import PreforkServer
+from django_runfcgi.prefork import PreforkServer, timed_application
 from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
@@ -271,3 +272,52 @@ def test_a_signal_sent_before_the_handlers_exist_is_queued_not_lost() -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGUSR1, previous)
+
+
+def test_rejects_a_negative_request_timeout() -> None:
+    with pytest.raises(ValueError, match="requestTimeout"):
+        PreforkServer(jobClass=LineJob, requestTimeout=-1)
+
+
+class _Clock:
+    """Stands in for the worker: records what it would tell the master."""
+
+    def __init__(self) -> None:
+        self.told: list[str] = []
+
+    def request_begins(self) -> None:
+        self.told.append("begins")
+
+    def request_ends(self) -> None:
+        self.told.append("ends")
+
+
+def test_a_timed_request_ends_when_its_response_is_closed() -> None:
+    """The response may be a stream: the request lasts until the server closes it."""
+    clock = _Clock()
+    closed: list[bool] = []
+
+    class Body(list[bytes]):
+        def close(self) -> None:
+            closed.append(True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        return Body([b"one", b"two"])
+
+    result = timed_application(app, clock)({}, None)  # type: ignore[arg-type]
+    assert clock.told == ["begins"]
+    assert list(result) == [b"one", b"two"]
+    assert clock.told == ["begins"]
+    result.close()  # type: ignore[attr-defined]
+    assert (clock.told, closed) == (["begins", "ends"], [True])
+
+
+def test_a_timed_request_that_raises_ends_at_once() -> None:
+    clock = _Clock()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise RuntimeError("view failed")
+
+    with pytest.raises(RuntimeError):
+        timed_application(app, clock)({}, None)  # type: ignore[arg-type]
+    assert clock.told == ["begins", "ends"]

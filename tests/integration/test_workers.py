@@ -1,0 +1,232 @@
+"""Prefork workers the master keeps in hand: killed mid-request, hung, or slow to stop.
+
+Every test runs the real ``manage.py runfcgi`` and talks to it as a web server would;
+the worker holding a request is found through /proc, the way an operator would find it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TypeVar
+
+import pytest
+
+from tests.clients import ProtocolError, Response, connect, fcgi_request, scgi_request
+from tests.conftest import Run, Runner, tagged_pids
+from tests.process_jobs import alive, children_of, wait_for
+
+T = TypeVar("T")
+
+POOL = ("maxspare=2", "minspare=1", "maxchildren=3")
+REQUESTS = {"fcgi": fcgi_request, "scgi": scgi_request}
+
+
+def serve_unix(runner: Runner, *words: str) -> tuple[str, Run]:
+    address = str(runner.tmp / "app.sock")
+    run = runner.serve("daemonize=false", f"socket={address}", *words, address=address)
+    return address, run
+
+
+def in_background(call: Callable[[], T]) -> Future[T]:
+    """Run a request in a thread; the test goes on while the server works on it."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(call())
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets a process holds open."""
+    inodes: set[str] = set()
+    directory = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(directory)
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"{directory}/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def connected_inodes(path: str) -> set[str]:
+    """Server ends of the connections accepted on the unix socket at ``path``.
+
+    Accepted sockets carry the listening socket's path; the listener itself has the
+    accepting flag (0x10000) and is shared by every worker.
+    """
+    found = set()
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if len(fields) == 8 and fields[7] == path and not int(fields[3], 16) & 0x10000:
+                found.add(fields[6])
+    return found
+
+
+def worker_holding_a_connection(master: int, path: str, timeout: float = 5.0) -> int:
+    """The worker of ``master`` that has accepted a connection on ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        connections = connected_inodes(path)
+        holders = [pid for pid in children_of(master) if socket_inodes(pid) & connections]
+        if len(holders) == 1:
+            return holders[0]
+        time.sleep(0.02)
+    raise AssertionError(f"no worker of {master} holds a connection on {path}")
+
+
+def live_workers(master: int) -> list[int]:
+    return [pid for pid, state in children_of(master).items() if state != "Z"]
+
+
+def assert_pool_is_whole(runner: Runner, run: Run, size: int) -> None:
+    """``size`` workers, no zombie among them, and no process outside the server's tree."""
+    master = run.proc.pid
+    assert wait_for(
+        lambda: len(children_of(master)) == size and "Z" not in children_of(master).values(),
+        timeout=5.0,
+    ), f"workers: {children_of(master)}\n{run.describe()}"
+    assert sorted(tagged_pids(runner.tag)) == sorted([master, *children_of(master)])
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "scgi"])
+def test_a_worker_killed_mid_request_is_replaced_and_the_server_serves_on(
+    runner: Runner, protocol: str
+) -> None:
+    request = REQUESTS[protocol]
+    address, run = serve_unix(runner, f"protocol={protocol}", *POOL)
+    master = run.proc.pid
+    pending = in_background(lambda: request(address, "GET", "/slow/", query="s=30", timeout=30))
+    worker = worker_holding_a_connection(master, address)
+
+    os.kill(worker, signal.SIGKILL)
+
+    # The connection closes with no response: the web server answers 502.
+    with pytest.raises(ProtocolError):
+        pending.result(timeout=10)
+    assert wait_for(lambda: not alive(worker), timeout=5.0)
+    pids = {request(address, "GET", "/echo/", timeout=10).json()["pid"] for _ in range(5)}
+    assert worker not in pids
+    assert pids <= set(live_workers(master))
+    assert_pool_is_whole(runner, run, 2)
+    assert f"Worker process {worker} was killed by signal 9; starting another." in run.stderr
+    assert run.proc.poll() is None, run.describe()
+
+
+def test_requesttimeout_kills_a_hung_worker_and_logs_where_it_hung(runner: Runner) -> None:
+    address, run = serve_unix(runner, "requesttimeout=1", *POOL)
+    master = run.proc.pid
+    started = time.monotonic()
+    pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=30"))
+    worker = worker_holding_a_connection(master, address)
+
+    with pytest.raises(ProtocolError):
+        pending.result(timeout=15)
+    elapsed = time.monotonic() - started
+
+    # One second allowed, one more to write its stack, then SIGKILL.
+    assert 1.0 <= elapsed < 4.0
+    assert wait_for(lambda: not alive(worker), timeout=5.0)
+    assert fcgi_request(address, "GET", "/echo/", timeout=10).status == 200
+    assert_pool_is_whole(runner, run, 2)
+    log = run.stderr
+    lines = re.findall(rf"Worker process {worker} has spent (\S+) s on one request.*", log)
+    assert len(lines) == 1, log
+    assert 1.0 <= float(lines[0]) < 2.0, log
+    assert "(requesttimeout=1); killing it and starting another." in log
+    # The worker's stack, written by faulthandler before the kill, names the view.
+    assert re.search(r'File ".*testproject/views\.py", line \d+ in slow', log), log
+    assert "was killed by signal" not in log, log
+
+
+def test_requesttimeout_counts_time_in_a_request_not_on_a_kept_connection(
+    runner: Runner,
+) -> None:
+    """nginx keeps FastCGI connections open between requests: idle time is not counted."""
+    address, run = serve_unix(runner, "requesttimeout=1", *POOL)
+    with connect(address, 10) as conn:
+        first = fcgi_request(address, "GET", "/slow/", query="s=0.5", keep_conn=True, sock=conn)
+        time.sleep(1.5)
+        second = fcgi_request(address, "GET", "/slow/", query="s=0.5", keep_conn=True, sock=conn)
+
+    assert (first.status, second.status) == (200, 200)
+    assert first.json()["pid"] == second.json()["pid"]
+    assert "has spent" not in run.stderr, run.stderr
+    assert_pool_is_whole(runner, run, 2)
+
+
+def test_requesttimeout_with_the_threaded_method_is_refused(runner: Runner) -> None:
+    finished = runner.run("method=threaded", "requesttimeout=5")
+
+    assert finished.proc.returncode == 1
+    assert "requesttimeout= applies to method=prefork only" in finished.stderr
+    assert "Traceback" not in finished.stderr
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_shutdowntimeout_bounds_how_long_term_waits_for_a_request(
+    runner: Runner, method: str
+) -> None:
+    address, run = serve_unix(runner, f"method={method}", "shutdowntimeout=1")
+    pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=30"))
+    if method == "prefork":
+        worker_holding_a_connection(run.proc.pid, address)
+    else:
+        time.sleep(0.5)
+
+    started = time.monotonic()
+    run.signal(signal.SIGTERM)
+    assert run.wait(10) == 0, run.describe()
+    elapsed = time.monotonic() - started
+
+    assert 1.0 <= elapsed < 3.0, run.describe()
+    assert "still running 1.0 s after the stop signal" in run.stderr
+    with pytest.raises(ProtocolError):
+        pending.result(timeout=10)
+    assert tagged_pids(runner.tag) == []
+
+
+def test_shutdowntimeout_0_stops_at_once_without_waiting(runner: Runner) -> None:
+    address, run = serve_unix(runner, "shutdowntimeout=0")
+    pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=30"))
+    worker_holding_a_connection(run.proc.pid, address)
+
+    started = time.monotonic()
+    run.signal(signal.SIGTERM)
+    assert run.wait(10) == 0, run.describe()
+
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(ProtocolError):
+        pending.result(timeout=10)
+    assert tagged_pids(runner.tag) == []
+
+
+def test_a_request_shorter_than_shutdowntimeout_finishes_across_a_stop(runner: Runner) -> None:
+    address, run = serve_unix(runner, "shutdowntimeout=5")
+    pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=1.5"))
+    worker_holding_a_connection(run.proc.pid, address)
+
+    run.signal(signal.SIGTERM)
+
+    response: Response = pending.result(timeout=10)
+    assert response.status == 200
+    assert run.wait(10) == 0, run.describe()
+    assert "still running" not in run.stderr
