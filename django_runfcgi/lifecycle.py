@@ -12,16 +12,18 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
-from django_runfcgi import daemon, pidfile, reload, sockets
+from django_runfcgi import daemon, pidfile, reload, sockets, systemd
 from django_runfcgi.options import Config, Inherited
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
 
@@ -45,19 +47,118 @@ def load_application() -> Any:
     return application
 
 
-def _prepare(config: Config) -> tuple[sockets.Listener, tuple[int, int] | None]:
+@dataclass
+class Handed:
+    """A socket this process was given instead of binding one: by systemd, or on fd 0."""
+
+    sock: socket.socket
+    fd: int
+    by_systemd: bool
+
+
+def _handed(config: Config) -> Handed | None:
+    """The socket systemd passed (socket activation), else the one on fd 0 if no bind
+    option is given, else None: runfcgi binds."""
+    try:
+        fd = systemd.listen_fd()
+        if fd is not None:
+            try:
+                return Handed(sockets.handed_over(fd, "systemd"), fd, by_systemd=True)
+            finally:
+                os.close(fd)
+        if isinstance(config.bind, Inherited):
+            sock = sockets.handed_over(config.bind.fd, "the web server")
+            return Handed(sock, config.bind.fd, by_systemd=False)
+    except (systemd.ActivationError, sockets.BindError) as err:
+        raise StartupError(str(err)) from err
+    return None
+
+
+def _listener(config: Config, handed: Handed | None) -> sockets.Listener:
+    if handed is None:
+        assert not isinstance(config.bind, Inherited), "_handed() takes fd 0"
+        return sockets.listen(config.bind, config.umask)
+    if handed.by_systemd:
+        return sockets.activated(handed.sock, handed.fd, config.bind)
+    return sockets.Listener(handed.sock, config.bind)
+
+
+def _prepare(
+    config: Config, handed: Handed | None, daemonize: bool
+) -> tuple[sockets.Listener, tuple[int, int] | None]:
     """Everything that can fail on the user's input, done before detaching."""
     try:
         if config.pidfile is not None:
             pidfile.check(config.pidfile)
         logs = (
             daemon.open_logs(config.outlog, config.errlog)
-            if config.daemonize or config.outlog or config.errlog
+            if daemonize or config.outlog or config.errlog
             else None
         )
-        return sockets.listen(config.bind, config.umask), logs
+        return _listener(config, handed), logs
     except (pidfile.PidfileError, daemon.LogError, sockets.BindError) as err:
         raise StartupError(str(err)) from err
+
+
+def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier) -> None:
+    """inetd style: serve the one connection already accepted, then return (exit 0).
+
+    Each connection is a process of its own, so there is nothing to detach, no pidfile
+    and no workers; TERM ends the process at once.
+    """
+    sock = handed.sock
+    with sock:
+        sockets.free_standard_streams(sock)
+        if config.pidfile is not None:
+            raise StartupError(
+                f"pidfile={str(config.pidfile)!r} does not apply to a connection passed by "
+                "a super-server (inetd, systemd Accept=yes): each connection is its own "
+                "process; leave pidfile= out."
+            )
+        if handed.by_systemd and not isinstance(config.bind, Inherited):
+            try:
+                sockets.activated(sock, handed.fd, config.bind)
+            except sockets.BindError as err:
+                raise StartupError(str(err)) from err
+        application = load_application()
+        server: Any = make_server(config, application)
+        addr = sock.getpeername()
+        if not server._isClientAllowed(addr):
+            raise StartupError(
+                f"Refused the connection from {sockets.address_of(sock)}'s peer {addr!r}."
+            )
+        job = server.connection_class(sock, addr, server, None)
+        notifier.ready(
+            f"Serving one {PROTOCOL_NAMES[config.protocol]} connection, PID {os.getpid()}."
+        )
+        job.run()
+
+
+def _notifying_reload_check(
+    check: Callable[[], str | None], notifier: systemd.Notifier, status: str
+) -> Callable[[], str | None]:
+    """HUP tells systemd the reload has begun; a cancelled one, that the old code serves."""
+
+    def run() -> str | None:
+        notifier.reloading()
+        try:
+            error = check()
+        except BaseException:
+            notifier.ready(f"Reload cancelled; {status}")
+            raise
+        if error is not None:
+            notifier.ready(f"Reload cancelled, still serving the old code: {error}")
+        return error
+
+    return run
+
+
+def _stop_begins(listener: sockets.Listener, notifier: systemd.Notifier) -> Callable[[], None]:
+    def run() -> None:
+        notifier.stopping()
+        listener.remove_socket_file()
+
+    return run
 
 
 def serve(config: Config, announce: Callable[[str], None]) -> None:
@@ -66,10 +167,25 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         load_application()
         return
     start_dir = os.getcwd()
+    notifier = systemd.Notifier.from_environment()
     state = reload.take_state()
+    by_systemd = False
+    daemonize = config.daemonize
     if state is None:
-        application = load_application()
-        listener, logs = _prepare(config)
+        handed = _handed(config)
+        if handed is not None and not sockets.is_listening(handed.sock):
+            _serve_connection(config, handed, notifier)
+            return
+        # systemd supervises the process it started: detaching would lose it.
+        by_systemd = handed is not None and handed.by_systemd
+        daemonize = daemonize and not by_systemd
+        try:
+            application = load_application()
+            listener, logs = _prepare(config, handed, daemonize)
+        except BaseException:
+            if handed is not None:
+                handed.sock.close()
+            raise
     else:
         listener = sockets.take_over(state.fd, config.bind, state.created)
 
@@ -79,7 +195,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         if state is not None:
             # Reloaded: already detached, logging, and named in the pidfile.
             application = load_application()
-        elif config.daemonize:
+        elif daemonize:
             assert config.workdir is not None, "resolve() sets workdir when daemonizing"
             assert logs is not None
             readiness = daemon.detach(
@@ -89,6 +205,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                 keep={listener.sock.fileno()},
             )
             owner = os.getpid()
+            notifier.owner = owner
         elif logs is not None:
             daemon.use_logs(logs)
         if config.workdir is not None:
@@ -96,19 +213,28 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
         if config.pidfile is not None and state is None:
             pidfile.write(config.pidfile, owner)
+        where = (
+            f"{sockets.address_of(listener.sock)} (passed by systemd)"
+            if by_systemd
+            else str(config.bind)
+        )
+        what = "Reloaded; serving" if state is not None else "Serving"
+        status = (
+            f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
+            f"{where}, PID {owner}."
+        )
         server = make_server(config, application)
-        server.reload_check = functools.partial(reload.check_new_code, start_dir)
+        server.reload_check = _notifying_reload_check(
+            functools.partial(reload.check_new_code, start_dir), notifier, status
+        )
         server.on_usr1 = functools.partial(daemon.reopen_logs, config.outlog, config.errlog)
-        server.on_stop = listener.remove_socket_file
+        server.on_stop = _stop_begins(listener, notifier)
         if state is not None:
             server.adopt_workers(state.retiring)
-        if not isinstance(config.bind, Inherited):
-            what = "Reloaded; serving" if state is not None else "Serving"
-            announce(
-                f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
-                f"{config.bind}, PID {owner}."
-            )
+        if by_systemd or not isinstance(config.bind, Inherited):
+            announce(status)
         readiness.ready()
+        notifier.ready(status)
         if server.run(listener.sock):
             handover = reload.State(
                 fd=listener.sock.fileno(),
@@ -116,6 +242,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                 retiring=tuple(server.retiring),
                 start_dir=start_dir,
             )
+            notifier.restore_environment()
             reload.reexec(handover, SERVER_SIGNALS)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)

@@ -8,9 +8,11 @@ is given (a regular file, or a live instance's socket) and reports bind errors a
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import stat
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -147,26 +149,117 @@ def bind_unix(target: Unix, umask: int) -> Listener:
     return Listener(sock, target, created=(st.st_dev, st.st_ino))
 
 
-def adopt(target: Inherited) -> Listener:
-    """Take the listening socket a web server passed on a file descriptor."""
+def handed_over(fd: int, source: str) -> socket.socket:
+    """The stream socket a web server, super-server or systemd passed on ``fd``.
+
+    The descriptor is duplicated: fd 0 stays what the process was given.
+    """
     try:
-        sock = socket.socket(fileno=os.dup(target.fd))
+        sock = socket.socket(fileno=os.dup(fd))
     except OSError as err:
         if err.errno in (errno.ENOTSOCK, errno.EBADF):
-            raise BindError(
-                "No host=/port= or socket= given, and standard input is not a listening "
-                "socket. Give host= and port=, or socket=, or let the web server start "
-                "runfcgi (mod_fcgid, lighttpd bin-path).",
-            ) from None
+            if fd == 0:
+                raise BindError(
+                    "No host=/port= or socket= given, and standard input is not a socket. "
+                    "Give host= and port=, or socket=, or let the web server start "
+                    "runfcgi (mod_fcgid, lighttpd bin-path) or a super-server (inetd, "
+                    "systemd) pass it a socket.",
+                ) from None
+            raise BindError(f"File descriptor {fd} from {source} is not a socket.") from None
         raise
-    listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    if not listening:
+    if sock.type != socket.SOCK_STREAM:
         sock.close()
         raise BindError(
-            "Standard input is a socket but not a listening one: runfcgi without host=, "
-            "port= or socket= must be started by the web server with its listening socket.",
+            f"The socket {source} passed on file descriptor {fd} is not a stream socket; "
+            "runfcgi needs one (ListenStream= for systemd, 'stream' for inetd).",
         )
-    return Listener(sock, target)
+    return sock
+
+
+def is_listening(sock: socket.socket) -> bool:
+    """A listening socket (serve it) rather than one accepted connection (inetd style)."""
+    return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+
+
+def address_of(sock: socket.socket) -> str:
+    """The socket's address in the words runfcgi announces a bind with."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        if isinstance(name, bytes):
+            return "unix:@" + name.lstrip(b"\0").decode("utf-8", "replace")
+        return f"unix:{name}" if name else "an unnamed unix socket"
+    return str(TCP(name[0], name[1]))
+
+
+def _same_tcp(sock: socket.socket, target: TCP) -> bool:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return False
+    host, port = sock.getsockname()[:2]
+    try:
+        infos = socket.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return False
+    listening = ipaddress.ip_address(host.partition("%")[0])
+    for info in infos:
+        wanted = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
+        if info[4][1] == port and (wanted == listening):
+            return True
+    return False
+
+
+def activated(sock: socket.socket, fd: int, target: Bind) -> Listener:
+    """The listening socket systemd passed; bind options, if given, must name it.
+
+    Its socket file belongs to the socket unit: it is never removed here.
+    """
+    if isinstance(target, TCP):
+        matches = _same_tcp(sock, target)
+        given = f"host={target.host} port={target.port}"
+    elif isinstance(target, Unix):
+        matches = sock.family == socket.AF_UNIX and sock.getsockname() == str(target.path)
+        given = f"socket={str(target.path)!r}"
+    else:
+        return Listener(sock, Inherited(fd))
+    if not matches:
+        passed = address_of(sock)
+        sock.close()
+        raise BindError(
+            f"{given} does not match the socket systemd passed ({passed}); "
+            "leave host=, port= and socket= out, or make them name the ListenStream= address.",
+        )
+    return Listener(sock, Inherited(fd))
+
+
+def free_standard_streams(sock: socket.socket) -> None:
+    """Point stdin, stdout and stderr away from an accepted connection they share.
+
+    inetd passes the connection as standard input and output (and often error): text
+    the project prints must not end up inside the protocol's stream. stdin reads
+    /dev/null, stdout goes to stderr, or /dev/null if stderr is the connection too.
+    """
+    conn = os.fstat(sock.fileno())
+
+    def is_conn(fd: int) -> bool:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (conn.st_dev, conn.st_ino)
+
+    shared = [fd for fd in (0, 1, 2) if is_conn(fd)]
+    if not shared:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        for fd in shared:
+            os.dup2(2 if fd == 1 and 2 not in shared else null, fd)
+    finally:
+        os.close(null)
 
 
 def take_over(fd: int, target: Bind, created: tuple[int, int] | None) -> Listener:
@@ -176,9 +269,7 @@ def take_over(fd: int, target: Bind, created: tuple[int, int] | None) -> Listene
     return Listener(sock, target, created=created)
 
 
-def listen(target: Bind, umask: int) -> Listener:
+def listen(target: TCP | Unix, umask: int) -> Listener:
     if isinstance(target, TCP):
         return bind_tcp(target)
-    if isinstance(target, Unix):
-        return bind_unix(target, umask)
-    return adopt(target)
+    return bind_unix(target, umask)

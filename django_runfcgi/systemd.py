@@ -1,0 +1,122 @@
+"""What systemd hands a service and what it wants to hear back, without libsystemd.
+
+Socket activation passes listening sockets from file descriptor 3 on and names the
+process they are meant for in ``LISTEN_PID``; a copy of those variables seen by any
+other process (a worker, a program the project runs) is not meant for it. ``sd_notify``
+is one datagram on the unix socket named by ``NOTIFY_SOCKET``. Both sets of variables
+are taken out of the environment at start, so that nothing the server starts misreads
+them; a reload puts ``NOTIFY_SOCKET`` back for the process it becomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+logger = logging.getLogger(__name__)
+
+LISTEN_FDS_START = 3
+LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+NOTIFY_VARIABLE = "NOTIFY_SOCKET"
+
+
+class ActivationError(Exception):
+    """The sockets systemd passed cannot be served; the message is one sentence."""
+
+
+def listen_fd() -> int | None:
+    """The descriptor of the one socket systemd passed to this process, if it passed one.
+
+    The variables are removed whether or not they name this process, as
+    ``sd_listen_fds(1)`` does.
+    """
+    values = {name: os.environ.pop(name, None) for name in LISTEN_VARIABLES}
+    pid, fds = values["LISTEN_PID"], values["LISTEN_FDS"]
+    if pid is None or fds is None:
+        return None
+    if not pid.strip().isdigit() or int(pid) != os.getpid():
+        return None
+    if not fds.strip().isdigit():
+        raise ActivationError(f"LISTEN_FDS={fds!r} is not a number of file descriptors.")
+    count = int(fds)
+    if count == 0:
+        return None
+    if count > 1:
+        names = values["LISTEN_FDNAMES"]
+        named = f" ({names.replace(':', ', ')})" if names else ""
+        raise ActivationError(
+            f"LISTEN_FDS={count}{named}: runfcgi serves one socket; give its service a "
+            "single ListenStream= in one .socket unit."
+        )
+    fd = LISTEN_FDS_START
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        raise ActivationError(
+            f"LISTEN_FDS=1 but file descriptor {fd} is not open; start runfcgi from the "
+            "socket unit, not by hand with LISTEN_PID set."
+        ) from None
+    return fd
+
+
+def _monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+class Notifier:
+    """Sends service state to systemd when ``NOTIFY_SOCKET`` is set; otherwise does nothing.
+
+    A lost notification must never stop the server: a failure is logged. Only
+    ``owner`` (the master; set anew after detaching) sends, so that a forked worker
+    running the same hooks stays silent.
+    """
+
+    def __init__(self, address: str | None) -> None:
+        self.address = address
+        self.owner = os.getpid()
+
+    @classmethod
+    def from_environment(cls) -> Notifier:
+        return cls(os.environ.pop(NOTIFY_VARIABLE, None) or None)
+
+    def restore_environment(self) -> None:
+        """Give ``NOTIFY_SOCKET`` back, for a process that replaces this one (reload)."""
+        if self.address is not None:
+            os.environ[NOTIFY_VARIABLE] = self.address
+
+    def _target(self) -> str | bytes | None:
+        address = self.address
+        if address is None:
+            return None
+        if address.startswith("@"):
+            # The abstract namespace: a leading NUL instead of '@'.
+            return b"\0" + os.fsencode(address[1:])
+        if address.startswith("/"):
+            return address
+        logger.warning("NOTIFY_SOCKET=%r is not a unix socket path; not notifying.", address)
+        self.address = None
+        return None
+
+    def send(self, *fields: str) -> None:
+        if os.getpid() != self.owner:
+            return
+        target = self._target()
+        if target is None:
+            return
+        message = "\n".join(fields).encode("utf-8", "replace")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message, target)
+        except OSError as err:
+            logger.warning("Cannot notify systemd on NOTIFY_SOCKET=%r: %s", self.address, err)
+
+    def ready(self, status: str) -> None:
+        self.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS={status}")
+
+    def reloading(self) -> None:
+        self.send("RELOADING=1", f"MONOTONIC_USEC={_monotonic_usec()}", "STATUS=Reloading")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1", "STATUS=Stopping")

@@ -1,0 +1,608 @@
+"""Started by a supervisor: systemd socket activation and sd_notify, inetd-style spawning.
+
+There is no systemd here to run the units in docs/configs, so the tests play its parts
+with real processes: ``systemd-socket-activate`` (or a few lines of Python holding the
+listening socket, as a ``.socket`` unit does across service restarts) passes the socket,
+a datagram socket with SO_PASSCRED reads what the server notifies and who sent it, and
+socat or ``systemd-socket-activate --accept`` spawns one server per connection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.clients import ProtocolError, Response, ajp_request, fcgi_request, scgi_request
+from tests.conftest import (
+    TAG_VARIABLE,
+    TESTPROJECT,
+    Run,
+    Runner,
+    can_connect,
+    free_port,
+    tagged_pids,
+    wait_until_accepting,
+)
+from tests.frontends import CONFIGS, DOC_SOCKET
+from tests.process_jobs import wait_for
+
+MANAGE = TESTPROJECT / "manage.py"
+UCRED = struct.Struct("3i")
+
+# Plays a .socket unit: the listening socket arrives as stdin and is passed on at fd 3
+# (and the next ones, for LISTEN_FDS > 1) with LISTEN_FDS/LISTEN_PID set as systemd sets
+# them; argv: count, pid ('' for the service's own), then the service's command line.
+SOCKET_UNIT = """\
+import os, sys
+count = int(sys.argv[1])
+for fd in range(3, 3 + count):
+    os.dup2(0, fd)
+null = os.open(os.devnull, os.O_RDONLY)
+os.dup2(null, 0)
+os.close(null)
+os.environ["LISTEN_FDS"] = str(count)
+os.environ["LISTEN_PID"] = sys.argv[2] or str(os.getpid())
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+def require(binary: str, package: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        message = f"{binary} is not installed (Debian package: {package})."
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@dataclass(frozen=True)
+class Notification:
+    pid: int
+    fields: dict[str, str]
+
+
+class NotifySocket:
+    """systemd's end of NOTIFY_SOCKET: each datagram with the pid of its sender."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        target = "\0" + address[1:] if address.startswith("@") else address
+        self.sock.bind(target)
+        self.received: list[Notification] = []
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _receive(self, timeout: float) -> Notification | None:
+        self.sock.settimeout(max(timeout, 0.001))
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(UCRED.size))
+        except TimeoutError:
+            return None
+        pid = 0
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                pid = UCRED.unpack(payload[: UCRED.size])[0]
+        fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+        note = Notification(pid, fields)
+        self.received.append(note)
+        return note
+
+    def wait_for(self, name: str, timeout: float = 20.0) -> Notification:
+        """The next notification that sets ``name``; earlier ones are kept in received."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            note = self._receive(remaining)
+            if note is not None and name in note.fields:
+                return note
+        raise AssertionError(f"no {name} notification within {timeout} s: {self.received}")
+
+    def drain(self) -> list[Notification]:
+        while self._receive(0.2) is not None:
+            pass
+        return self.received
+
+
+@pytest.fixture
+def notify(short_tmp: Path) -> Iterator[NotifySocket]:
+    listener = NotifySocket(str(short_tmp / "notify"))
+    yield listener
+    listener.close()
+
+
+def unix_listener(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(64)
+    return sock
+
+
+def tcp_listener() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    return sock
+
+
+def activated(
+    runner: Runner,
+    listening: socket.socket,
+    *words: str,
+    env: dict[str, str] | None = None,
+    fds: int = 1,
+    listen_pid: str = "",
+    command: list[str] | None = None,
+    cwd: Path | None = None,
+) -> Run:
+    """Start runfcgi (or ``command``) as the service of a socket unit holding ``listening``."""
+    service = command or [sys.executable, str(MANAGE), "runfcgi", *words]
+    unit = [sys.executable, "-c", SOCKET_UNIT, str(fds), listen_pid, *service]
+    return runner.start(command=unit, stdin=listening, env=env, cwd=cwd)
+
+
+def pid_of(address: str | tuple[str, int], timeout: float = 20) -> int:
+    response = fcgi_request(address, "GET", "/echo/", timeout=timeout)
+    assert response.status == 200, response
+    pid: int = response.json()["pid"]
+    return pid
+
+
+def release_of(address: str) -> str:
+    release: str = fcgi_request(address, "GET", "/echo/", timeout=20).json()["release"]
+    return release
+
+
+def monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def exits(run: Run, timeout: float = 15) -> int:
+    try:
+        return run.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {timeout} s\n{run.describe()}")
+
+
+def last_line(text: str) -> str:
+    return [line for line in text.splitlines() if line.strip()][-1]
+
+
+# Socket activation and sd_notify.
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_activated_server_serves_systemd_socket_and_notifies_each_state(
+    runner: Runner, notify: NotifySocket, method: str
+) -> None:
+    path = runner.tmp / "fcgi.sock"
+    release = runner.tmp / "release"
+    release.write_text("v1")
+    with unix_listener(path) as listening:
+        inode = os.stat(path).st_ino
+        run = activated(
+            runner,
+            listening,
+            f"method={method}",
+            env={"NOTIFY_SOCKET": notify.address, "TESTPROJECT_RELEASE_FILE": str(release)},
+        )
+        master = run.proc.pid
+        ready = notify.wait_for("READY")
+        assert ready.pid == master
+        assert ready.fields["MAINPID"] == str(master)
+        assert f"unix:{path} (passed by systemd)" in ready.fields["STATUS"]
+        assert release_of(str(path)) == "v1"
+        assert f"on unix:{path} (passed by systemd), PID {master}." in run.stdout
+
+        release.write_text("v2")
+        sent = monotonic_usec()
+        run.signal(signal.SIGHUP)
+        reloading = notify.wait_for("RELOADING")
+        assert abs(int(reloading.fields["MONOTONIC_USEC"]) - sent) < 30_000_000
+        assert notify.wait_for("READY").fields["STATUS"].startswith("Reloaded; serving")
+        assert wait_for(lambda: release_of(str(path)) == "v2", timeout=20), run.describe()
+        assert os.stat(path).st_ino == inode, "runfcgi bound the path again"
+
+        run.signal(signal.SIGTERM)
+        notify.wait_for("STOPPING")
+        assert exits(run) == 0, run.describe()
+        assert stat.S_ISSOCK(os.stat(path).st_mode), "the unit's socket file was removed"
+        assert can_connect(str(path)), "the unit's socket no longer accepts"
+    assert {note.pid for note in notify.drain()} == {master}, "only the master notifies"
+
+
+def test_cancelled_reload_tells_systemd_the_old_code_serves(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    path = runner.tmp / "fcgi.sock"
+    release = runner.tmp / "release"
+    release.write_text("v1")
+    with unix_listener(path) as listening:
+        run = activated(
+            runner,
+            listening,
+            env={"NOTIFY_SOCKET": notify.address, "TESTPROJECT_RELEASE_FILE": str(release)},
+        )
+        notify.wait_for("READY")
+        release.write_text("broken")
+        run.signal(signal.SIGHUP)
+        notify.wait_for("RELOADING")
+        status = notify.wait_for("READY").fields["STATUS"]
+        assert status.startswith("Reload cancelled, still serving the old code: "), status
+        assert release_of(str(path)) == "v1"
+        run.signal(signal.SIGTERM)
+        assert exits(run) == 0, run.describe()
+
+
+def test_daemonized_server_notifies_from_the_daemon_on_abstract_socket(runner: Runner) -> None:
+    notify = NotifySocket(f"@runfcgi-test-{runner.tag}")
+    try:
+        path = runner.tmp / "own.sock"
+        pidfile = runner.tmp / "app.pid"
+        run = runner.run(
+            f"socket={path}", f"pidfile={pidfile}", env={"NOTIFY_SOCKET": notify.address}
+        )
+        assert run.proc.returncode == 0, run.describe()
+        ready = notify.wait_for("READY")
+        daemon_pid = int(pidfile.read_text())
+        assert ready.pid == daemon_pid
+        assert ready.fields["MAINPID"] == str(daemon_pid)
+        os.kill(daemon_pid, signal.SIGTERM)
+        assert notify.wait_for("STOPPING").pid == daemon_pid
+        assert wait_for(lambda: not pidfile.exists(), timeout=15)
+    finally:
+        notify.close()
+
+
+def test_bind_options_must_name_the_socket_systemd_passed(runner: Runner) -> None:
+    path = runner.tmp / "fcgi.sock"
+    other = runner.tmp / "other.sock"
+    with unix_listener(path) as listening:
+        run = activated(runner, listening, f"socket={other}")
+        assert exits(run) == 1
+        assert last_line(run.stderr) == (
+            f"CommandError: socket='{other}' does not match the socket systemd passed "
+            f"(unix:{path}); leave host=, port= and socket= out, or make them name the "
+            "ListenStream= address."
+        )
+        assert not other.exists()
+
+        # The same address: served, in the foreground (systemd tracks the process).
+        run = activated(runner, listening, f"socket={path}")
+        assert pid_of(str(path)) != run.proc.pid
+        assert run.proc.poll() is None, run.describe()
+        run.signal(signal.SIGTERM)
+        assert exits(run) == 0
+        assert path.exists()
+
+
+def test_ajp_is_activated_on_the_host_and_port_it_names(runner: Runner) -> None:
+    with tcp_listener() as listening:
+        port = listening.getsockname()[1]
+        wrong = free_port()
+        run = activated(runner, listening, "protocol=ajp", "host=127.0.0.1", f"port={wrong}")
+        assert exits(run) == 1
+        assert last_line(run.stderr).startswith(
+            f"CommandError: host=127.0.0.1 port={wrong} does not match the socket systemd "
+            f"passed (127.0.0.1:{port});"
+        )
+        run = activated(runner, listening, "protocol=ajp", "host=localhost", f"port={port}")
+        response = ajp_request(("127.0.0.1", port), "GET", "/echo/", timeout=20)
+        assert response.status == 200, run.describe()
+        assert run.proc.poll() is None
+        run.signal(signal.SIGTERM)
+        assert exits(run) == 0
+
+
+def test_more_than_one_passed_socket_is_refused_in_one_line(runner: Runner) -> None:
+    path = runner.tmp / "fcgi.sock"
+    with unix_listener(path) as listening:
+        run = activated(runner, listening, fds=2)
+        assert exits(run) == 1
+        assert last_line(run.stderr) == (
+            "CommandError: LISTEN_FDS=2: runfcgi serves one socket; give its service a "
+            "single ListenStream= in one .socket unit."
+        )
+
+
+def test_passed_sockets_meant_for_another_process_are_ignored(runner: Runner) -> None:
+    path = runner.tmp / "fcgi.sock"
+    own = runner.tmp / "own.sock"
+    with unix_listener(path) as listening:
+        run = activated(runner, listening, f"socket={own}", "daemonize=false", listen_pid="1")
+        wait_until_accepting(run, str(own), timeout=20)
+        assert pid_of(str(own)) != run.proc.pid
+        run.signal(signal.SIGTERM)
+        assert exits(run) == 0
+        assert not own.exists()
+
+
+def test_datagram_socket_is_refused_in_one_line(runner: Runner) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as datagram:
+        datagram.bind(str(runner.tmp / "dgram.sock"))
+        run = activated(runner, datagram)
+        assert exits(run) == 1
+        assert last_line(run.stderr) == (
+            "CommandError: The socket systemd passed on file descriptor 3 is not a stream "
+            "socket; runfcgi needs one (ListenStream= for systemd, 'stream' for inetd)."
+        )
+
+
+# One connection per process: inetd, socat, systemd Accept=yes.
+
+
+def spawner_env(runner: Runner, extra: dict[str, str] | None = None) -> list[str]:
+    """systemd-socket-activate passes on only the variables named with -E."""
+    names = [TAG_VARIABLE, "PYTHONPATH", "TESTPROJECT_DB", "PYTHONUNBUFFERED"]
+    args = [f"--setenv={name}" for name in names]
+    args += [f"--setenv={name}={value}" for name, value in (extra or {}).items()]
+    return args
+
+
+def socat_inetd(runner: Runner, listen: str, program: list[str]) -> Run:
+    """socat as the super-server: each connection becomes the program's stdin and stdout."""
+    socat = require("socat", "socat")
+    exec_address = "EXEC:" + " ".join(shlex.quote(word) for word in program) + ",nofork"
+    return runner.start(command=[socat, f"{listen},fork", exec_address])
+
+
+def served_by_new_processes(requests: list[Response]) -> set[int]:
+    for response in requests:
+        assert response.status == 200, response
+    return {response.json()["pid"] for response in requests}
+
+
+def wait_for_no_server(runner: Runner, keep: int) -> bool:
+    """Every per-connection server has exited; only the super-server (``keep``) is left."""
+    return wait_for(lambda: set(tagged_pids(runner.tag)) <= {keep}, timeout=20)
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "scgi"])
+def test_socat_super_server_spawns_one_runfcgi_per_connection(
+    runner: Runner, protocol: str
+) -> None:
+    path = str(runner.tmp / "inetd.sock")
+    spawner = socat_inetd(
+        runner,
+        f"UNIX-LISTEN:{path}",
+        [sys.executable, str(MANAGE), "runfcgi", f"protocol={protocol}"],
+    )
+    assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
+    request = fcgi_request if protocol == "fcgi" else scgi_request
+    body = b"x" * 300_000
+    responses = [request(path, "POST", "/echo/", body=body, timeout=20) for _ in range(3)]
+    assert len(served_by_new_processes(responses)) == 3
+    for response in responses:
+        assert response.json()["body_length"] == len(body)
+    assert wait_for_no_server(runner, spawner.proc.pid), spawner.describe()
+
+
+def test_pidfile_is_refused_for_one_connection(runner: Runner) -> None:
+    path = str(runner.tmp / "inetd.sock")
+    pidfile = runner.tmp / "app.pid"
+    spawner = socat_inetd(
+        runner,
+        f"UNIX-LISTEN:{path}",
+        [sys.executable, str(MANAGE), "runfcgi", f"pidfile={pidfile}"],
+    )
+    assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
+    with pytest.raises((ProtocolError, OSError), match=r"(closed|reset) the connection"):
+        fcgi_request(path, "GET", "/echo/", timeout=20)
+    error = (
+        f"CommandError: pidfile='{pidfile}' does not apply to a connection passed by a "
+        "super-server (inetd, systemd Accept=yes): each connection is its own process; "
+        "leave pidfile= out."
+    )
+    assert wait_for(lambda: error in spawner.stderr, timeout=20), spawner.describe()
+    assert not pidfile.exists()
+
+
+@pytest.mark.parametrize("style", ["--inetd", "fd 3"])
+def test_systemd_accept_yes_passes_one_connection(runner: Runner, style: str) -> None:
+    activate = require("systemd-socket-activate", "systemd")
+    path = str(runner.tmp / "accept.sock")
+    command = [activate, "--accept", f"--listen={path}", *spawner_env(runner)]
+    if style == "--inetd":
+        command.append("--inetd")
+    command += [sys.executable, str(MANAGE), "runfcgi", "method=threaded"]
+    spawner = runner.start(command=command)
+    assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
+    responses = [fcgi_request(path, "GET", "/echo/", timeout=20) for _ in range(2)]
+    pids = served_by_new_processes(responses)
+    assert len(pids) == 2
+    assert wait_for(
+        lambda: all(f"Child {pid} died with code 0" in spawner.stderr for pid in pids),
+        timeout=20,
+    ), spawner.describe()
+
+
+# The units and the inetd line in docs/configs, as written.
+
+
+def read_unit(name: str) -> dict[str, list[str]]:
+    """``Key=value`` settings of a unit file by key, in order, from every section."""
+    settings: dict[str, list[str]] = {}
+    for raw in (CONFIGS / name).read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";", "[")):
+            continue
+        key, _, value = line.partition("=")
+        settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+@dataclass(frozen=True)
+class Service:
+    """A documented service's command and environment, with the example paths replaced."""
+
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    settings: dict[str, list[str]]
+
+
+def documented_service(name: str) -> Service:
+    settings = read_unit(name)
+    (workdir,) = settings["WorkingDirectory"]
+    assert workdir == "/srv/mysite"
+    (exec_start,) = settings["ExecStart"]
+    argv = shlex.split(exec_start)
+    assert argv[:3] == ["/srv/mysite/venv/bin/python", "manage.py", "runfcgi"], argv
+    env = {}
+    for assignment in settings.get("Environment", []):
+        key, _, value = assignment.partition("=")
+        env[key] = value.replace("mysite.settings", "testproject.settings")
+    return Service([sys.executable, *argv[1:]], env, TESTPROJECT, settings)
+
+
+def test_documented_units_pass_systemd_analyze_verify(short_tmp: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package: systemd).")
+    names = ["mysite.socket", "mysite.service", "mysite-accept.socket", "mysite-accept@.service"]
+    for name in names:
+        text = (CONFIGS / name).read_text()
+        # verify checks that the program exists; the example's virtualenv does not.
+        text = text.replace("/srv/mysite/venv/bin/python", sys.executable)
+        (short_tmp / name).write_text(text)
+    result = subprocess.run(
+        [analyze, "verify", *(str(short_tmp / name) for name in names)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.strip() == "", output
+
+
+def test_documented_socket_and_service_under_systemd_socket_activate(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    activate = require("systemd-socket-activate", "systemd")
+    socket_unit = read_unit("mysite.socket")
+    assert socket_unit["ListenStream"] == [DOC_SOCKET]
+    service = documented_service("mysite.service")
+    assert service.settings["Type"] == ["notify"]
+    assert service.settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    path = runner.tmp / "fcgi.sock"
+    command = [
+        activate,
+        f"--listen={path}",
+        *spawner_env(runner, {**service.env, "NOTIFY_SOCKET": notify.address}),
+        *service.argv,
+    ]
+    run = runner.start(command=command, cwd=service.cwd)
+    assert wait_for(path.exists, timeout=10), run.describe()
+    # Started on the first connection, as systemd starts a socket-activated service.
+    assert pid_of(str(path)) != run.proc.pid
+    ready = notify.wait_for("READY")
+    assert ready.pid == run.proc.pid == int(ready.fields["MAINPID"])
+
+    reload_argv = shlex.split(service.settings["ExecReload"][0].replace("$MAINPID", "{}"))
+    subprocess.run([word.format(run.proc.pid) for word in reload_argv], check=True, timeout=10)
+    notify.wait_for("RELOADING")
+    notify.wait_for("READY")
+    assert pid_of(str(path)) != run.proc.pid
+
+    (kill_signal,) = service.settings["KillSignal"]
+    run.signal(signal.Signals[kill_signal])
+    notify.wait_for("STOPPING")
+    assert exits(run) == 0, run.describe()
+    assert path.exists(), "runfcgi removed the socket unit's file"
+
+
+def test_documented_socket_keeps_accepting_across_service_restarts(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    socket_unit = read_unit("mysite.socket")
+    service = documented_service("mysite.service")
+    path = runner.tmp / "fcgi.sock"
+    (mode,) = socket_unit["SocketMode"]
+    with unix_listener(path) as listening:
+        os.chmod(path, int(mode, 8))
+        env = {**service.env, "NOTIFY_SOCKET": notify.address}
+        first = activated(runner, listening, command=service.argv, env=env, cwd=service.cwd)
+        notify.wait_for("READY")
+        before = pid_of(str(path))
+
+        first.signal(signal.Signals[service.settings["KillSignal"][0]])
+        assert exits(first) == 0, first.describe()
+        # Between the two runs the socket unit still accepts; the request waits.
+        answers: list[Response] = []
+        waiting = threading.Thread(
+            target=lambda: answers.append(fcgi_request(str(path), "GET", "/echo/", timeout=30))
+        )
+        waiting.start()
+        time.sleep(0.5)
+        assert answers == []
+        second = activated(runner, listening, command=service.argv, env=env, cwd=service.cwd)
+        waiting.join(40)
+        assert answers, second.describe()
+        assert answers[0].status == 200, second.describe()
+        assert answers[0].json()["pid"] != before
+        assert stat.S_IMODE(os.stat(path).st_mode) == int(mode, 8)
+        second.signal(signal.SIGTERM)
+        assert exits(second) == 0
+
+
+def test_documented_accept_units_serve_one_connection_per_process(runner: Runner) -> None:
+    activate = require("systemd-socket-activate", "systemd")
+    socket_unit = read_unit("mysite-accept.socket")
+    assert socket_unit["Accept"] == ["yes"]
+    assert socket_unit["ListenStream"] == [DOC_SOCKET]
+    service = documented_service("mysite-accept@.service")
+    path = str(runner.tmp / "fcgi.sock")
+    command = [
+        activate,
+        "--accept",
+        f"--listen={path}",
+        *spawner_env(runner, service.env),
+        *service.argv,
+    ]
+    spawner = runner.start(command=command, cwd=service.cwd)
+    assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
+    responses = [fcgi_request(path, "GET", "/echo/", timeout=20) for _ in range(2)]
+    assert len(served_by_new_processes(responses)) == 2
+
+
+def test_documented_inetd_line_under_socat(runner: Runner) -> None:
+    lines = [
+        line
+        for line in (CONFIGS / "inetd.conf").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    (line,) = lines
+    service, kind, proto, wait, _user, program, *args = line.split()
+    assert (kind, proto, wait) == ("stream", "tcp", "nowait")
+    host, _, port = service.rpartition(":")
+    assert (host, port) == ("127.0.0.1", "9000")
+    assert program == "/srv/mysite/venv/bin/python"
+    # inetd passes args as argv, the first one being argv[0].
+    argv = [sys.executable, *(re.sub(r"^/srv/mysite/", f"{TESTPROJECT}/", a) for a in args[1:])]
+    new_port = free_port()
+    spawner = socat_inetd(runner, f"TCP-LISTEN:{new_port},bind=127.0.0.1,reuseaddr", argv)
+    address = ("127.0.0.1", new_port)
+    assert wait_for(lambda: can_connect(address), timeout=10), spawner.describe()
+    responses = [fcgi_request(address, "GET", "/echo/", timeout=20) for _ in range(2)]
+    assert len(served_by_new_processes(responses)) == 2
