@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
+import traceback
 from typing import Any, ClassVar
 
 from flup.server import fcgi_base
@@ -26,90 +27,292 @@ from django_runfcgi.compat.common import (
     write_cgi_error,
 )
 
-
-def _decode_length(data: bytes, pos: int) -> tuple[int, int]:
-    if pos >= len(data):
-        raise ProtocolError("name-value pair cut short in its length")
-    if data[pos] < 128:
-        return data[pos], pos + 1
-    if pos + 4 > len(data):
-        raise ProtocolError("name-value pair cut short in its 4-byte length")
-    (length,) = struct.unpack_from("!L", data, pos)
-    return length & 0x7FFFFFFF, pos + 4
+_HEADER = struct.Struct("!BBHHBx")
+_END_REQUEST_BODY = struct.Struct(fcgi_base.FCGI_EndRequestBody)
+_PADDING = bytes(8)
+_RECV_SIZE = 65536
+_SEND_AT = 262144
+"""Non-streaming output is sent once this much is held, so memory stays bounded."""
 
 
-def _decode_pairs(data: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """FastCGI name-value pairs; flup's decoder raised IndexError or struct.error instead."""
-    pos = 0
-    while pos < len(data):
-        name_length, pos = _decode_length(data, pos)
-        value_length, pos = _decode_length(data, pos)
-        end = pos + name_length + value_length
-        if end > len(data):
-            raise ProtocolError(
-                f"name-value pair of {name_length}+{value_length} bytes"
-                f" overruns its {len(data)}-byte record"
-            )
-        yield data[pos : pos + name_length], data[pos + name_length : end]
-        pos = end
+def _decode_pairs(data: bytes) -> dict[str, str]:
+    """The name-value pairs of one FCGI_PARAMS record, in one pass; flup's decoder raised
+    IndexError or struct.error on a pair cut short."""
+    pairs = {}
+    pos, end = 0, len(data)
+    try:
+        while pos < end:
+            name_length = data[pos]
+            if name_length < 128:
+                pos += 1
+            else:
+                name_length = int.from_bytes(data[pos : pos + 4], "big") & 0x7FFFFFFF
+                pos += 4
+            value_length = data[pos]
+            if value_length < 128:
+                pos += 1
+            else:
+                value_length = int.from_bytes(data[pos : pos + 4], "big") & 0x7FFFFFFF
+                pos += 4
+            value_at = pos + name_length
+            pos = value_at + value_length
+            if pos > end:
+                raise ProtocolError(
+                    f"name-value pair of {name_length}+{value_length} bytes"
+                    f" overruns its {end}-byte record"
+                )
+            pairs[data[value_at - name_length : value_at].decode("latin-1")] = data[
+                value_at:pos
+            ].decode("latin-1")
+    except IndexError:
+        raise ProtocolError("name-value pair cut short in its length") from None
+    return pairs
 
 
-def _fcgi_record(kind: int, request_id: int, content: bytes | memoryview = b"") -> bytes:
-    padding = -len(content) % 8
-    header = struct.pack(
-        "!BBHHBx", fcgi_base.FCGI_VERSION_1, kind, request_id, len(content), padding
-    )
-    return b"".join((header, content, bytes(padding)))
+def _frame(kind: int, request_id: int, data: bytes, step: int, out: list[Any]) -> None:
+    """Append `data` to `out` as records of at most `step` bytes, ready for one join."""
+    if len(data) <= step:
+        padding = -len(data) % 8
+        out.append(_HEADER.pack(1, kind, request_id, len(data), padding))
+        out.append(data)
+        if padding:
+            out.append(_PADDING[:padding])
+        return
+    view = memoryview(data)
+    for start in range(0, len(view), step):
+        piece = view[start : start + step]
+        padding = -len(piece) % 8
+        out.append(_HEADER.pack(1, kind, request_id, len(piece), padding))
+        out.append(piece)
+        if padding:
+            out.append(_PADDING[:padding])
 
 
-class _FCGIOutputStream(fcgi_base.OutputStream):  # type: ignore[misc]
-    """FCGI_STDOUT/STDERR that sends whole records in one call per write.
+def _fcgi_record(kind: int, request_id: int, content: bytes = b"") -> bytes:
+    out: list[Any] = []
+    _frame(kind, request_id, content, 65535, out)
+    return b"".join(out)
 
-    The first write to stdout (the CGI header block) is held back and goes out with the
-    first body bytes; flup sent each record as three packets and headers apart from body.
-    A response to HEAD stops after that header block: flup sent the body too.
-    """
 
-    dataWritten: bool
+def _latin1(value: str | bytes, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("latin-1")
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
 
-    def __init__(self, conn: FCGIConnection, req: Any, kind: int, buffered: bool = False) -> None:
-        super().__init__(conn, req, kind, buffered)
-        self._held = b""
 
-    def write(self, data: bytes | str) -> None:
-        if not data or self._buffered:
-            super().write(data)
-        elif not self.dataWritten:
-            self.dataWritten = True
-            self._held = data.encode() if isinstance(data, str) else data
-        elif self._req.params.get("REQUEST_METHOD") != "HEAD":
-            super().write(data)
+class _Errors:
+    """wsgi.errors: FCGI_STDERR, sent with the response or when flushed."""
 
-    def _write(self, data: bytes) -> None:
-        if self._held:
-            data, self._held = self._held + data, b""
-        self._conn.send_stream(self._type, self._req.requestId, data)
+    def __init__(self, request: _FCGIRequest) -> None:
+        self._request = request
+        self.pending: list[bytes] = []
+        self.written = False
+
+    def write(self, data: str | bytes) -> None:
+        if data:
+            self.pending.append(data.encode() if isinstance(data, str) else data)
+            self.written = True
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
 
     def flush(self) -> None:
-        super().flush()
-        if self._held:
-            self._write(b"")
+        if self.pending:
+            self._request.send(flush=True)
 
 
-class _FCGIRequest(fcgi_base.Request):  # type: ignore[misc]
-    def __init__(self, conn: FCGIConnection, inputStreamClass: type[Any], timeout: Any) -> None:
-        super().__init__(conn, inputStreamClass, timeout)
-        self.stdout = _FCGIOutputStream(conn, self, fcgi_base.FCGI_STDOUT)
-        self.stderr = _FCGIOutputStream(conn, self, fcgi_base.FCGI_STDERR, buffered=True)
+class _CGIOutput:
+    """FCGI_STDOUT as a CGI response for writing by hand: the first write is the header
+    block (the 500 page); a response to HEAD stops after it."""
 
-    def _flush(self) -> None:
-        """Send the end of the streams together with FCGI_END_REQUEST, in one call."""
-        self._conn.hold()
-        super()._flush()
+    def __init__(self, request: _FCGIRequest) -> None:
+        self._request = request
+
+    def write(self, data: bytes) -> None:
+        self._request.write_cgi(data)
+
+
+class _FCGIRequest:
+    """One request: its parameters, its body as the application reads it, and its answer.
+
+    Output is collected and sent with as few sends as the response allows: a response
+    the application returned whole (a list, or Django's non-streaming HttpResponse)
+    goes out as its CGI headers and body in one send, then the end of the streams and
+    FCGI_END_REQUEST in another. A streaming response is sent piece by piece as the
+    application yields it. A response to HEAD stops after its header block.
+    """
+
+    def __init__(self, conn: FCGIConnection, request_id: int, role: int, flags: int) -> None:
+        self._conn = conn
+        self.requestId = request_id
+        self.role = role
+        self.flags = flags
+        self.aborted = False
+        self.server = conn.server
+        self.params: Environ = {}
+        self.stdin = fcgi_base.InputStream(conn)
+        self.data = fcgi_base.InputStream(conn)
+        self.stdout = _CGIOutput(self)
+        self.stderr = _Errors(self)
+        self._out: list[Any] = []
+        self._held = 0
+        self._headers: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+        self._headers_sent = False
+        self._head = False
+        self._add_length = False
+        self.dataWritten = False
+
+    # The response.
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        if exc_info:
+            try:
+                if self._headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self._headers is not None:
+            raise AssertionError("start_response() called twice without exc_info")
+        status_bytes = _latin1(status, "the status")
+        if len(status_bytes) < 4 or not status_bytes[:3].isdigit() or status_bytes[3] != 0x20:
+            raise ValueError(f"status {status!r} is not a 3-digit code, a space and a reason")
+        if type(headers) is not list:
+            raise TypeError("response headers must be a list")
+        self._headers = (
+            status_bytes,
+            [
+                (_latin1(name, "a header name"), _latin1(value, "a header value"))
+                for name, value in headers
+            ],
+        )
+        return self.write_now
+
+    def _header_block(self, body_length: int | None) -> bytes:
+        if self._headers is None:
+            raise AssertionError("write() before start_response()")
+        status, headers = self._headers
+        lines = [b"Status: ", status, b"\r\n"]
+        has_length = False
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+            has_length = has_length or name.lower() == b"content-length"
+        if body_length is not None and not has_length:
+            lines += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def write(self, data: bytes | str, *, flush: bool = False) -> None:
+        """Queue response output; with `flush`, send it and what was queued before."""
+        if not self._headers_sent:
+            self._headers_sent = True
+            self.dataWritten = True
+            header = self._header_block(len(data) if self._add_length else None)
+            self._queue(fcgi_base.FCGI_STDOUT, header)
+        if data and not self._head:
+            self._queue(fcgi_base.FCGI_STDOUT, _latin1(data, "response data"))
+        if flush or self._held >= _SEND_AT:
+            self.send(flush=True)
+
+    def write_cgi(self, data: bytes) -> None:
+        if not self._headers_sent:
+            self._headers_sent = self.dataWritten = True
+            self._queue(fcgi_base.FCGI_STDOUT, data)
+        elif data and not self._head:
+            self._queue(fcgi_base.FCGI_STDOUT, data)
+
+    def write_now(self, data: bytes) -> None:
+        """The write() callable start_response() returns: sent at once (WSGI)."""
+        if data:
+            self.write(data, flush=True)
+
+    def _queue(self, kind: int, data: bytes) -> None:
+        _frame(kind, self.requestId, data, self._conn.record_size, self._out)
+        self._held += len(data)
+
+    def send(self, *, flush: bool = False, end: bytes = b"") -> None:
+        errors = self.stderr.pending
+        if errors:
+            self.stderr.pending = []
+            self._queue(fcgi_base.FCGI_STDERR, b"".join(errors))
+        out, self._out, self._held = self._out, [], 0
+        if end:
+            out.append(end)
+        if out:
+            self._conn.send_bytes(b"".join(out))
+
+    def run(self) -> None:
+        """Run the application and end the request, like flup's Request.run()."""
+        server = self.server
+        if self.role not in server.roles:
+            self._conn.end_request(self, 0, fcgi_base.FCGI_UNKNOWN_ROLE)
+            return
+        try:
+            self._respond(server)
+        except OSError:
+            raise
+        except Exception:
+            self.stderr.write(traceback.format_exc())
+            if not self._headers_sent:
+                self._headers = None
+                server.error(self)
+        self.send()
+        end = _HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
+        if self.stderr.written:
+            end += _HEADER.pack(1, fcgi_base.FCGI_STDERR, self.requestId, 0, 0)
+        self._conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
+
+    def _respond(self, server: FCGIServer) -> None:
+        environ = self.params
+        if server.environ:
+            environ.update(server.environ)
+        environ["wsgi.version"] = (1, 0)
+        environ["wsgi.input"] = self.stdin
+        environ["wsgi.errors"] = self.stderr
+        environ["wsgi.multithread"] = server.multithreaded
+        environ["wsgi.multiprocess"] = server.multiprocess
+        environ["wsgi.run_once"] = False
+        environ["wsgi.url_scheme"] = (
+            "https" if environ.get("HTTPS", "off") in ("on", "1") else "http"
+        )
+        server._sanitizeEnv(environ)
+        self._head = environ["REQUEST_METHOD"] == "HEAD"
+        lock = None if server.multithreaded else server._appLock
+        if lock is not None:
+            lock.acquire()
+        try:
+            result = server.application(environ, self.start_response)
+            try:
+                whole = (
+                    isinstance(result, (list, tuple))
+                    or getattr(result, "streaming", None) is False
+                )
+                with contextlib.suppress(TypeError):
+                    self._add_length = len(result) == 1
+                for data in result:
+                    if data:
+                        self.write(data, flush=not whole)
+                if not self._headers_sent:
+                    self.write(b"")
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[misc]
-    """One FastCGI connection from the web server; one request at a time."""
+    """One FastCGI connection from the web server; one request at a time.
+
+    Input is read in large pieces and split into records from a buffer: a request
+    with its parameters and empty body usually arrives in one recv().
+    """
 
     close_wait_seconds: ClassVar[float] = 10.0
     """After the last request, how long to wait for the front end to close its side.
@@ -122,7 +325,9 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
     ) -> None:
         super().__init__(sock, addr, server, timeout)
         self._closed = False
-        self._held: list[bytes] | None = None
+        self._buffer = b""
+        self._pos = 0
+        self.record_size = server.maxwrite - fcgi_base.FCGI_HEADER_LEN
 
     def run(self) -> None:
         self._keepGoing = True
@@ -135,88 +340,114 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         finally:
             self._cleanupSocket()
 
+    def _wait_for_request(self) -> bool:
+        """A request already read, or one the front end sent before we looked, starts at
+        once; otherwise wait as every protocol does."""
+        if self._pos < len(self._buffer) or self._fill(block=False):
+            self._first = False
+            return True
+        return bool(super()._wait_for_request())
+
+    def _fill(self, *, block: bool, at_start: bool = False) -> bool:
+        """Read more input into the buffer; without `block`, False if none has come."""
+        try:
+            data = self._sock.recv(_RECV_SIZE, 0 if block else socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        if not data:
+            if not block:
+                return False
+            if at_start:
+                raise EOFError
+            raise ProtocolError("connection closed inside a record")
+        if self._pos < len(self._buffer):
+            self._buffer = self._buffer[self._pos :] + data
+        else:
+            self._buffer = data
+        self._pos = 0
+        return True
+
+    def _next_record(self, *, block: bool = True) -> tuple[int, int, bytes] | None:
+        """The next record's type, request id and content; without `block`, None if it
+        has not fully arrived."""
+        while len(self._buffer) - self._pos < fcgi_base.FCGI_HEADER_LEN:
+            if not self._fill(block=block, at_start=self._pos == len(self._buffer)):
+                return None
+        version, kind, request_id, length, padding = _HEADER.unpack_from(self._buffer, self._pos)
+        if version != fcgi_base.FCGI_VERSION_1:
+            header = self._buffer[self._pos : self._pos + fcgi_base.FCGI_HEADER_LEN]
+            raise ProtocolError(f"record header {header!r} is not FastCGI version 1")
+        total = fcgi_base.FCGI_HEADER_LEN + length + padding
+        missing = total - (len(self._buffer) - self._pos)
+        if block and missing > _RECV_SIZE:
+            # Most of a large record is still to come: read it straight, not via the buffer.
+            rest = recv_exactly(self._sock, missing, f"a type {kind} record")
+            content = (self._buffer[self._pos + fcgi_base.FCGI_HEADER_LEN :] + rest)[:length]
+            self._buffer, self._pos = b"", 0
+            return kind, request_id, content
+        while len(self._buffer) - self._pos < total:
+            if not self._fill(block=block):
+                return None
+        start = self._pos + fcgi_base.FCGI_HEADER_LEN
+        self._pos += total
+        return kind, request_id, self._buffer[start : start + length]
+
     def process_input(self) -> None:
         """Read one record and act on it; also called by a request reading its body."""
-        while self._keepGoing:
-            readable, _, _ = select.select([self._sock], [], [], 1.0)
-            if readable:
-                break
-        else:
-            return
-        header = recv_exactly(self._sock, fcgi_base.FCGI_HEADER_LEN, "a record header", first=True)
-        version, kind, request_id, length, padding = struct.unpack(fcgi_base.FCGI_Header, header)
-        if version != fcgi_base.FCGI_VERSION_1:
-            raise ProtocolError(f"record header {header!r} is not FastCGI version 1")
-        content = (
-            recv_exactly(self._sock, length + padding, f"a type {kind} record")
-            if length + padding
-            else b""
-        )
-        rec = fcgi_base.Record(kind, request_id)
-        rec.contentLength = length
-        rec.contentData = content[:length]
-        if kind == fcgi_base.FCGI_BEGIN_REQUEST:
-            if length != struct.calcsize(fcgi_base.FCGI_BeginRequestBody):
-                raise ProtocolError(f"FCGI_BEGIN_REQUEST body of {length} bytes, not 8")
-            self._do_begin_request(rec)
+        record = self._next_record()
+        assert record is not None, "a blocking read returns a record"
+        self._dispatch(*record)
+
+    def _dispatch(self, kind: int, request_id: int, content: bytes) -> None:
+        if kind == fcgi_base.FCGI_STDIN:
+            req = self._requests.get(request_id)
+            if req is not None:
+                req.stdin.add_data(content)
         elif kind == fcgi_base.FCGI_PARAMS:
-            self._do_params(rec)
-        elif kind == fcgi_base.FCGI_STDIN:
-            self._do_stdin(rec)
+            req = self._requests.get(request_id)
+            if req is None:
+                return
+            if content:
+                req.params.update(_decode_pairs(content))
+            else:
+                req.run()
+        elif kind == fcgi_base.FCGI_BEGIN_REQUEST:
+            if len(content) != struct.calcsize(fcgi_base.FCGI_BeginRequestBody):
+                raise ProtocolError(f"FCGI_BEGIN_REQUEST body of {len(content)} bytes, not 8")
+            role, flags = struct.unpack(fcgi_base.FCGI_BeginRequestBody, content)
+            req = _FCGIRequest(self, request_id, role, flags)
+            if self._requests:
+                self.end_request(req, 0, fcgi_base.FCGI_CANT_MPX_CONN, remove=False)
+            else:
+                self._requests[request_id] = req
         elif kind == fcgi_base.FCGI_GET_VALUES:
-            self._do_get_values(rec)
+            self._do_get_values(content)
         elif kind == fcgi_base.FCGI_ABORT_REQUEST:
-            self._do_abort_request(rec)
+            req = self._requests.get(request_id)
+            if req is not None:
+                req.aborted = True
         elif kind == fcgi_base.FCGI_DATA:
-            self._do_data(rec)
+            req = self._requests.get(request_id)
+            if req is not None:
+                req.data.add_data(content)
         elif request_id == fcgi_base.FCGI_NULL_REQUEST_ID:
-            self._do_unknown_type(rec)
+            body = struct.pack(fcgi_base.FCGI_UnknownTypeBody, kind)
+            self.send_bytes(_fcgi_record(fcgi_base.FCGI_UNKNOWN_TYPE, 0, body))
 
-    def _do_params(self, inrec: Any) -> None:
-        req = self._requests.get(inrec.requestId)
-        if req is None:
-            return
-        if not inrec.contentLength:
-            self._start_request(req)
-            return
-        for name, value in _decode_pairs(inrec.contentData):
-            req.params[name.decode("latin-1")] = value.decode("latin-1")
-
-    def _do_get_values(self, inrec: Any) -> None:
+    def _do_get_values(self, content: bytes) -> None:
         reply = b""
-        for name, _ in _decode_pairs(inrec.contentData):
-            value = self.server.capability.get(name.decode("latin-1"))
+        for name in _decode_pairs(content):
+            value = self.server.capability.get(name)
             if value is not None:
-                reply += fcgi_base.encode_pair(name, str(value).encode())
-        self._send(_fcgi_record(fcgi_base.FCGI_GET_VALUES_RESULT, 0, reply))
+                reply += fcgi_base.encode_pair(name.encode("latin-1"), str(value).encode())
+        self.send_bytes(_fcgi_record(fcgi_base.FCGI_GET_VALUES_RESULT, 0, reply))
 
-    def hold(self) -> None:
-        """Collect what is written until the next FCGI_END_REQUEST, then send it at once."""
-        self._held = []
-
-    def _send(self, data: bytes) -> None:
-        if self._held is not None:
-            self._held.append(data)
-        else:
-            self._sock.sendall(data)
+    def send_bytes(self, data: bytes) -> None:
+        self._sock.sendall(data)
 
     def writeRecord(self, rec: Any) -> None:
         """One send per record: header, content and padding together."""
-        self._send(_fcgi_record(rec.type, rec.requestId, rec.contentData))
-
-    def send_stream(self, kind: int, request_id: int, data: bytes) -> None:
-        """Stream data as records of flup's size, a batch of records per send."""
-        view = memoryview(data)
-        step = self.server.maxwrite - fcgi_base.FCGI_HEADER_LEN
-        batch = 32 * step
-        for start in range(0, len(view), batch):
-            piece = view[start : start + batch]
-            self._send(
-                b"".join(
-                    _fcgi_record(kind, request_id, piece[i : i + step])
-                    for i in range(0, len(piece), step)
-                )
-            )
+        self.send_bytes(_fcgi_record(rec.type, rec.requestId, rec.contentData))
 
     def end_request(
         self,
@@ -224,12 +455,10 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         appStatus: int = 0,
         protocolStatus: int = fcgi_base.FCGI_REQUEST_COMPLETE,
         remove: bool = True,
+        end: bytes = b"",
     ) -> None:
-        body = struct.pack(fcgi_base.FCGI_EndRequestBody, appStatus, protocolStatus)
-        held, self._held = self._held or [], None
-        self._sock.sendall(
-            b"".join([*held, _fcgi_record(fcgi_base.FCGI_END_REQUEST, req.requestId, body)])
-        )
+        body = _END_REQUEST_BODY.pack(appStatus, protocolStatus)
+        self.send_bytes(end + _fcgi_record(fcgi_base.FCGI_END_REQUEST, req.requestId, body))
         if remove:
             self._requests.pop(req.requestId, None)
         if not (req.flags & fcgi_base.FCGI_KEEP_CONN) and not self._requests:
