@@ -230,3 +230,21 @@ def test_a_request_shorter_than_shutdowntimeout_finishes_across_a_stop(runner: R
     assert response.status == 200
     assert run.wait(10) == 0, run.describe()
     assert "still running" not in run.stderr
+
+
+def test_shutdowntimeout_bounds_how_long_a_reload_waits_for_old_workers(runner: Runner) -> None:
+    address, run = serve_unix(runner, "shutdowntimeout=1", *POOL)
+    master = run.proc.pid
+    pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=30"))
+    old_worker = worker_holding_a_connection(master, address)
+
+    os.kill(master, signal.SIGHUP)
+
+    with pytest.raises(ProtocolError):
+        pending.result(timeout=20)
+    assert wait_for(lambda: not alive(old_worker), timeout=5.0)
+    assert wait_for(lambda: "Reloaded; serving" in run.stdout, timeout=10.0), run.describe()
+    assert f"Worker process {old_worker} of the previous code still running 1.0 s" in run.stderr
+    assert fcgi_request(address, "GET", "/echo/", timeout=10).json()["pid"] != old_worker
+    assert run.proc.poll() is None, run.describe()
+    assert_pool_is_whole(runner, run, 2)
