@@ -52,12 +52,6 @@ FCGID_BURST = (
     "mod_fcgid gives each mysite.fcgi process one request at a time and starts more "
     "processes only after requests have waited for one, so a burst queues until the pool grew"
 )
-# Apache forwards "Transfer-Encoding: chunked" without a length and sends the body only
-# when the backend asks for it with GET_BODY_CHUNK, as Tomcat does, until an empty packet.
-AJP_CHUNKED = (
-    "runfcgi's AJP server to read a chunked request body (Transfer-Encoding: chunked, no "
-    "Content-Length) with GET_BODY_CHUNK requests until Apache sends an empty body packet"
-)
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,6 @@ WIRINGS = [
         "",
         "tcp",
         backends=2,
-        needs={"chunked-body": AJP_CHUNKED},
     ),
     Wiring(
         "apache-ajp-balancer-prefix.conf",
@@ -108,7 +101,6 @@ WIRINGS = [
         backends=2,
         # One site under the prefork MPM, where every Apache process has its own pool.
         mpm="prefork",
-        needs={"chunked-body": AJP_CHUNKED},
     ),
     # A host that lets responses stream, and one with mod_fcgid's default 64 KiB buffer.
     Wiring(
