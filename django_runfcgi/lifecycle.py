@@ -169,7 +169,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     start_dir = os.getcwd()
     notifier = systemd.Notifier.from_environment()
     state = reload.take_state()
-    by_systemd = False
+    by_systemd = systemd.was_activated() and state is not None
     daemonize = config.daemonize
     if state is None:
         handed = _handed(config)
@@ -213,11 +213,12 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
         if config.pidfile is not None and state is None:
             pidfile.write(config.pidfile, owner)
-        where = (
-            f"{sockets.address_of(listener.sock)} (passed by systemd)"
-            if by_systemd
-            else str(config.bind)
-        )
+        if by_systemd:
+            where = f"{sockets.address_of(listener.sock)} (passed by systemd)"
+        elif isinstance(config.bind, Inherited):
+            where = sockets.address_of(listener.sock)
+        else:
+            where = str(config.bind)
         what = "Reloaded; serving" if state is not None else "Serving"
         status = (
             f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
@@ -243,6 +244,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
                 start_dir=start_dir,
             )
             notifier.restore_environment()
+            if by_systemd:
+                systemd.keep_activated()
             reload.reexec(handover, SERVER_SIGNALS)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)

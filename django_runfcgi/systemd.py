@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 LISTEN_FDS_START = 3
 LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 NOTIFY_VARIABLE = "NOTIFY_SOCKET"
+# Set by a socket-activated master for the process it becomes on a reload.
+ACTIVATED_VARIABLE = "RUNFCGI_SYSTEMD_SOCKET"
 
 
 class ActivationError(Exception):
@@ -59,6 +61,20 @@ def listen_fd() -> int | None:
             "socket unit, not by hand with LISTEN_PID set."
         ) from None
     return fd
+
+
+def keep_activated() -> None:
+    """Tell the process this one becomes (a reload) that its socket came from systemd."""
+    os.environ[ACTIVATED_VARIABLE] = str(os.getpid())
+
+
+def was_activated() -> bool:
+    """Whether this process took over a socket that systemd passed to it before a reload.
+
+    Only a value naming this very process counts, as a copy in a child's environment
+    would not.
+    """
+    return os.environ.pop(ACTIVATED_VARIABLE, None) == str(os.getpid())
 
 
 def _monotonic_usec() -> int:

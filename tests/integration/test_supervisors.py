@@ -217,9 +217,14 @@ def test_activated_server_serves_systemd_socket_and_notifies_each_state(
         run.signal(signal.SIGHUP)
         reloading = notify.wait_for("RELOADING")
         assert abs(int(reloading.fields["MONOTONIC_USEC"]) - sent) < 30_000_000
-        assert notify.wait_for("READY").fields["STATUS"].startswith("Reloaded; serving")
+        reloaded = notify.wait_for("READY")
+        assert reloaded.fields["STATUS"] == (
+            f"Reloaded; serving over FastCGI ({method}) on unix:{path} (passed by systemd), "
+            f"PID {master}."
+        )
         assert wait_for(lambda: release_of(str(path)) == "v2", timeout=20), run.describe()
         assert os.stat(path).st_ino == inode, "runfcgi bound the path again"
+        assert reloaded.fields["STATUS"] in run.stdout
 
         run.signal(signal.SIGTERM)
         notify.wait_for("STOPPING")
@@ -265,7 +270,7 @@ def test_daemonized_server_notifies_from_the_daemon_on_abstract_socket(runner: R
         daemon_pid = int(pidfile.read_text())
         assert ready.pid == daemon_pid
         assert ready.fields["MAINPID"] == str(daemon_pid)
-        os.kill(daemon_pid, signal.SIGTERM)
+        os.kill(daemon_pid, signal.SIGINT)
         assert notify.wait_for("STOPPING").pid == daemon_pid
         assert wait_for(lambda: not pidfile.exists(), timeout=15)
     finally:
