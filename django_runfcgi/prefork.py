@@ -550,7 +550,11 @@ WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]
 
 
 class _TimedResponse:
-    """The application's response; the request ends when the server closes it."""
+    """The application's response; the request ends when the server closes it.
+
+    Its length and attributes (Django's ``streaming``) are the response's own: the
+    FastCGI handler sends a response it knows is whole in one piece.
+    """
 
     def __init__(self, result: Iterable[bytes], ends: Callable[[], None]) -> None:
         self._result = result
@@ -558,6 +562,13 @@ class _TimedResponse:
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._result)
+
+    def __len__(self) -> int:
+        # TypeError for a response of unknown length, as for the response itself.
+        return len(self._result)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result, name)
 
     def close(self) -> None:
         try:

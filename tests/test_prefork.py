@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -321,3 +322,24 @@ def test_a_timed_request_that_raises_ends_at_once() -> None:
     with pytest.raises(RuntimeError):
         timed_application(app, clock)({}, None)  # type: ignore[arg-type]
     assert clock.told == ["begins", "ends"]
+
+
+def test_a_timed_response_keeps_its_length_and_attributes() -> None:
+    """The FastCGI handler sends a whole response (streaming False) in one piece."""
+
+    class Whole(list[bytes]):
+        streaming = False
+
+    def app(environ: dict[str, Any], start_response: Any) -> Whole:
+        return Whole([b"body"])
+
+    def stream(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        yield b"part"
+
+    clock = _Clock()
+    whole = timed_application(app, clock)({}, None)  # type: ignore[arg-type]
+    streamed = timed_application(stream, clock)({}, None)  # type: ignore[arg-type]
+    assert len(whole) == 1  # type: ignore[arg-type]
+    assert whole.streaming is False  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        len(streamed)  # type: ignore[arg-type]

@@ -248,3 +248,33 @@ def test_shutdowntimeout_bounds_how_long_a_reload_waits_for_old_workers(runner: 
     assert fcgi_request(address, "GET", "/echo/", timeout=10).json()["pid"] != old_worker
     assert run.proc.poll() is None, run.describe()
     assert_pool_is_whole(runner, run, 2)
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "scgi"])
+def test_requesttimeout_changes_nothing_in_what_the_web_server_receives(
+    runner: Runner, protocol: str
+) -> None:
+    """Timing wraps each response; a whole one stays whole, a stream stays a stream."""
+    request = REQUESTS[protocol]
+    plain, _ = serve_unix(runner, f"protocol={protocol}")
+    timed_path = str(runner.tmp / "timed.sock")
+    runner.serve(
+        "daemonize=false",
+        f"socket={timed_path}",
+        f"protocol={protocol}",
+        "requesttimeout=30",
+        address=timed_path,
+    )
+
+    for address in (plain, timed_path):
+        whole = request(address, "GET", "/")
+        streamed = request(address, "GET", "/stream/", query="n=3&pause=0.3")
+        download = request(address, "GET", "/download/", query="size=100000")
+        assert (whole.status, streamed.status, download.status) == (200, 200, 200)
+        assert streamed.chunk_times[-1][0] - streamed.chunk_times[0][0] >= 0.4
+        assert len(download.body) == 100000
+    headers = {
+        address: sorted(name.lower() for name, _ in request(address, "GET", "/").headers)
+        for address in (plain, timed_path)
+    }
+    assert headers[plain] == headers[timed_path]
