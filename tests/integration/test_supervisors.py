@@ -38,7 +38,8 @@ from tests.conftest import (
     tagged_pids,
     wait_until_accepting,
 )
-from tests.frontends import CONFIGS, DOC_SOCKET
+from tests.e2e.http import http_request
+from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, FrontendMissing, Nginx, recipe
 from tests.process_jobs import wait_for
 
 MANAGE = TESTPROJECT / "manage.py"
@@ -569,6 +570,86 @@ def test_documented_socket_keeps_accepting_across_service_restarts(
         assert stat.S_IMODE(os.stat(path).st_mode) == int(mode, 8)
         second.signal(signal.SIGTERM)
         assert exits(second) == 0
+
+
+class Traffic:
+    """Requests through the web server, one after another, until stopped."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.results: list[tuple[int, int]] = []  # (status, pid or 0)
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                response = http_request(self.port, "GET", "/echo/", timeout=60)
+            except OSError as err:
+                self.errors.append(repr(err))
+                continue
+            pid = response.json()["pid"] if response.status == 200 else 0
+            self.results.append((response.status, pid))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(90)
+
+    def wait_for_more(self, count: int) -> None:
+        target = len(self.results) + count
+        assert wait_for(lambda: len(self.results) >= target, timeout=30), self.errors
+
+
+def test_no_failed_request_through_nginx_while_the_service_reloads_and_restarts(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    service = documented_service("mysite.service")
+    path = runner.tmp / "fcgi.sock"
+    port = free_port()
+    server_block = recipe(
+        "nginx-fastcgi.conf", {DOC_SOCKET: str(path), DOC_LISTEN: f"listen 127.0.0.1:{port};"}
+    )
+    nginx = Nginx(runner.tmp / "nginx", server_block, port)
+    env = {**service.env, "NOTIFY_SOCKET": notify.address}
+    with unix_listener(path) as listening:
+        first = activated(runner, listening, command=service.argv, env=env, cwd=service.cwd)
+        notify.wait_for("READY")
+        try:
+            nginx.start()
+        except FrontendMissing as err:
+            if os.environ.get("CI"):
+                pytest.fail(str(err))
+            pytest.skip(str(err))
+        try:
+            with Traffic(port) as traffic:
+                traffic.wait_for_more(20)
+                first.signal(signal.SIGHUP)
+                notify.wait_for("RELOADING")
+                notify.wait_for("READY")
+                traffic.wait_for_more(20)
+                first.signal(signal.SIGTERM)
+                assert exits(first) == 0, first.describe()
+                second = activated(
+                    runner, listening, command=service.argv, env=env, cwd=service.cwd
+                )
+                notify.wait_for("READY")
+                traffic.wait_for_more(20)
+            second.signal(signal.SIGTERM)
+            assert exits(second) == 0, second.describe()
+        finally:
+            nginx.stop()
+    statuses = [status for status, _ in traffic.results]
+    assert traffic.errors == []
+    assert statuses == [200] * len(statuses), nginx.error_log()
+    assert len(statuses) >= 60
+    served_by = {pid for _, pid in traffic.results}
+    assert len(served_by) >= 2
 
 
 def test_documented_accept_units_serve_one_connection_per_process(runner: Runner) -> None:
