@@ -3,6 +3,10 @@
 flup binds inside ``run()``, after the process may have detached, unlinks any path it
 is given (a regular file, or a live instance's socket) and reports bind errors as a
 ``TypeError`` on Python 3. Binding here first avoids all three.
+
+A socket may also be handed over instead: a listening one by a web server (fd 0) or
+systemd (fd 3), or one accepted connection by a super-server. Such a socket belongs to
+whoever passed it; its file is never removed here.
 """
 
 from __future__ import annotations
@@ -204,7 +208,7 @@ def _same_tcp(sock: socket.socket, target: TCP) -> bool:
     listening = ipaddress.ip_address(host.partition("%")[0])
     for info in infos:
         wanted = ipaddress.ip_address(str(info[4][0]).partition("%")[0])
-        if info[4][1] == port and (wanted == listening):
+        if info[4][1] == port and wanted == listening:
             return True
     return False
 
