@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from django_runfcgi import systemd
 from tests.clients import ProtocolError, Response, ajp_request, fcgi_request, scgi_request
 from tests.conftest import (
     TAG_VARIABLE,
@@ -352,6 +353,63 @@ def test_datagram_socket_is_refused_in_one_line(runner: Runner) -> None:
         )
 
 
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"LISTEN_FDS": "x"}, "LISTEN_FDS='x' is not a number of file descriptors."),
+        (
+            {"LISTEN_FDS": "3", "LISTEN_FDNAMES": "web:admin:api"},
+            "LISTEN_FDS=3 (web, admin, api): runfcgi serves one socket; give its service "
+            "a single ListenStream= in one .socket unit.",
+        ),
+    ],
+)
+def test_unusable_listen_variables_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], message: str
+) -> None:
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(systemd.ActivationError) as caught:
+        systemd.listen_fd()
+    assert str(caught.value) == message
+    assert not set(systemd.LISTEN_VARIABLES) & set(os.environ)
+
+
+@pytest.mark.parametrize("listen_pid", ["1", "", "abc"])
+def test_listen_variables_not_naming_this_process_are_dropped(
+    monkeypatch: pytest.MonkeyPatch, listen_pid: str
+) -> None:
+    monkeypatch.setenv("LISTEN_PID", listen_pid)
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.setenv("LISTEN_FDNAMES", "web")
+    assert systemd.listen_fd() is None
+    assert not set(systemd.LISTEN_VARIABLES) & set(os.environ)
+
+
+def test_notifier_without_a_usable_socket_never_stops_the_server(
+    caplog: pytest.LogCaptureFixture, short_tmp: Path
+) -> None:
+    systemd.Notifier(None).ready("quiet")
+    systemd.Notifier("vsock:2:1234").ready("unsupported")
+    systemd.Notifier(str(short_tmp / "nobody-listens")).ready("lost")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages[0] == "NOTIFY_SOCKET='vsock:2:1234' is not a unix socket path; not notifying."
+    assert messages[1].startswith(
+        f"Cannot notify systemd on NOTIFY_SOCKET='{short_tmp / 'nobody-listens'}': "
+    )
+    assert len(messages) == 2
+
+
+def test_only_the_owner_notifies(notify: NotifySocket) -> None:
+    notifier = systemd.Notifier(notify.address)
+    notifier.owner = os.getppid()
+    notifier.stopping()
+    notifier.owner = os.getpid()
+    notifier.stopping()
+    assert [note.pid for note in notify.drain()] == [os.getpid()]
+
+
 # One connection per process: inetd, socat, systemd Accept=yes.
 
 
@@ -399,6 +457,44 @@ def test_socat_super_server_spawns_one_runfcgi_per_connection(
     for response in responses:
         assert response.json()["body_length"] == len(body)
     assert wait_for_no_server(runner, spawner.proc.pid), spawner.describe()
+
+
+def server_spawned_by(runner: Runner, spawner: Run) -> int:
+    """The pid of the one runfcgi a super-server started, once it has loaded the project."""
+    found: list[int] = []
+
+    def spawned() -> bool:
+        found[:] = [pid for pid in tagged_pids(runner.tag) if pid != spawner.proc.pid]
+        return len(found) == 1
+
+    assert wait_for(spawned, timeout=20), spawner.describe()
+    return found[0]
+
+
+@pytest.mark.parametrize("stderr_too", [False, True], ids=["stdio", "stdio+stderr"])
+def test_one_connection_keeps_the_project_output_out_of_it(
+    runner: Runner, stderr_too: bool
+) -> None:
+    """Classic inetd passes the connection as stderr too: socat's ``stderr`` option."""
+    path = str(runner.tmp / "inetd.sock")
+    socat = require("socat", "socat")
+    program = " ".join([sys.executable, str(MANAGE), "runfcgi"])
+    options = ",nofork,stderr" if stderr_too else ",nofork"
+    spawner = runner.start(command=[socat, f"UNIX-LISTEN:{path},fork", f"EXEC:{program}{options}"])
+    assert wait_for(lambda: os.path.exists(path), timeout=10), spawner.describe()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(path)
+        conn.settimeout(30)
+        server = server_spawned_by(runner, spawner)
+        # Kept open: several requests, one process.
+        first = fcgi_request(path, "GET", "/echo/", keep_conn=True, sock=conn)
+        second = fcgi_request(path, "POST", "/echo/", body=b"abc", keep_conn=True, sock=conn)
+        assert first.json()["pid"] == second.json()["pid"] == server
+        assert second.json()["body_length"] == 3
+        targets = [os.readlink(f"/proc/{server}/fd/{fd}") for fd in (0, 1, 2)]
+        error_target = os.devnull if stderr_too else str(spawner.err_path)
+        assert targets == [os.devnull, error_target, error_target]
+    assert wait_for(lambda: not os.path.exists(f"/proc/{server}/fd"), timeout=20)
 
 
 def test_pidfile_is_refused_for_one_connection(runner: Runner) -> None:
