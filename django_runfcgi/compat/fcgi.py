@@ -315,8 +315,9 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
     """
 
     close_wait_seconds: ClassVar[float] = 10.0
-    """After the last request, how long to wait for the front end to close its side.
-    flup waited forever, pinning a worker to a front end that never closed (B2)."""
+    """With input left unread after the last request, how long to wait for the front end
+    to close its side. flup waited forever, pinning a worker to a front end that never
+    closed (B2)."""
 
     protocol_name = "FastCGI"
 
@@ -462,19 +463,44 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         if remove:
             self._requests.pop(req.requestId, None)
         if not (req.flags & fcgi_base.FCGI_KEEP_CONN) and not self._requests:
-            self._cleanupSocket()
+            self._cleanupSocket(input_done=self._rest_of_input_arrived(req))
             self._keepGoing = False
 
-    def _cleanupSocket(self) -> None:
-        """Close once the front end has closed its side, or after a bounded wait.
+    def _rest_of_input_arrived(self, req: Any) -> bool:
+        """Whether the front end has sent all it will for `req`, reading what has come.
 
-        Input still unread (e.g. a body the application ignored) is read first: closing
-        over it would reset the connection. When stopping, only what has arrived is read.
+        The end of a request's body (an empty FCGI_STDIN record) usually arrives with its
+        parameters, or was read by the application; body records it left unread are read
+        and dropped here, as far as they have arrived.
+        """
+        if req.stdin._eof:
+            return True
+        while True:
+            record = self._next_record(block=False)
+            if record is None:
+                return False
+            kind, request_id, content = record
+            if kind != fcgi_base.FCGI_STDIN or request_id != req.requestId:
+                return False
+            if not content:
+                return True
+
+    def _cleanupSocket(self, input_done: bool = False) -> None:
+        """Close at once if the front end has sent all its input, else drain it first.
+
+        Closing over unread input (e.g. a body the application ignored) would reset the
+        connection and could cut the response short, so then the input is read until the
+        front end closes its side, or for a bounded time; when stopping, only what has
+        arrived is read. When all input has been read the response is already queued in
+        full, and a plain close delivers it, then the end of the stream: waiting for the
+        front end to close first cost every request a round trip to it.
         """
         if self._closed:
             return
         self._closed = True
         try:
+            if input_done and not select.select([self._sock], [], [], 0)[0]:
+                return
             self._sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + self.close_wait_seconds
             while True:

@@ -1,0 +1,225 @@
+"""What the faster FastCGI path must keep: whole responses, no resets, persistent connections.
+
+runfcgi closes a connection as soon as its response is out, instead of waiting for the
+web server to close first; these run the real command and check what a web server gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from testproject.bigfile import payload
+from tests.clients import connect, fcgi_request
+from tests.conftest import Address, Runner, free_port
+
+MB = 1024 * 1024
+RESPONSE_SECONDS = 30.0
+
+
+@dataclass
+class Served:
+    method: str
+    transport: str
+    address: Address
+
+
+COMBINATIONS = [(m, t) for m in ("prefork", "threaded") for t in ("unix", "tcp")]
+
+
+@pytest.fixture(scope="module", params=COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+    """One worker process or thread: a connection it does not let go of stalls the next."""
+    method, transport = request.param
+    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+    runner = Runner(tmp)
+    words = [
+        "protocol=fcgi",
+        f"method={method}",
+        "daemonize=false",
+        "minspare=1",
+        "maxspare=1",
+        "maxchildren=1",
+    ]
+    try:
+        if transport == "tcp":
+            port = free_port()
+            address: Address = ("127.0.0.1", port)
+            runner.serve(*words, "host=127.0.0.1", f"port={port}", address=address)
+        else:
+            address = str(tmp / "app.sock")
+            runner.serve(*words, f"socket={address}", address=address)
+        yield Served(method, transport, address)
+    finally:
+        runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closes its side while ours stays open (within a bound)."""
+    sock.settimeout(5.0)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+
+
+def test_worker_is_free_while_the_web_server_keeps_a_finished_connection(
+    served: Served,
+) -> None:
+    """After a request without FCGI_KEEP_CONN the worker lets go of the connection at
+    once: it no longer waits (up to 10 s) for the web server to close its side first."""
+    with connect(served.address, RESPONSE_SECONDS) as held:
+        response = fcgi_request(served.address, "GET", "/", sock=held)
+        assert (response.status, response.protocol_status) == (200, 0)
+        assert closed_by_server(held)
+        # The one worker serves the next connection while `held` is still open.
+        following = fcgi_request(served.address, "GET", "/", timeout=5.0)
+        assert b"Served by runfcgi" in following.body
+
+
+def test_twenty_megabyte_download_arrives_whole(served: Served) -> None:
+    """Closing right after the last send must not cut what the kernel still holds."""
+    size = 20 * MB
+    with connect(served.address, RESPONSE_SECONDS) as sock:
+        response = fcgi_request(
+            served.address, "GET", "/download/", query=f"size={size}", sock=sock
+        )
+        assert response.status == 200
+        assert len(response.body) == size
+        assert hashlib.sha256(response.body).digest() == hashlib.sha256(payload(size)).digest()
+        assert closed_by_server(sock)
+
+
+def test_small_download_read_late_arrives_whole(served: Served) -> None:
+    """The server has closed before the web server reads a byte: the answer is all there."""
+    size = 300_000
+    with connect(served.address, RESPONSE_SECONDS) as sock:
+        stream = fcgi_stream(1, "GET", "/download/", f"size={size}", b"", keep_conn=False)
+        sock.sendall(stream)
+        time.sleep(0.5)
+        records = read_records(sock)
+    stdout = b"".join(content for kind, content in records if kind == STDOUT)
+    assert records[-1][0] == END_REQUEST
+    assert stdout.endswith(payload(size))
+
+
+@pytest.mark.parametrize("size", [0, 10, 5 * MB])
+def test_unread_request_body_does_not_reset_the_response(served: Served, size: int) -> None:
+    """A view that ignores a body: the rest is read and dropped before closing, so the
+    web server still gets the whole response (closing over unread input resets it)."""
+    with connect(served.address, RESPONSE_SECONDS) as sock:
+        response = fcgi_request(
+            served.address, "POST", "/ignore-body/", body=b"x" * size, sock=sock
+        )
+        assert (response.status, response.body) == (200, b"ignored\n")
+        assert closed_by_server(sock)
+
+
+def test_body_end_sent_after_a_pause(served: Served) -> None:
+    """A web server may send the end of an empty body later than the parameters."""
+    with connect(served.address, RESPONSE_SECONDS) as sock:
+        stream = fcgi_stream(1, "GET", "/", "", b"", keep_conn=False)
+        sock.sendall(stream[: -HEADER.size])
+        time.sleep(0.3)
+        sock.sendall(stream[-HEADER.size :])
+        records = read_records(sock)
+    assert records[-1][0] == END_REQUEST
+    assert b"Served by runfcgi" in b"".join(c for k, c in records if k == STDOUT)
+
+
+def test_keep_conn_serves_requests_with_and_without_bodies(served: Served) -> None:
+    """FCGI_KEEP_CONN: the connection stays open across requests, bodies read or not."""
+    with connect(served.address, RESPONSE_SECONDS) as sock:
+        for _ in range(2):
+            echo = fcgi_request(
+                served.address, "POST", "/echo/", body=b"y" * 100_000, sock=sock, keep_conn=True
+            )
+            assert echo.json()["body_length"] == 100_000
+            ignored = fcgi_request(
+                served.address,
+                "POST",
+                "/ignore-body/",
+                body=b"z" * 70_000,
+                sock=sock,
+                keep_conn=True,
+            )
+            assert ignored.body == b"ignored\n"
+            page = fcgi_request(served.address, "GET", "/", sock=sock, keep_conn=True)
+            assert b"Served by runfcgi" in page.body
+        last = fcgi_request(served.address, "GET", "/", sock=sock)
+        assert last.status == 200
+        assert closed_by_server(sock)
+
+
+# Raw records, for exchanges the client in tests/clients.py does not make.
+
+HEADER = struct.Struct("!BBHHBx")
+BEGIN_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT = 1, 3, 4, 5, 6
+
+
+def record(kind: int, content: bytes, request_id: int = 1) -> bytes:
+    padding = -len(content) % 8
+    return HEADER.pack(1, kind, request_id, len(content), padding) + content + bytes(padding)
+
+
+def pair(name: str, value: str) -> bytes:
+    name_bytes, value_bytes = name.encode(), value.encode()
+    assert max(len(name_bytes), len(value_bytes)) < 128
+    return bytes([len(name_bytes), len(value_bytes)]) + name_bytes + value_bytes
+
+
+def fcgi_stream(
+    request_id: int, method: str, path: str, query: str, body: bytes, *, keep_conn: bool
+) -> bytes:
+    params = {
+        "REQUEST_METHOD": method,
+        "REQUEST_URI": f"{path}?{query}" if query else path,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": query,
+        "SERVER_NAME": "localhost",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "HTTP_HOST": "localhost",
+        "CONTENT_LENGTH": str(len(body)),
+    }
+    begin = struct.pack("!HB5x", 1, 1 if keep_conn else 0)
+    return b"".join(
+        [
+            record(BEGIN_REQUEST, begin, request_id),
+            record(PARAMS, b"".join(pair(n, v) for n, v in params.items()), request_id),
+            record(PARAMS, b"", request_id),
+            *([record(STDIN, body, request_id)] if body else []),
+            record(STDIN, b"", request_id),
+        ]
+    )
+
+
+def read_records(sock: socket.socket) -> list[tuple[int, bytes]]:
+    """Every record until FCGI_END_REQUEST, then the server's close."""
+    data = bytearray()
+    deadline = time.monotonic() + RESPONSE_SECONDS
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    records = []
+    pos = 0
+    while pos + HEADER.size <= len(data):
+        _, kind, _, length, padding = HEADER.unpack_from(data, pos)
+        start = pos + HEADER.size
+        records.append((kind, bytes(data[start : start + length])))
+        pos = start + length + padding
+    assert pos == len(data), "the connection ended inside a record"
+    return records
