@@ -24,6 +24,7 @@ from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
 from django_runfcgi import daemon, pidfile, reload, sockets, systemd
+from django_runfcgi.compat.common import peer
 from django_runfcgi.options import Config, Inherited
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
 
@@ -124,9 +125,7 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
         server: Any = make_server(config, application)
         addr = sock.getpeername()
         if not server._isClientAllowed(addr):
-            raise StartupError(
-                f"Refused the connection from {sockets.address_of(sock)}'s peer {addr!r}."
-            )
+            raise StartupError(f"Refused the connection from {peer(addr)}.")
         job = server.connection_class(sock, addr, server, None)
         notifier.ready(
             f"Serving one {PROTOCOL_NAMES[config.protocol]} connection, PID {os.getpid()}."

@@ -517,6 +517,27 @@ def test_pidfile_is_refused_for_one_connection(runner: Runner) -> None:
     assert not pidfile.exists()
 
 
+def test_one_connection_from_a_refused_client_is_closed(runner: Runner) -> None:
+    port = free_port()
+    spawner = runner.start(
+        command=[
+            require("socat", "socat"),
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+            f"EXEC:{sys.executable} {MANAGE} runfcgi,nofork",
+        ],
+        env={"FCGI_WEB_SERVER_ADDRS": "192.0.2.1"},
+    )
+    address = ("127.0.0.1", port)
+    assert wait_for(lambda: can_connect(address), timeout=10), spawner.describe()
+    with pytest.raises((ProtocolError, OSError), match=r"(closed|reset) the connection"):
+        fcgi_request(address, "GET", "/echo/", timeout=20)
+    assert wait_for(
+        lambda: "CommandError: Refused the connection from 127.0.0.1:" in spawner.stderr,
+        timeout=20,
+    ), spawner.describe()
+    assert "not in FCGI_WEB_SERVER_ADDRS" in spawner.stderr
+
+
 @pytest.mark.parametrize("style", ["--inetd", "fd 3"])
 def test_systemd_accept_yes_passes_one_connection(runner: Runner, style: str) -> None:
     activate = require("systemd-socket-activate", "systemd")
