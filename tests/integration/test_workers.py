@@ -28,8 +28,11 @@ REQUESTS = {"fcgi": fcgi_request, "scgi": scgi_request}
 
 
 def serve_unix(runner: Runner, *words: str) -> tuple[str, Run]:
+    """A server on a unix socket, once the connection that found it ready has ended."""
     address = str(runner.tmp / "app.sock")
     run = runner.serve("daemonize=false", f"socket={address}", *words, address=address)
+    # Until then, the worker that accepted it would pass for the one serving a request.
+    assert wait_for(lambda: not connected_inodes(address), timeout=5.0), run.describe()
     return address, run
 
 
@@ -93,10 +96,6 @@ def worker_holding_a_connection(master: int, path: str, timeout: float = 5.0) ->
     raise AssertionError(f"no worker of {master} holds a connection on {path}")
 
 
-def live_workers(master: int) -> list[int]:
-    return [pid for pid, state in children_of(master).items() if state != "Z"]
-
-
 def assert_pool_is_whole(runner: Runner, run: Run, size: int) -> None:
     """``size`` workers, no zombie among them, and no process outside the server's tree."""
     master = run.proc.pid
@@ -125,7 +124,6 @@ def test_a_worker_killed_mid_request_is_replaced_and_the_server_serves_on(
     assert wait_for(lambda: not alive(worker), timeout=5.0)
     pids = {request(address, "GET", "/echo/", timeout=10).json()["pid"] for _ in range(5)}
     assert worker not in pids
-    assert pids <= set(live_workers(master))
     assert_pool_is_whole(runner, run, 2)
     assert f"Worker process {worker} was killed by signal 9; starting another." in run.stderr
     assert run.proc.poll() is None, run.describe()
