@@ -263,17 +263,6 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
         if self.reload_check is None:
             return True
         return self._stopping is None and reload_allowed(self.reload_check)
-        if self._stopping is not None:
-            return False
-        try:
-            error = self.reload_check()
-        except Exception:
-            logger.exception("Reload cancelled: the check failed; still serving the old code.")
-            return False
-        if error is not None:
-            logger.error("Reload cancelled, still serving the old code: %s", error)
-            return False
-        return True
 
     def _serve(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
         listening = False
