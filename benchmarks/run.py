@@ -134,11 +134,11 @@ def tool(name: str) -> str:
     return found
 
 
-def runfcgi(protocol: str, method: str) -> Callable[[Path], list[str]]:
+def runfcgi(protocol: str, method: str, workers: int = WORKERS) -> Callable[[Path], list[str]]:
     def command(sock: Path) -> list[str]:
         words = [f"protocol={protocol}", f"method={method}", f"socket={sock}", "daemonize=false"]
         if method == "prefork":
-            words += [f"minspare={WORKERS}", f"maxspare={WORKERS}", f"maxchildren={WORKERS}"]
+            words += [f"minspare={workers}", f"maxspare={workers}", f"maxchildren={workers}"]
         return [sys.executable, str(ROOT / "testproject" / "manage.py"), "runfcgi", *words]
 
     return command
@@ -206,6 +206,12 @@ SERVERS = {
             fastcgi_block,
             "one process, default thread pool (maxchildren=50)",
         ),
+        ServerSpec(
+            "runfcgi-fcgi-prefork-1",
+            runfcgi("fcgi", "prefork", workers=1),
+            fastcgi_block,
+            "1 worker process: what the threaded server's one process is compared with",
+        ),
         ServerSpec("gunicorn-sync", gunicorn, proxy_block, f"{WORKERS} sync workers, proxy_pass"),
         ServerSpec(
             "uwsgi-fastcgi",
@@ -222,6 +228,8 @@ SERVERS = {
     )
 }
 RUNFCGI_BASELINES = ("gunicorn-sync", "uwsgi-fastcgi")
+# The threaded server is one process: it is also compared with one prefork worker.
+ONE_PROCESS = ("runfcgi-fcgi-threaded", "runfcgi-fcgi-prefork-1")
 
 
 def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
@@ -584,7 +592,7 @@ def table(cells: list[Cell], ceilings: dict[str, float]) -> str:
     summaries = {(c.server, c.view, c.connections): c.summary() for c in cells}
     head = (
         f"{'server':22} {'view':5} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'errors':>6} {'RSS MB':>7} {'/gunicorn':>9} {'/uwsgi-fcgi':>11}"
+        f" {'errors':>6} {'RSS MB':>7} {'/gunicorn':>9} {'/uwsgi-fcgi':>11} {'/prefork-1':>10}"
     )
     lines = [head, "-" * len(head)]
     previous = None
@@ -600,6 +608,9 @@ def table(cells: list[Cell], ceilings: dict[str, float]) -> str:
                 f"{ratio(float(s['rps']), float(b['rps']) if b else None):>{w}}"
                 for b, w in zip(bases, (9, 11), strict=True)
             )
+            one = summaries.get((ONE_PROCESS[1], cell.view, cell.connections))
+            if cell.server == ONE_PROCESS[0] and one:
+                ratios += f" {ratio(float(s['rps']), float(one['rps'])):>10}"
         lines.append(
             f"{cell.server:22} {cell.view:5} {cell.connections:>5} {s['rps']:>9.1f}"
             f" {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6} {s['rss_mb']:>7.1f}"
