@@ -117,15 +117,16 @@ class Hooks:
     """What runfcgi sets on either server: the reload check and the USR1 and stop actions.
 
     ``reload_check`` returns an error to cancel a HUP reload. ``on_usr1`` runs after
-    SIGUSR1 (runfcgi reopens its log files). ``on_stop`` runs once when TERM or INT
-    starts a stop: runfcgi removes its socket file there, so that a new server can
-    start while this one finishes its requests. ``retiring`` holds the pids of workers
+    SIGUSR1 (runfcgi reopens its log files). ``on_stop`` runs once when TERM
+    (graceful: True) or INT starts a stop: runfcgi offers its socket to a new server
+    there, or removes its socket file, so that a new server can start while this one
+    finishes its requests. ``retiring`` holds the pids of workers
     left to finish their requests after a reload.
     """
 
     reload_check: Callable[[], str | None] | None = None
     on_usr1: Callable[[], None] | None = None
-    on_stop: Callable[[], None] | None = None
+    on_stop: Callable[[bool], None] | None = None
     retiring: Sequence[int] = ()
 
     def _handle_usr1(self) -> None:
@@ -142,9 +143,9 @@ class Hooks:
         except Exception:
             logger.exception("Error while handling SIGUSR1.")
 
-    def _stop_begins(self) -> None:
+    def _stop_begins(self, graceful: bool) -> None:
         if self.on_stop is not None:
             try:
-                self.on_stop()
+                self.on_stop(graceful)
             except Exception:
                 logger.exception("Error while starting to stop.")

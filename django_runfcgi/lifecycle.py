@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
-from django_runfcgi import daemon, pidfile, reload, sockets, systemd
+from django_runfcgi import daemon, handover, pidfile, reload, sockets, systemd
 from django_runfcgi.compat.common import peer
 from django_runfcgi.options import Config, Inherited
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
@@ -87,18 +88,64 @@ def _listener(config: Config, handed: Handed | None) -> sockets.Listener:
 def _prepare(
     config: Config, handed: Handed | None, daemonize: bool
 ) -> tuple[sockets.Listener, tuple[int, int] | None]:
-    """Everything that can fail on the user's input, done before detaching."""
+    """Everything that can fail on the user's input, done before detaching.
+
+    A server still stopping on the same address (TERM, then this start: the restart
+    script) hands its socket over, with the connections waiting on it.
+    """
+    taken = handover.take(config.bind) if handed is None else None
     try:
         if config.pidfile is not None:
-            pidfile.check(config.pidfile)
+            pidfile.check(config.pidfile, successor_of=taken.pid if taken else None)
         logs = (
             daemon.open_logs(config.outlog, config.errlog)
             if daemonize or config.outlog or config.errlog
             else None
         )
-        return _listener(config, handed), logs
+        listener = sockets.from_stopping_server(taken.sock, config.bind) if taken else None
+        if listener is None:
+            listener = _listener(config, handed)
     except (pidfile.PidfileError, daemon.LogError, sockets.BindError) as err:
+        if taken is not None:
+            taken.decline()
         raise StartupError(str(err)) from err
+    if taken is not None:
+        if listener.sock is taken.sock:
+            taken.confirm()
+        else:
+            taken.decline()
+    return listener, logs
+
+
+RESTART_SIGNS_SECONDS = 1.0
+"""How long after TERM a stopping server looks for signs that a restart is under way."""
+
+
+def _restart_under_way(config: Config, owner: int) -> bool:
+    """The restart script removes the pidfile right after its kill; the new server then
+    writes its own pid there. A plain stop leaves this server's pid in place."""
+    if config.pidfile is None:
+        return False
+    try:
+        return pidfile.read_pid(config.pidfile) != owner
+    except pidfile.PidfileError:
+        return True
+
+
+def _linger(offer: handover.Offer, restarting: Callable[[], bool]) -> bool:
+    """After a graceful stop, keep offering the socket while a restart is under way.
+
+    Without signs of a restart the offer ends (at most RESTART_SIGNS_SECONDS after TERM),
+    and so does the wait when INT or TERM arrives. Returns whether the socket was taken.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    while not offer.done():
+        interrupted = signal.sigtimedwait([signal.SIGINT, signal.SIGTERM], 0.1) is not None
+        if interrupted or (
+            time.monotonic() > offer.started + RESTART_SIGNS_SECONDS and not restarting()
+        ):
+            offer.close()
+    return offer.wait()
 
 
 def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier) -> None:
@@ -152,14 +199,6 @@ def _notifying_reload_check(
     return run
 
 
-def _stop_begins(listener: sockets.Listener, notifier: systemd.Notifier) -> Callable[[], None]:
-    def run() -> None:
-        notifier.stopping()
-        listener.remove_socket_file()
-
-    return run
-
-
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Run until stopped by TERM or INT; HUP reloads the code in place (see reload)."""
     if reload.checking():
@@ -190,6 +229,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
 
     readiness = daemon.Readiness()
     owner = os.getpid()
+    offer: handover.Offer | None = None
     try:
         if state is not None:
             # Reloaded: already detached, logging, and named in the pidfile.
@@ -228,7 +268,18 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             functools.partial(reload.check_new_code, start_dir), notifier, status
         )
         server.on_usr1 = functools.partial(daemon.reopen_logs, config.outlog, config.errlog)
-        server.on_stop = _stop_begins(listener, notifier)
+
+        def stop_begins(graceful: bool) -> None:
+            nonlocal offer
+            notifier.stopping()
+            # A socket passed by systemd or by a web server stays theirs across restarts.
+            ours = not by_systemd and not isinstance(config.bind, Inherited)
+            if graceful and ours and config.handover > 0:
+                offer = handover.Offer(listener.sock, config.bind, config.handover)
+            else:
+                listener.remove_socket_file()
+
+        server.on_stop = stop_begins
         if state is not None:
             server.adopt_workers(state.retiring)
         if by_systemd or not isinstance(config.bind, Inherited):
@@ -236,7 +287,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         readiness.ready()
         notifier.ready(status)
         if server.run(listener.sock):
-            handover = reload.State(
+            successor = reload.State(
                 fd=listener.sock.fileno(),
                 created=listener.created,
                 retiring=tuple(server.retiring),
@@ -245,13 +296,16 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             notifier.restore_environment()
             if by_systemd:
                 systemd.keep_activated()
-            reload.reexec(handover, SERVER_SIGNALS)
+            reload.reexec(successor, SERVER_SIGNALS)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)
         raise
     finally:
         # A forked worker that got here must not remove what belongs to the master.
         if os.getpid() == owner:
+            restarting = functools.partial(_restart_under_way, config, owner)
+            if offer is not None and _linger(offer, restarting):
+                listener.created = None  # The socket file is the new server's now.
             listener.close()
             listener.remove_socket_file()
             if config.pidfile is not None:

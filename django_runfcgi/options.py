@@ -278,6 +278,16 @@ OPTIONS: tuple[Option, ...] = (
         "PATH",
         default_text="unset: use what the web server sends",
     ),
+    Option(
+        "handover",
+        parse_seconds,
+        10.0,
+        "When TERM stops the server, it offers its socket, with the connections waiting "
+        "on it, to a runfcgi started on the same address; while a restart is under way "
+        "(its pidfile was removed, as the restart script does) it waits up to this long "
+        "for the new server. 0 closes the socket at once.",
+        "SECONDS",
+    ),
 )
 
 BY_NAME: dict[str, Option] = {option.name: option for option in OPTIONS}
@@ -376,6 +386,7 @@ class Config:
     scriptname: str | None = None
     shutdowntimeout: float = 30.0
     requesttimeout: float = 0.0
+    handover: float = 0.0
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -475,6 +486,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         scriptname=values["scriptname"],
         shutdowntimeout=values["shutdowntimeout"],
         requesttimeout=values["requesttimeout"],
+        handover=values["handover"],
     )
 
 

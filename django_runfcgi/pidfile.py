@@ -49,10 +49,14 @@ def is_alive(pid: int) -> bool:
     return True
 
 
-def check(path: Path) -> None:
-    """Run in the foreground before binding: fail now rather than after detaching."""
+def check(path: Path, successor_of: int | None = None) -> None:
+    """Run in the foreground before binding: fail now rather than after detaching.
+
+    ``successor_of`` is a stopping server whose socket this one takes over: its pid in
+    the pidfile is no reason to refuse.
+    """
     pid = read_pid(path)
-    if pid is not None and pid != os.getpid() and is_alive(pid):
+    if pid is not None and pid not in (os.getpid(), successor_of) and is_alive(pid):
         raise PidfileError(
             f"Already running as PID {pid} (pidfile {str(path)!r}). Stop it first, or "
             "remove the pidfile if that process is not this server."

@@ -175,7 +175,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             if self._stopping == RELOAD:
                 self._retire_workers()
             else:
-                self._stop_begins()
+                self._stop_begins(self._stopping == GRACEFUL)
                 self._shutdown()
         finally:
             self._kill_workers()

@@ -31,7 +31,7 @@ class Server(Protocol):
     reload_check: Callable[[], str | None] | None
     retiring: Sequence[int]
     on_usr1: Callable[[], None] | None
-    on_stop: Callable[[], None] | None
+    on_stop: Callable[[bool], None] | None
 
     def run(self, sock: socket.socket) -> bool: ...
 

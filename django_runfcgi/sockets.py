@@ -266,6 +266,23 @@ def free_standard_streams(sock: socket.socket) -> None:
         os.close(null)
 
 
+def from_stopping_server(sock: socket.socket, target: Bind) -> Listener | None:
+    """A listening socket received from a stopping server on the same address.
+
+    None if it is not that address's socket after all (the unix socket file was removed
+    or replaced since), so the caller binds afresh.
+    """
+    if isinstance(target, Unix):
+        try:
+            st = os.lstat(target.path)
+        except OSError:
+            return None
+        if not stat.S_ISSOCK(st.st_mode) or sock.getsockname() != os.fspath(target.path):
+            return None
+        return Listener(sock, target, created=(st.st_dev, st.st_ino))
+    return Listener(sock, target)
+
+
 def take_over(fd: int, target: Bind, created: tuple[int, int] | None) -> Listener:
     """The listening socket of the master this process was before a reload."""
     sock = socket.socket(fileno=fd)

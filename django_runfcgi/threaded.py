@@ -237,7 +237,7 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
                 try:
                     self._serve(sock, selector)
                     if not self._hupReceived:
-                        self._stop_begins()
+                        self._stop_begins(self._stopping == GRACEFUL)
                 finally:
                     pool.stop()
                 self._wait_for_threads(selector)

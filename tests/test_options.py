@@ -140,6 +140,8 @@ def test_maxchildren_alone_caps_the_spares() -> None:
         (("requesttimeout=inf",), "requesttimeout='inf' is not a number of seconds"),
         (("port=1", "port=2"), "port= is given twice."),
         (("socket=",), "socket= is empty; give a path."),
+        (("handover=soon",), "handover='soon' is not a number of seconds; use 0 or more"),
+        (("handover=-1",), "handover='-1' is not a number of seconds; use 0 or more"),
     ],
 )
 def test_errors_name_the_option_and_what_is_accepted(words: tuple[str, ...], message: str) -> None:
@@ -176,6 +178,12 @@ def test_help_lists_every_option_with_its_default() -> None:
 )
 def test_scriptname_is_a_path_prefix(word: str, prefix: str) -> None:
     assert config_from(f"scriptname={word}").scriptname == prefix
+
+
+def test_handover_takes_seconds_with_fractions() -> None:
+    assert config_from().handover == 10.0
+    assert config_from("handover=2.5").handover == 2.5
+    assert config_from("handover=0").handover == 0.0
 
 
 def test_scriptname_unset_trusts_the_front_end() -> None:
