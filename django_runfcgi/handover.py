@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 from contextlib import suppress
@@ -39,8 +40,11 @@ _REPLY_SECONDS = 5.0
 def offer_name(bind: Bind) -> bytes | None:
     """The abstract socket address under which the socket of ``bind`` is offered.
 
-    None for an inherited socket: whoever passed it keeps it across restarts.
+    None for an inherited socket (whoever passed it keeps it across restarts), and off
+    Linux, which alone has abstract unix sockets and SO_PEERCRED.
     """
+    if not sys.platform.startswith("linux"):
+        return None
     if isinstance(bind, Unix):
         key = f"unix:{os.path.realpath(bind.path)}"
     elif isinstance(bind, TCP):
