@@ -30,14 +30,25 @@ def serve(runner: Runner, address: str, release: str, *words: str) -> Run:
     release_file = runner.tmp / f"release-{release}"
     release_file.write_text(release)
     bind = (f"socket={address}",) if "/" in address else _tcp_words(address)
-    return runner.serve(
+    pidfile = runner.tmp / "app.pid"
+    run = runner.serve(
         "daemonize=false",
-        f"pidfile={runner.tmp / 'app.pid'}",
+        f"pidfile={pidfile}",
         *bind,
         *words,
         address=_address(address),
         env={"TESTPROJECT_RELEASE_FILE": str(release_file)},
     )
+    # The socket accepts from the bind on; the pidfile is written just after.
+    assert wait_for(lambda: _names(pidfile, run.proc.pid), timeout=10), run.describe()
+    return run
+
+
+def _names(pidfile: Path, pid: int) -> bool:
+    try:
+        return pidfile.read_text().strip() == str(pid)
+    except FileNotFoundError:
+        return False
 
 
 def kill_and_rm_pidfile(runner: Runner, run: Run) -> None:
@@ -123,7 +134,7 @@ def test_the_new_server_may_reuse_the_pidfile_of_the_one_it_replaces(runner: Run
 
     new = serve(runner, address, "v2")
 
-    assert wait_for(lambda: pidfile.read_text().strip() == str(new.proc.pid), timeout=10)
+    assert _names(pidfile, new.proc.pid)
     assert fcgi_request(address, "GET", "/echo/").json()["release"] == "v2"
     assert busy().status == 200
     assert old.wait(timeout=10) == 0
