@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -121,25 +122,27 @@ RESTART_SIGNS_SECONDS = 1.0
 """How long after TERM a stopping server looks for signs that a restart is under way."""
 
 
-def _restart_under_way(config: Config, owner: int) -> bool:
+def _restart_under_way(path: Path, owner: int) -> bool:
     """The restart script removes the pidfile right after its kill; the new server then
     writes its own pid there. A plain stop leaves this server's pid in place."""
-    if config.pidfile is None:
-        return False
     try:
-        return pidfile.read_pid(config.pidfile) != owner
+        return pidfile.read_pid(path) != owner
     except pidfile.PidfileError:
         return True
 
 
-def _linger(offer: handover.Offer, restarting: Callable[[], bool]) -> bool:
+def _linger(offer: handover.Offer, restarting: Callable[[], bool] | None) -> bool:
     """After a graceful stop, keep offering the socket while a restart is under way.
 
-    Without signs of a restart the offer ends (at most RESTART_SIGNS_SECONDS after TERM),
-    and so does the wait when INT or TERM arrives. Returns whether the socket was taken.
+    Without signs of a restart the offer ends (at most RESTART_SIGNS_SECONDS after TERM;
+    at once without a pidfile, which holds the signs), and so does the wait when INT or
+    TERM arrives. Returns whether the socket was taken.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
     while not offer.done():
+        if restarting is None:
+            offer.close()
+            break
         interrupted = signal.sigtimedwait([signal.SIGINT, signal.SIGTERM], 0.1) is not None
         if interrupted or (
             time.monotonic() > offer.started + RESTART_SIGNS_SECONDS and not restarting()
@@ -303,7 +306,11 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     finally:
         # A forked worker that got here must not remove what belongs to the master.
         if os.getpid() == owner:
-            restarting = functools.partial(_restart_under_way, config, owner)
+            restarting = (
+                functools.partial(_restart_under_way, config.pidfile, owner)
+                if config.pidfile is not None
+                else None
+            )
             if offer is not None and _linger(offer, restarting):
                 listener.created = None  # The socket file is the new server's now.
             listener.close()
