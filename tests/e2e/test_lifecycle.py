@@ -112,6 +112,7 @@ def test_reload_under_load_fails_no_request(
             run.signal(signal.SIGHUP)
             assert wait_for(lambda n=n: reloads(run) >= n, timeout=30), run.describe()
             assert load.serves_on()
+    print(f"3 HUP reloads ({method}) under load: {dict(load.outcomes)}")
     assert set(load.outcomes) == {"200"}, (load.outcomes, run.describe())
     assert load.releases["r3"] > 0
     assert run.proc.poll() is None, run.describe()
@@ -199,4 +200,5 @@ def test_the_historic_restart_script_ten_times_under_load_fails_no_request(
     assert len(set(masters)) == 11
     # Each stopping server handed its socket, with the connections waiting on it, to
     # the next one: not one request failed.
+    print(f"10 runs of the restart script under load: {dict(load.outcomes)}")
     assert set(load.outcomes) == {"200"}, load.outcomes
