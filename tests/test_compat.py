@@ -52,8 +52,11 @@ OURS: dict[str, type[Any]] = {
 PROTOCOLS = list(OURS)
 
 
-def flup_fails(bug: str, *protocols: str) -> list[Any]:
-    """Parameters (protocol, impl): ours for each protocol, plus plain flup as a strict xfail."""
+def flup_fails(bug: str, *protocols: str, strict: bool = True) -> list[Any]:
+    """Parameters (protocol, impl): ours for each protocol, plus plain flup as an xfail.
+
+    ``strict=False`` where plain flup was seen to pass now and then on a loaded machine.
+    """
     params: list[Any] = [
         pytest.param(protocol, "ours", id=f"{protocol}-ours") for protocol in protocols
     ]
@@ -62,7 +65,7 @@ def flup_fails(bug: str, *protocols: str) -> list[Any]:
             protocol,
             "flup",
             id=f"{protocol}-flup",
-            marks=pytest.mark.xfail(strict=True, reason=f"plain flup: {bug}"),
+            marks=pytest.mark.xfail(strict=strict, reason=f"plain flup: {bug}"),
         )
         for protocol in protocols
     ]
@@ -682,7 +685,7 @@ class QuickCloseConnection(compat.FCGIConnection):
 
 
 @pytest.mark.parametrize(
-    ("protocol", "impl"), flup_fails("waits forever for the front end", "fcgi")
+    ("protocol", "impl"), flup_fails("waits forever for the front end", "fcgi", strict=False)
 )
 def test_fcgi_close_wait_is_bounded(
     serve: Callable[..., Harness], protocol: str, impl: str
