@@ -121,7 +121,7 @@ class _Errors:
 
     def flush(self) -> None:
         if self.pending:
-            self._request.send(flush=True)
+            self._request.send()
 
 
 class _CGIOutput:
@@ -208,15 +208,16 @@ class _FCGIRequest:
 
     def write(self, data: bytes | str, *, flush: bool = False) -> None:
         """Queue response output; with `flush`, send it and what was queued before."""
+        data = _latin1(data, "response data")
         if not self._headers_sent:
             self._headers_sent = True
             self.dataWritten = True
             header = self._header_block(len(data) if self._add_length else None)
             self._queue(fcgi_base.FCGI_STDOUT, header)
         if data and not self._head:
-            self._queue(fcgi_base.FCGI_STDOUT, _latin1(data, "response data"))
+            self._queue(fcgi_base.FCGI_STDOUT, data)
         if flush or self._held >= _SEND_AT:
-            self.send(flush=True)
+            self.send()
 
     def write_cgi(self, data: bytes) -> None:
         if not self._headers_sent:
@@ -234,14 +235,13 @@ class _FCGIRequest:
         _frame(kind, self.requestId, data, self._conn.record_size, self._out)
         self._held += len(data)
 
-    def send(self, *, flush: bool = False, end: bytes = b"") -> None:
+    def send(self) -> None:
+        """Send what is queued, with what was written to wsgi.errors."""
         errors = self.stderr.pending
         if errors:
             self.stderr.pending = []
             self._queue(fcgi_base.FCGI_STDERR, b"".join(errors))
         out, self._out, self._held = self._out, [], 0
-        if end:
-            out.append(end)
         if out:
             self._conn.send_bytes(b"".join(out))
 
@@ -253,9 +253,10 @@ class _FCGIRequest:
             return
         try:
             self._respond(server)
-        except OSError:
-            raise
         except Exception:
+            # As flup: the traceback goes to the web server's error log, and a 500 page
+            # to the client unless the response has begun. If the connection itself
+            # failed, writing the page fails too, and the connection ends.
             self.stderr.write(traceback.format_exc())
             if not self._headers_sent:
                 self._headers = None
