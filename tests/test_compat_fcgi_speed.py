@@ -7,6 +7,7 @@ web server to close first; these run the real command and check what a web serve
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import socket
 import struct
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from django_runfcgi.compat import fcgi
 from testproject.bigfile import payload
 from tests.clients import connect, fcgi_request
 from tests.conftest import Address, Runner, free_port
@@ -223,3 +225,46 @@ def read_records(sock: socket.socket) -> list[tuple[int, bytes]]:
         pos = start + length + padding
     assert pos == len(data), "the connection ended inside a record"
     return records
+
+
+# wsgi.input reads the body as it arrives: the same answers as a file holding it.
+
+BODY = b"first line\nsecond\n\nno newline at the end" * 3
+
+
+class FeedingConnection:
+    """Hands the request body to the stream in pieces, as records arrive."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.stream = fcgi._Input(self)  # type: ignore[arg-type]
+
+    def process_input(self) -> None:
+        self.stream.add_data(self.pieces.pop(0) if self.pieces else b"")
+
+
+def pieces_of(size: int) -> list[bytes]:
+    return [BODY[i : i + size] for i in range(0, len(BODY), size)]
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, 11, 64, len(BODY)])
+@pytest.mark.parametrize(
+    "calls",
+    [
+        [("read", -1)],
+        [("read", 5), ("read", 0), ("read", 17), ("read", None)],
+        [("readline", -1)] * 6,
+        [("readline", 4), ("readline", 20), ("readline", 0), ("readline", None), ("read", 3)],
+        [("read", 12), ("readline", -1), ("readlines", -1)],
+        [("readlines", 15), ("read", -1)],
+    ],
+)
+def test_body_reads_match_a_file(piece: int, calls: list[tuple[str, int | None]]) -> None:
+    conn = FeedingConnection(pieces_of(piece))
+    reference = io.BytesIO(BODY)
+    for name, size in calls:
+        assert getattr(conn.stream, name)(size) == getattr(reference, name)(size), (name, size)
+
+
+def test_body_lines_by_iteration() -> None:
+    assert list(FeedingConnection(pieces_of(5)).stream) == list(io.BytesIO(BODY))
