@@ -33,8 +33,6 @@ _HEADER = struct.Struct("!BBHHBx")
 _END_REQUEST_BODY = struct.Struct(fcgi_base.FCGI_EndRequestBody)
 _PADDING = bytes(8)
 _RECV_SIZE = 65536
-_BODY_RECV_SIZE = 262144
-"""Reads are larger while an application reads a request body: fewer calls for more."""
 _SEND_AT = 262144
 """Non-streaming output is sent once this much is held, so memory stays bounded."""
 
@@ -110,7 +108,7 @@ class _Input:
     """FCGI_STDIN (or FCGI_DATA) as wsgi.input: records are read as the application asks.
 
     Arrived pieces are kept as they came and joined once per read; flup's stream
-    copied a body two more times (1 MB: some 40 % of a request's CPU time).
+    copied a body twice more.
     """
 
     def __init__(self, conn: FCGIConnection) -> None:
@@ -342,7 +340,6 @@ class _FCGIRequest:
             self._conn.end_request(self, 0, fcgi_base.FCGI_UNKNOWN_ROLE)
             return
         try:
-            self._conn.recv_size = _BODY_RECV_SIZE
             self._respond(server)
         except Exception:
             # As flup: the traceback goes to the web server's error log, and a 500 page
@@ -352,7 +349,6 @@ class _FCGIRequest:
             if not self._headers_sent:
                 self._headers = None
                 server.error(self)
-        self._conn.recv_size = _RECV_SIZE
         self.send()
         end = _HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
         if self.stderr.written:
@@ -421,7 +417,6 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         self._closed = False
         self._buffer = b""
         self._pos = 0
-        self.recv_size = _RECV_SIZE
         self.record_size = server.maxwrite - fcgi_base.FCGI_HEADER_LEN
 
     def run(self) -> None:
@@ -446,7 +441,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
     def _fill(self, *, block: bool, at_start: bool = False) -> bool:
         """Read more input into the buffer; without `block`, False if none has come."""
         try:
-            data = self._sock.recv(self.recv_size, 0 if block else socket.MSG_DONTWAIT)
+            data = self._sock.recv(_RECV_SIZE, 0 if block else socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         if not data:
@@ -474,7 +469,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
             raise ProtocolError(f"record header {header!r} is not FastCGI version 1")
         total = fcgi_base.FCGI_HEADER_LEN + length + padding
         missing = total - (len(self._buffer) - self._pos)
-        if block and missing > self.recv_size:
+        if block and missing > _RECV_SIZE:
             # Most of a large record is still to come: read it straight, not via the buffer.
             rest = recv_exactly(self._sock, missing, f"a type {kind} record")
             content = (self._buffer[self._pos + fcgi_base.FCGI_HEADER_LEN :] + rest)[:length]
