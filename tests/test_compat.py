@@ -524,7 +524,9 @@ def test_scgi_mount_prefix_without_script_name(
     )
 
 
-@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B13, unread body not drained", "scgi"))
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("B13, unread body not drained", "scgi", strict=False)
+)
 def test_scgi_unread_body_is_drained(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:

@@ -195,17 +195,28 @@ def open_connections(address: Address) -> int:
 
 
 def test_connections_stay_open_only_with_keep_conn(served: Served) -> None:
-    """fastcgi_keep_conn keeps connections to runfcgi open; otherwise each one closes."""
-    for _ in range(3):
-        assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
+    """fastcgi_keep_conn keeps connections to runfcgi open; otherwise each one closes.
 
-    def held() -> int:
+    With keep_conn, a kept connection can still close when the prefork master retires a
+    spare worker after the earlier scenarios' bursts: three rounds of requests are
+    allowed for one to end with a connection held.
+    """
+
+    def held_after_requests() -> int:
+        for _ in range(3):
+            assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
         return sum(open_connections(address) for address in served.addresses)
 
     if served.wiring.keep_conn:
-        assert held() >= 1, "nginx closed its connections to runfcgi"
+        assert any(held_after_requests() >= 1 for _ in range(3)), (
+            "nginx closed its connections to runfcgi"
+        )
     else:
-        assert wait_for(lambda: held() == 0, timeout=5), f"{held()} connections left open"
+        held_after_requests()
+        assert wait_for(
+            lambda: sum(open_connections(address) for address in served.addresses) == 0,
+            timeout=5,
+        ), "connections left open"
 
 
 def test_streamed_response_is_buffered_unless_the_view_asks(served: Served) -> None:
