@@ -166,7 +166,7 @@ def test_keep_conn_serves_requests_with_and_without_bodies(served: Served) -> No
 # Raw records, for exchanges the client in tests/clients.py does not make.
 
 HEADER = struct.Struct("!BBHHBx")
-BEGIN_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT = 1, 3, 4, 5, 6
+BEGIN_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 3, 4, 5, 6, 7
 
 
 def record(kind: int, content: bytes, request_id: int = 1) -> bytes:
@@ -268,3 +268,29 @@ def test_body_reads_match_a_file(piece: int, calls: list[tuple[str, int | None]]
 
 def test_body_lines_by_iteration() -> None:
     assert list(FeedingConnection(pieces_of(5)).stream) == list(io.BytesIO(BODY))
+
+
+def missing_file_app(environ: dict[str, object], start_response: object) -> list[bytes]:
+    raise FileNotFoundError("/srv/data/report.csv")
+
+
+def test_an_applications_oserror_gets_the_error_page(short_tmp: Path) -> None:
+    """An OSError from the application (a missing file) is the application's failure:
+    the web server gets the 500 page and the traceback, not a dropped connection."""
+    server = fcgi.FCGIServer(missing_file_app, multithreaded=True, multiprocess=False)
+    path = str(short_tmp / "app.sock")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(path)
+        listening.listen(1)
+        listening.settimeout(RESPONSE_SECONDS)
+        with connect(path, RESPONSE_SECONDS) as client:
+            client.sendall(fcgi_stream(1, "GET", "/", "", b"", keep_conn=False))
+            accepted, addr = listening.accept()
+            with accepted:
+                fcgi.FCGIConnection(accepted, addr, server, None).run()
+            records = read_records(client)
+    stdout = b"".join(content for kind, content in records if kind == STDOUT)
+    stderr = b"".join(content for kind, content in records if kind == STDERR)
+    assert stdout.startswith(b"Status: 500 Internal Server Error\r\n")
+    assert b"FileNotFoundError: /srv/data/report.csv" in stderr
+    assert records[-1][0] == END_REQUEST
