@@ -175,6 +175,26 @@ def write_cgi_error(stdout: Any, debug: bool) -> None:
     stdout.write(body)
 
 
+class LineReading:
+    """readlines() and iteration for a wsgi.input that has readline()."""
+
+    def readline(self, size: int | None = -1) -> bytes:
+        raise NotImplementedError
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines = []
+        total = 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+
 class ProtocolConnection:
     """What every protocol's connection shares: no Nagle, the stop flag, failure logs."""
 

@@ -10,7 +10,6 @@ import struct
 import time
 import traceback
 from collections import deque
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from flup.server import fcgi_base
@@ -19,6 +18,7 @@ from django_runfcgi.compat.common import (
     IDLE_POLL_SECONDS,
     ClientAddress,
     Environ,
+    LineReading,
     ProtocolConnection,
     ProtocolError,
     WSGIApplication,
@@ -104,7 +104,7 @@ def _latin1(value: str | bytes, what: str) -> bytes:
     raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
 
 
-class _Input:
+class _Input(LineReading):
     """FCGI_STDIN (or FCGI_DATA) as wsgi.input: records are read as the application asks.
 
     Arrived pieces are kept as they came and joined once per read; flup's stream
@@ -175,19 +175,6 @@ class _Input:
             offset += len(chunk)
         self._scanned = offset
         return None
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
-        total = 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.readline, b"")
 
 
 class _Errors:

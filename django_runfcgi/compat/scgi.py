@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import IO, Any, ClassVar
 
 from flup.server import scgi_base
 
 from django_runfcgi.compat.common import (
     Environ,
+    LineReading,
     LoopbackServer,
     ProtocolConnection,
     ProtocolError,
@@ -18,7 +18,7 @@ from django_runfcgi.compat.common import (
 )
 
 
-class _SCGIInput:
+class _SCGIInput(LineReading):
     """wsgi.input limited to CONTENT_LENGTH that knows how much the application left unread."""
 
     def __init__(self, rfile: IO[bytes], length: int) -> None:
@@ -47,20 +47,6 @@ class _SCGIInput:
         else:
             self.remaining -= len(line)
         return line
-
-    def readlines(self, hint: int = -1) -> list[bytes]:
-        lines = []
-        total = 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        while line := self.readline():
-            yield line
 
     def discard_rest(self, sock: socket.socket, seconds: float) -> None:
         """Read and drop the unread body, within `seconds`.
