@@ -75,7 +75,6 @@ class Offer:
         self.taken_by: int | None = None
         self._done = threading.Event()
         name = offer_name(bind)
-        self._server: socket.socket | None = None
         if name is None or seconds <= 0:
             self._done.set()
             return
@@ -90,16 +89,15 @@ class Offer:
             return
         server.listen(4)
         server.settimeout(0.2)
-        self._server = server
-        self._thread = threading.Thread(target=self._run, name="runfcgi-handover", daemon=True)
-        self._thread.start()
+        threading.Thread(
+            target=self._run, args=(server,), name="runfcgi-handover", daemon=True
+        ).start()
 
-    def _run(self) -> None:
-        assert self._server is not None
+    def _run(self, server: socket.socket) -> None:
         try:
             while self.taken_by is None and time.monotonic() < self.deadline:
                 try:
-                    conn, _ = self._server.accept()
+                    conn, _ = server.accept()
                 except TimeoutError:
                     continue
                 with conn:
@@ -107,7 +105,7 @@ class Offer:
         except Exception:
             logger.exception("Socket handover failed.")
         finally:
-            self._server.close()
+            server.close()
             self._done.set()
 
     def _serve(self, conn: socket.socket) -> None:

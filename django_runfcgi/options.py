@@ -386,7 +386,7 @@ class Config:
     scriptname: str | None = None
     shutdowntimeout: float = 30.0
     requesttimeout: float = 0.0
-    handover: float = 0.0
+    handover: float = 10.0
 
 
 def _absolute(value: str, base: Path) -> Path:

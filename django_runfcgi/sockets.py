@@ -213,20 +213,26 @@ def _same_tcp(sock: socket.socket, target: TCP) -> bool:
     return False
 
 
+def bound_to(sock: socket.socket, target: TCP | Unix) -> bool:
+    """Whether ``sock`` listens on the address that host/port or socket names."""
+    if isinstance(target, TCP):
+        return _same_tcp(sock, target)
+    return sock.family == socket.AF_UNIX and sock.getsockname() == str(target.path)
+
+
 def activated(sock: socket.socket, fd: int, target: Bind) -> Listener:
     """The listening socket systemd passed; bind options, if given, must name it.
 
     Its socket file belongs to the socket unit: it is never removed here.
     """
-    if isinstance(target, TCP):
-        matches = _same_tcp(sock, target)
-        given = f"host={target.host} port={target.port}"
-    elif isinstance(target, Unix):
-        matches = sock.family == socket.AF_UNIX and sock.getsockname() == str(target.path)
-        given = f"socket={str(target.path)!r}"
-    else:
+    if isinstance(target, Inherited):
         return Listener(sock, Inherited(fd))
-    if not matches:
+    if not bound_to(sock, target):
+        given = (
+            f"host={target.host} port={target.port}"
+            if isinstance(target, TCP)
+            else f"socket={str(target.path)!r}"
+        )
         passed = address_of(sock)
         sock.close()
         raise BindError(
@@ -272,12 +278,14 @@ def from_stopping_server(sock: socket.socket, target: Bind) -> Listener | None:
     None if it is not that address's socket after all (the unix socket file was removed
     or replaced since), so the caller binds afresh.
     """
+    if isinstance(target, Inherited) or not bound_to(sock, target):
+        return None
     if isinstance(target, Unix):
         try:
             st = os.lstat(target.path)
         except OSError:
             return None
-        if not stat.S_ISSOCK(st.st_mode) or sock.getsockname() != os.fspath(target.path):
+        if not stat.S_ISSOCK(st.st_mode):
             return None
         return Listener(sock, target, created=(st.st_dev, st.st_ino))
     return Listener(sock, target)
