@@ -106,7 +106,13 @@ class SignalQueue:
         return signums
 
     def close(self) -> None:
-        """Give the signals back their previous handlers and close the pipe."""
+        """Give the signals back their previous handlers, blocked, and close the pipe.
+
+        The server has stopped: a second Ctrl-C or TERM now must not cut short the
+        removal of the pidfile and socket file (SIGTERM's default would kill at once).
+        Such a signal stays pending, and is dropped when the process exits.
+        """
+        signal.pthread_sigmask(signal.SIG_BLOCK, self._saved)
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
         os.close(self.fd)

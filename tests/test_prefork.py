@@ -275,6 +275,27 @@ def test_a_signal_sent_before_the_handlers_exist_is_queued_not_lost() -> None:
         signal.signal(signal.SIGUSR1, previous)
 
 
+def test_a_signal_after_the_stop_is_held_until_exit() -> None:
+    """Once the server stopped, a second Ctrl-C or TERM must not cut the cleanup short.
+
+    Under load the second INT of a double Ctrl-C came after run() returned and killed
+    the process before it removed its pidfile and socket file.
+    """
+    received: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    try:
+        SignalQueue([signal.SIGUSR1]).close()
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+        assert received == []
+        assert signal.SIGUSR1 in signal.sigpending()
+    finally:
+        signal.sigtimedwait([signal.SIGUSR1], 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_rejects_a_negative_request_timeout() -> None:
     with pytest.raises(ValueError, match="requestTimeout"):
         PreforkServer(jobClass=LineJob, requestTimeout=-1)
