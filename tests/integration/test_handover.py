@@ -41,6 +41,9 @@ def serve(runner: Runner, address: str, release: str, *words: str) -> Run:
     )
     # The socket accepts from the bind on; the pidfile is written just after.
     assert wait_for(lambda: _names(pidfile, run.proc.pid), timeout=10), run.describe()
+    # Workers exist once a request is answered; until then, "no workers left" after a
+    # TERM could be seen before the master had started them.
+    assert fcgi_request(_address(address), "GET", "/echo/").json()["release"] == release
     return run
 
 
