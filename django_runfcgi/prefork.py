@@ -11,6 +11,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -34,13 +35,13 @@ from django_runfcgi.control import (
     reload_allowed,
     stop_when_idle,
 )
+from django_runfcgi.scoreboard import BUSY, IDLE, Scoreboard
 
 logger = logging.getLogger(__name__)
 
-# What a worker tells the master about itself, one byte at a time: whether it holds a
-# connection, and (with a request timeout) when each request on it begins and ends.
-BUSY = b"\x00"
-IDLE = b"\xff"
+# What a worker tells the master, one byte at a time: that the pool has to change (the
+# scoreboard says how), and (with a request timeout) when each request begins and ends.
+POOL_CHANGES = b"\x00"
 REQUEST_BEGINS = b"\x01"
 REQUEST_ENDS = b"\x02"
 
@@ -66,10 +67,11 @@ def flush_stdio() -> None:
 
 @dataclass
 class _Worker:
-    """The master's view of a worker: its end of the status link and its last state."""
+    """The master's view of a worker: its end of the status link and its scoreboard slot."""
 
     link: socket.socket | None
-    idle: bool = True
+    # None for a worker of a previous master, which has its own scoreboard.
+    slot: int | None = None
     # Set for a worker that finishes its request for a previous master (reload): when
     # it is killed if still running. It no longer counts towards the pool.
     deadline: float | None = None
@@ -141,6 +143,9 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         self._stopping: str | None = None
         self._retry_at: float | None = None
         self._job: object | None = None
+        self._board: Scoreboard | None = None
+        # In a worker: its place on the scoreboard.
+        self._slot = 0
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Wait for the workers of the master this process replaced (same pid, after exec).
@@ -149,7 +154,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         """
         deadline = time.monotonic() + self._shutdownTimeout
         for pid in pids:
-            self._children[pid] = _Worker(None, idle=False, deadline=deadline)
+            self._children[pid] = _Worker(None, deadline=deadline)
 
     # The master.
 
@@ -168,6 +173,8 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         # back to waiting (B24).
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
+        # Every worker of this master has a slot: the pool never exceeds the larger.
+        self._board = Scoreboard(max(self._maxSpare, self._maxChildren))
         self._signals = SignalQueue(self.MASTER_SIGNALS)
         self._selector.register(self._signals.fd, selectors.EVENT_READ)
         try:
@@ -181,6 +188,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             self._kill_workers()
             self._signals.close()
             self._selector.close()
+            self._board.close()
         return self._hupReceived
 
     def _serve(self, sock: socket.socket) -> None:
@@ -275,6 +283,10 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 nearest = when
         return nearest
 
+    def _scoreboard(self) -> Scoreboard:
+        assert self._board is not None, "run() creates the scoreboard"
+        return self._board
+
     def _active(self) -> dict[int, _Worker]:
         """The workers of this master's pool, without those finishing for a previous one."""
         return {pid: worker for pid, worker in self._children.items() if worker.deadline is None}
@@ -289,18 +301,13 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         except OSError:
             data = b""
         if data:
+            # POOL_CHANGES only wakes the loop, which reads the scoreboard.
             worker = self._children[pid]
             now = time.monotonic()
-            for state in data:
-                # B1: flup compared this byte with a str, so every worker looked idle.
-                if state == IDLE[0]:
-                    worker.idle = True
-                    worker.request_since = None
-                elif state == BUSY[0]:
-                    worker.idle = False
-                elif state == REQUEST_BEGINS[0]:
+            for message in data:
+                if message == REQUEST_BEGINS[0]:
                     worker.request_since = now
-                elif state == REQUEST_ENDS[0]:
+                elif message == REQUEST_ENDS[0]:
                     worker.request_since = None
         else:
             # The worker is on its way out; SIGCHLD will wake us to reap it.
@@ -313,7 +320,9 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             self._selector.unregister(worker.link)
             worker.link.close()
             worker.link = None
-        worker.idle = False
+        if worker.slot is not None:
+            # Leaving: no longer idle, still alive until reaped.
+            self._scoreboard().mark(worker.slot, BUSY)
 
     def _maintain_pool(self, sock: socket.socket) -> None:
         """flup's policy: at least maxSpare workers and minSpare idle ones, up to maxChildren."""
@@ -325,7 +334,13 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             if not self._spawnChild(sock):
                 return
         active = self._active()
-        idle = sorted(pid for pid, worker in active.items() if worker.idle)
+        board = self._scoreboard()
+        # B1: flup compared the worker's state byte with a str, so every worker looked idle.
+        idle = sorted(
+            pid
+            for pid, worker in active.items()
+            if worker.link is not None and worker.slot is not None and board.is_idle(worker.slot)
+        )
         if len(idle) < self._minSpare:
             wanted = min(self._minSpare - len(idle), self._maxChildren - len(active))
             for _ in range(wanted):
@@ -337,6 +352,11 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
 
     def _spawnChild(self, sock: socket.socket) -> bool:
         """Fork a worker; False if the system cannot fork now (retried later)."""
+        slot = self._scoreboard().claim()
+        if slot is None:
+            logger.error("Cannot start a worker process: every scoreboard slot is taken.")
+            self._retry_at = time.monotonic() + RETRY_INTERVAL
+            return False
         link, worker_link = socket.socketpair()
         link.setblocking(False)
         flush_stdio()
@@ -348,14 +368,16 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             link.close()
             worker_link.close()
+            self._scoreboard().release(slot)
             logger.error("Cannot start a worker process: %s", err)
             self._retry_at = time.monotonic() + RETRY_INTERVAL
             return False
         if pid == 0:
+            self._slot = slot
             self._worker_main(sock, worker_link, link, mask)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         worker_link.close()
-        self._children[pid] = _Worker(link)
+        self._children[pid] = _Worker(link, slot)
         self._selector.register(link, selectors.EVENT_READ, pid)
         return True
 
@@ -369,6 +391,8 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 continue
             self._close_link(pid)
             worker = self._children.pop(pid)
+            if worker.slot is not None:
+                self._scoreboard().release(worker.slot)
             # A worker killed for its request timeout has been logged already.
             expected = worker.deadline is not None or worker.kill_at is not None
             code = os.waitstatus_to_exitcode(status)
@@ -477,21 +501,25 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 stop_when_idle(self._job)
 
     def _child(self, sock: socket.socket, link: socket.socket) -> None:
-        """Accept and serve connections until told to stop, or maxRequests is reached."""
+        """Accept and serve connections until told to stop, or maxRequests is reached.
+
+        Per request, the worker makes no system call of its own beyond the wait and
+        accept(): its state goes to the scoreboard, and the master is woken only when
+        the pool has to change.
+        """
         link.settimeout(NOTIFY_TIMEOUT)
         self._link = link
+        board = self._scoreboard()
         served = 0
-        with selectors.DefaultSelector() as selector:
-            selector.register(sock, selectors.EVENT_READ, "listener")
-            selector.register(link, selectors.EVENT_READ, "master")
-            selector.register(self._signals.fd, selectors.EVENT_READ, "signal")
+        with _Waiter(sock, link, self._signals.fd) as waiter:
             while True:
-                for signum in self._signals.pop():
-                    if signum == signal.SIGUSR1:
-                        self._usr1_received()
                 if self._stopping is not None:
                     return
-                ready = {key.data for key, _ in selector.select()}
+                ready = waiter.wait()
+                if "signal" in ready:
+                    for signum in self._signals.pop():
+                        if signum == signal.SIGUSR1:
+                            self._usr1_received()
                 if "master" in ready:
                     return  # Retired, stopping, or the master is gone.
                 if "listener" not in ready or self._stopping is not None:
@@ -503,23 +531,22 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 if not self._isClientAllowed(addr):
                     client.close()
                     continue
-                master_alive = self._notify(link, BUSY)
+                board.mark(self._slot, BUSY)
+                idle, alive = board.counts()
+                if idle < self._minSpare and alive < self._maxChildren:
+                    self._notify(link, POOL_CHANGES)
                 self._serve_client(client, addr)
+                board.mark(self._slot, IDLE)
                 served += 1
-                if (
-                    not master_alive
-                    or 0 < self._maxRequests <= served
-                    or not self._notify(link, IDLE)
-                ):
+                if 0 < self._maxRequests <= served:
                     return
+                if board.counts()[0] > self._maxSpare:
+                    self._notify(link, POOL_CHANGES)
 
-    def _notify(self, link: socket.socket, state: bytes) -> bool:
-        """Tell the master our state; False if it no longer listens."""
-        try:
-            link.sendall(state)
-        except OSError:
-            return False
-        return True
+    def _notify(self, link: socket.socket, message: bytes) -> None:
+        """Tell the master; a master that no longer listens is seen by the wait."""
+        with suppress(OSError):
+            link.sendall(message)
 
     def request_begins(self) -> None:
         """In a worker timing its requests: tell the master a request has begun."""
@@ -544,6 +571,50 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         finally:
             self._job = None
             client.close()
+
+
+class _Waiter:
+    """What a worker waits on: the listening socket, its master and its signals.
+
+    On Linux the listening socket is watched with EPOLLEXCLUSIVE, so that a new
+    connection wakes one idle worker rather than every one of them, all but one of
+    which would find nothing to accept.
+    """
+
+    def __init__(self, sock: socket.socket, link: socket.socket, signal_fd: int) -> None:
+        self._names = {sock.fileno(): "listener", link.fileno(): "master", signal_fd: "signal"}
+        self._epoll: Any = None
+        self._selector: selectors.BaseSelector | None = None
+        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+        if exclusive:
+            self._epoll = select.epoll()
+            try:
+                self._epoll.register(sock.fileno(), select.EPOLLIN | exclusive)
+            except OSError:  # A kernel older than 4.5.
+                self._epoll.close()
+                self._epoll = None
+        if self._epoll is not None:
+            self._epoll.register(link.fileno(), select.EPOLLIN)
+            self._epoll.register(signal_fd, select.EPOLLIN)
+        else:
+            self._selector = selectors.DefaultSelector()
+            for fd in self._names:
+                self._selector.register(fd, selectors.EVENT_READ)
+
+    def wait(self) -> set[str]:
+        if self._epoll is not None:
+            return {self._names[fd] for fd, _ in self._epoll.poll()}
+        assert self._selector is not None
+        return {self._names[key.fd] for key, _ in self._selector.select()}
+
+    def __enter__(self) -> _Waiter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._selector is not None:
+            self._selector.close()
 
 
 WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
