@@ -29,13 +29,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.views import HELLO, MEGABYTE
+from benchmarks.views import HELLO, MEGABYTE, SLEEP_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_SOCKET = "/run/mysite/fcgi.sock"
 DOC_LISTEN = "listen 80;"
 WORKERS = 2
 STOP_SECONDS = 5.0
+# The scaling run: the 50 ms view at this many connections, pools of these sizes.
+SCALING_CONNECTIONS = 64
+SCALING_CHILDREN = "2,8,32"
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,22 @@ def runfcgi(protocol: str, method: str, workers: int = WORKERS) -> Callable[[Pat
     return command
 
 
+def runfcgi_pool(method: str, children: int) -> Callable[[Path], list[str]]:
+    """runfcgi with its default spare settings and a pool that may grow to ``children``."""
+
+    def command(sock: Path) -> list[str]:
+        words = [f"method={method}", f"socket={sock}", "daemonize=false"]
+        return [
+            sys.executable,
+            str(ROOT / "testproject" / "manage.py"),
+            "runfcgi",
+            *words,
+            f"maxchildren={children}",
+        ]
+
+    return command
+
+
 def gunicorn(sock: Path) -> list[str]:
     return [
         tool("gunicorn"),
@@ -230,6 +249,22 @@ SERVERS = {
 RUNFCGI_BASELINES = ("gunicorn-sync", "uwsgi-fastcgi")
 # The threaded server is one process: it is also compared with one prefork worker.
 ONE_PROCESS = ("runfcgi-fcgi-threaded", "runfcgi-fcgi-prefork-1")
+
+
+def scaling_specs(children: list[int]) -> dict[str, ServerSpec]:
+    """runfcgi prefork and threaded, each with pools that may grow to each size."""
+    specs = {}
+    for method in ("prefork", "threaded"):
+        for count in children:
+            unit = "processes" if method == "prefork" else "threads"
+            spec = ServerSpec(
+                f"runfcgi-{method}-max{count}",
+                runfcgi_pool(method, count),
+                fastcgi_block,
+                f"up to {count} {unit} (maxchildren={count}), default minspare and maxspare",
+            )
+            specs[spec.name] = spec
+    return specs
 
 
 def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals) -> None:
@@ -361,7 +396,9 @@ http {{
 
 
 @contextlib.contextmanager
-def serving(names: list[str], directory: Path) -> Iterator[dict[str, Backend]]:
+def serving(
+    names: list[str], directory: Path, specs: dict[str, ServerSpec] = SERVERS
+) -> Iterator[dict[str, Backend]]:
     """Every server and one nginx in front of them; all stopped on the way out."""
     env = dict(os.environ)
     env["DJANGO_SETTINGS_MODULE"] = "benchmarks.settings"
@@ -372,7 +409,7 @@ def serving(names: list[str], directory: Path) -> Iterator[dict[str, Backend]]:
     try:
         backends = {}
         for number, name in enumerate(names):
-            spec = SERVERS[name]
+            spec = specs[name]
             sock = directory / f"s{number}.sock"
             log = directory / f"{name}.log"
             proc = start_group(spec.command(sock), log, env)
@@ -623,6 +660,25 @@ def table(cells: list[Cell], ceilings: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(cells: list[Cell]) -> str:
+    """Each pool against what its size allows: every request waits SLEEP_SECONDS."""
+    head = (
+        f"{'server':24} {'conns':>5} {'req/s':>9} {'ideal':>7} {'/ideal':>7}"
+        f" {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for cell in cells:
+        s = cell.summary()
+        size = int(cell.server.rsplit("max", 1)[1])
+        ideal = min(size, cell.connections) / SLEEP_SECONDS
+        lines.append(
+            f"{cell.server:24} {cell.connections:>5} {s['rps']:>9.1f} {ideal:>7.0f}"
+            f" {ratio(float(s['rps']), ideal):>7} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f}"
+            f" {s['errors']:>6}"
+        )
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     import django
 
@@ -667,6 +723,13 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--views", default=",".join(VIEWS), help=f"from {','.join(VIEWS)}")
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process handler")
+    parser.add_argument(
+        "--scaling",
+        default=SCALING_CHILDREN,
+        metavar="SIZES",
+        help=f"pool sizes (maxchildren) for the 50 ms view at {SCALING_CONNECTIONS} connections,"
+        f" comma-separated ({SCALING_CHILDREN}); empty to skip",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
     parser.add_argument(
         "--serve",
@@ -677,6 +740,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.duration, args.repeat, args.connections = 1, 1, "16"
+        args.scaling = "4" if args.scaling else ""
+    args.scaling_children = [int(n) for n in args.scaling.split(",") if n]
     args.levels = [int(n) for n in args.connections.split(",")]
     args.view_list = [VIEWS[name] for name in args.views.split(",")]
     args.server_list = args.servers.split(",")
@@ -735,6 +800,29 @@ def main(argv: list[str] | None = None) -> int:
                         script=script,
                         progress=progress,
                     )
+        scaling: list[Cell] = []
+        if args.scaling_children:
+            specs = scaling_specs(args.scaling_children)
+            place = directory / "scaling"
+            place.mkdir()
+            sleep = VIEWS["sleep"]
+            with serving(list(specs), place, specs) as backends:
+                problems = check_answers(backends, [sleep])
+                if problems:
+                    print("\n".join(["Wrong answers:", *problems]), file=sys.stderr)
+                    return 1
+                if not args.smoke:
+                    for backend in backends.values():
+                        run_wrk(backend.port, sleep, SCALING_CONNECTIONS, 1, script)
+                scaling = measure(
+                    backends,
+                    sleep,
+                    levels=[SCALING_CONNECTIONS],
+                    seconds=args.duration,
+                    repeat=args.repeat,
+                    script=script,
+                    progress=progress,
+                )
         ceilings = {}
         if not args.no_ceiling:
             ceilings = ceiling(args.view_list, 0.5 if args.smoke else 2.0, directory)
@@ -742,6 +830,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{info['date']}, {info['cpus']} CPUs, {versions}")
         print(f"{args.repeat} x {args.duration} s per cell, {WORKERS} workers per server\n")
         print(table(cells, ceilings))
+        if scaling:
+            print(
+                f"\nScaling: the {SLEEP_SECONDS * 1000:.0f} ms view at {SCALING_CONNECTIONS}"
+                " connections; ideal is min(maxchildren, connections) / 50 ms\n"
+            )
+            print(scaling_table(scaling))
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -762,12 +856,18 @@ def main(argv: list[str] | None = None) -> int:
                             }
                             for c in cells
                         ],
+                        "scaling": [
+                            {"server": c.server, "connections": c.connections, **c.summary()}
+                            for c in scaling
+                        ],
                     },
                     indent=2,
                 )
                 + "\n"
             )
-        failed = [c for c in cells if c.summary()["errors"] or not c.summary()["requests"]]
+        failed = [
+            c for c in [*cells, *scaling] if c.summary()["errors"] or not c.summary()["requests"]
+        ]
         if args.smoke and failed:
             for c in failed:
                 print(f"FAILED: {c.server} {c.view}: {c.summary()}", file=sys.stderr)
