@@ -266,8 +266,12 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
 
     def _serve(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
         listening = False
+        # Reading the empty signal pipe after every accept cost a failed read() and a
+        # turn on the GIL per request: read it when select() says it has something.
+        signalled = True
         while True:
-            self._handle_signals()
+            if signalled:
+                self._handle_signals()
             if self._stopping is not None:
                 return
             # While every thread is busy, connections wait in the listen queue instead
@@ -278,9 +282,12 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
                     selector.register(sock, selectors.EVENT_READ)
                 else:
                     selector.unregister(sock)
+            signalled = False
             for key, _ in selector.select():
                 if key.fileobj is sock:
                     self._accept(sock)
+                else:
+                    signalled = True
 
     def _accept(self, sock: socket.socket) -> None:
         try:
