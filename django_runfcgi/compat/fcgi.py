@@ -312,13 +312,17 @@ class _FCGIRequest:
 
     def send(self) -> None:
         """Send what is queued, with what was written to wsgi.errors."""
+        out = self._take_queued()
+        if out:
+            self._conn.send_bytes(out)
+
+    def _take_queued(self) -> bytes:
         errors = self.stderr.pending
         if errors:
             self.stderr.pending = []
             self._queue(fcgi_base.FCGI_STDERR, b"".join(errors))
         out, self._out, self._held = self._out, [], 0
-        if out:
-            self._conn.send_bytes(b"".join(out))
+        return b"".join(out)
 
     def run(self) -> None:
         """Run the application and end the request, like flup's Request.run()."""
@@ -336,8 +340,9 @@ class _FCGIRequest:
             if not self._headers_sent:
                 self._headers = None
                 server.error(self)
-        self.send()
-        end = _HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
+        # The rest of the response goes out with the end of the request: one send, and
+        # one wake-up of the web server.
+        end = self._take_queued() + _HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
         if self.stderr.written:
             end += _HEADER.pack(1, fcgi_base.FCGI_STDERR, self.requestId, 0, 0)
         self._conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
