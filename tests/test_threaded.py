@@ -67,6 +67,19 @@ def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None
     assert elapsed < 1.5
 
 
+@ours_and_flup("hands every connection from its main thread to another thread", race=True)
+def test_queued_quick_requests_stay_on_one_thread(servers: Servers, model: str) -> None:
+    """Requests that only compute are served one after another by the thread that is
+    already running: spreading them over threads makes them compete for the GIL, which
+    cost a third of the one-process server's throughput."""
+    server = servers.start(model)
+
+    for _ in range(3):
+        _, replies = ask_all(server.path, ["pid"] * 30)
+
+        assert len({reply[0] for reply in replies}) <= 3
+
+
 @ours_and_flup("closes connections it has no thread for")
 def test_connections_wait_while_every_thread_is_busy(servers: Servers, model: str) -> None:
     server = servers.start(model, "minSpare=1", "maxSpare=2", "maxThreads=2")
