@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections import Counter
 
 import pytest
 from flup.server import threadedserver
@@ -77,7 +78,8 @@ def test_queued_quick_requests_stay_on_one_thread(servers: Servers, model: str) 
     for _ in range(3):
         _, replies = ask_all(server.path, ["pid"] * 30)
 
-        assert len({reply[0] for reply in replies}) <= 3
+        # Handed from thread to thread, the busiest of 5 to 7 threads served about 8.
+        assert max(Counter(reply[0] for reply in replies).values()) >= 15
 
 
 @ours_and_flup("closes connections it has no thread for")
