@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import select
-import selectors
 import signal
-import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -158,48 +155,3 @@ class Hooks:
                 self.on_stop(graceful)
             except Exception:
                 logger.exception("Error while starting to stop.")
-
-
-class ListenerWait:
-    """Wait until a connection comes to a listening socket, or another file is readable.
-
-    On Linux the listening socket is watched with EPOLLEXCLUSIVE, so that a new
-    connection wakes one waiting process or thread rather than every one of them, all
-    but one of which would find nothing to accept.
-    """
-
-    def __init__(self, sock: socket.socket, others: dict[int, str]) -> None:
-        self._names = {sock.fileno(): "listener", **others}
-        self._epoll: Any = None
-        self._selector: selectors.BaseSelector | None = None
-        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
-        if exclusive:
-            self._epoll = select.epoll()
-            try:
-                self._epoll.register(sock.fileno(), select.EPOLLIN | exclusive)
-            except OSError:  # A kernel older than 4.5.
-                self._epoll.close()
-                self._epoll = None
-        if self._epoll is not None:
-            for fd in others:
-                self._epoll.register(fd, select.EPOLLIN)
-        else:
-            self._selector = selectors.DefaultSelector()
-            for fd in self._names:
-                self._selector.register(fd, selectors.EVENT_READ)
-
-    def wait(self) -> set[str]:
-        """The names of what is readable: "listener" or one of ``others``."""
-        if self._epoll is not None:
-            return {self._names[fd] for fd, _ in self._epoll.poll()}
-        assert self._selector is not None
-        return {self._names[key.fd] for key, _ in self._selector.select()}
-
-    def __enter__(self) -> ListenerWait:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._epoll is not None:
-            self._epoll.close()
-        if self._selector is not None:
-            self._selector.close()

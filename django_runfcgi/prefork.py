@@ -11,6 +11,7 @@ from __future__ import annotations
 import faulthandler
 import logging
 import os
+import select
 import selectors
 import signal
 import socket
@@ -30,7 +31,6 @@ from django_runfcgi.control import (
     RELOAD,
     Hooks,
     Job,
-    ListenerWait,
     SignalQueue,
     reload_allowed,
     stop_when_idle,
@@ -511,7 +511,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         self._link = link
         board = self._scoreboard()
         served = 0
-        with ListenerWait(sock, {link.fileno(): "master", self._signals.fd: "signal"}) as waiter:
+        with _Waiter(sock, link, self._signals.fd) as waiter:
             while True:
                 if self._stopping is not None:
                     return
@@ -571,6 +571,50 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         finally:
             self._job = None
             client.close()
+
+
+class _Waiter:
+    """What a worker waits on: the listening socket, its master and its signals.
+
+    On Linux the listening socket is watched with EPOLLEXCLUSIVE, so that a new
+    connection wakes one idle worker rather than every one of them, all but one of
+    which would find nothing to accept.
+    """
+
+    def __init__(self, sock: socket.socket, link: socket.socket, signal_fd: int) -> None:
+        self._names = {sock.fileno(): "listener", link.fileno(): "master", signal_fd: "signal"}
+        self._epoll: Any = None
+        self._selector: selectors.BaseSelector | None = None
+        exclusive = getattr(select, "EPOLLEXCLUSIVE", 0)
+        if exclusive:
+            self._epoll = select.epoll()
+            try:
+                self._epoll.register(sock.fileno(), select.EPOLLIN | exclusive)
+            except OSError:  # A kernel older than 4.5.
+                self._epoll.close()
+                self._epoll = None
+        if self._epoll is not None:
+            self._epoll.register(link.fileno(), select.EPOLLIN)
+            self._epoll.register(signal_fd, select.EPOLLIN)
+        else:
+            self._selector = selectors.DefaultSelector()
+            for fd in self._names:
+                self._selector.register(fd, selectors.EVENT_READ)
+
+    def wait(self) -> set[str]:
+        if self._epoll is not None:
+            return {self._names[fd] for fd, _ in self._epoll.poll()}
+        assert self._selector is not None
+        return {self._names[key.fd] for key, _ in self._selector.select()}
+
+    def __enter__(self) -> _Waiter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        if self._selector is not None:
+            self._selector.close()
 
 
 WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]

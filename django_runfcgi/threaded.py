@@ -1,4 +1,4 @@
-"""The threaded process model: one process, a pool of threads that accept and serve.
+"""The threaded process model: one process, a main thread that accepts, a pool of threads.
 
 flup's pool starts threads in its constructor with deprecated calls (B19), queues a
 burst onto threads that are already busy (B4), and is not waited for on shutdown, or
@@ -8,13 +8,13 @@ is waited for forever when a connection is persistent (B21, B5).
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import signal
 import socket
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -26,7 +26,6 @@ from django_runfcgi.control import (
     NOW,
     Hooks,
     Job,
-    ListenerWait,
     SignalQueue,
     reload_allowed,
     stop_when_idle,
@@ -41,7 +40,6 @@ class _Accepted:
     def __init__(self, job: Job, sock: socket.socket) -> None:
         self.job = job
         self.sock = sock
-        self.started = time.monotonic()
 
     def run(self) -> None:
         try:
@@ -53,31 +51,11 @@ class _Accepted:
         stop_when_idle(self.job)
 
 
-# While a request is running, a thread that finds a connection waiting takes it only
-# if no connection was taken in this many seconds (see ThreadPool).
-ACCEPT_DELAY = 0.001
-
-
 class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
-    """Threads that accept connections themselves: between minSpare and maxSpare wait,
-    up to maxThreads in all.
+    """flup's pool, keeping between minSpare and maxSpare idle threads, up to maxThreads.
 
-    flup's main thread accepted each connection and handed it to a pool thread (B4):
-    two threads, a lock and a wake-up per request, which cost a one-process server
-    more CPU per request than the request itself. Here one waiting thread at a time
-    (the leader) watches the socket; once it has taken a connection another waiting
-    thread leads. A thread that finishes a request takes the next connection already
-    waiting, if any, itself.
-
-    Requests run side by side only where that helps. The leader leaves a waiting
-    connection alone while the last request began less than ACCEPT_DELAY ago: the
-    thread serving it takes the connection when it is done, unless it is still busy
-    (a view waiting on I/O), in which case the leader takes it a moment later. So a
-    view that only computes runs on one thread without contention for the GIL, and
-    views that wait run up to maxThreads at once.
-
-    Threads start in :meth:`start`, not in the constructor (B19); :meth:`stop` lets
-    running jobs finish (B21) and tells persistent connections to end (B5).
+    Threads start in :meth:`start`, not in the constructor (B19); a job takes an idle
+    thread the moment it is added (B4); :meth:`stop` lets running jobs finish (B21).
     """
 
     def __init__(
@@ -88,36 +66,21 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._maxSpare = maxSpare
         self._maxThreads = max(minSpare, maxThreads)
         self._lock = threading.Condition()
-        # Threads waiting for a connection, the leader among them.
+        self._workQueue: deque[_Accepted] = deque()
+        # Idle threads not yet promised to a queued job.
         self._idleCount = 0
         self._workerCount = 0
-        self._leading = False
         self._threads: list[threading.Thread] = []
         self._running: list[_Accepted] = []
         self._stop = False
+        self._full = False
         self._wake: Callable[[], None] | None = None
-        self._sock: socket.socket | None = None
-        self._make_job: Callable[[socket.socket, Any], _Accepted | None] | None = None
-        self._stop_fds: tuple[int, int] | None = None
 
-    def start(
-        self,
-        sock: socket.socket,
-        make_job: Callable[[socket.socket, Any], _Accepted | None],
-        wake: Callable[[], None],
-    ) -> None:
-        """Start the spare threads on a non-blocking listening socket.
-
-        ``make_job`` turns an accepted connection into a job, or closes it and returns
-        None; ``wake`` is called when a thread exits.
-        """
+    def start(self, wake: Callable[[], None]) -> None:
+        """Start the spare threads; ``wake`` is called when a thread frees up or exits."""
         with self._lock:
             self._stop = False
-            self._sock = sock
-            self._make_job = make_job
             self._wake = wake
-            # Written once on stop and never read: it wakes every waiting thread.
-            self._stop_fds = os.pipe()
             for _ in range(min(self._maxSpare, self._maxThreads)):
                 if not self._start_new_thread():
                     break
@@ -134,15 +97,33 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._idleCount += 1
         return True
 
+    def has_capacity(self) -> bool:
+        """Whether a job added now would run at once; if not, wake the caller when it would."""
+        with self._lock:
+            self._full = self._idleCount <= 0 and self._workerCount >= self._maxThreads
+            return not self._full
+
+    def addJob(self, job: _Accepted, allowQueuing: bool = False) -> bool:
+        """Hand a job to an idle thread, starting one if needed; False if none is free."""
+        with self._lock:
+            while self._idleCount < self._minSpare and self._workerCount < self._maxThreads:
+                if not self._start_new_thread():
+                    break
+            if self._idleCount <= 0 and not allowQueuing:
+                return False
+            # B4: flup counted the thread as busy only when it woke up, so a burst was
+            # queued onto threads that were already taken.
+            self._idleCount -= 1
+            self._workQueue.append(job)
+            self._lock.notify()
+            return True
+
     def stop(self) -> None:
-        """Accept no more; let threads exit once their job is done; tell running jobs to
-        end (B5)."""
+        """Let threads exit once the queue is empty; tell running jobs to end (B5)."""
         with self._lock:
             self._stop = True
             self._lock.notify_all()
             running = list(self._running)
-            if self._stop_fds is not None:
-                os.write(self._stop_fds[1], b"\0")
         for job in running:
             job.stop_when_idle()
 
@@ -155,106 +136,42 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         """Forget the wake-up callback, whose pipe is about to be closed."""
         with self._lock:
             self._wake = None
-            if self._stop_fds is not None and not self._workerCount:
-                for fd in self._stop_fds:
-                    os.close(fd)
-                self._stop_fds = None
+
+    def _notify_owner(self) -> None:
+        if self._wake is not None:
+            self._wake()
 
     def _worker(self) -> None:
+        self._lock.acquire()
         try:
-            assert self._stop_fds is not None, "start() made the pipe"
-            assert self._sock is not None, "start() set the socket"
-            with ListenerWait(self._sock, {self._stop_fds[0]: "stop"}) as waiter:
-                # A new thread counts as idle from its start.
-                job = self._wait_for_job(waiter)
-                while job is not None:
-                    self._run(job)
-                    job = self._next_job()
-                    if job is None:
-                        with self._lock:
-                            if self._stop or self._idleCount >= self._maxSpare:
-                                return
-                            self._idleCount += 1
-                        job = self._wait_for_job(waiter)
+            while True:
+                while not self._workQueue and not self._stop:
+                    self._lock.wait()
+                if not self._workQueue:
+                    return
+                job = self._workQueue.popleft()
+                self._running.append(job)
+                stopping = self._stop
+                self._lock.release()
+                try:
+                    if stopping:
+                        job.stop_when_idle()
+                    job.run()
+                except Exception:
+                    logger.exception("Error while serving a connection.")
+                finally:
+                    self._lock.acquire()
+                    self._running.remove(job)
+                if self._idleCount >= self._maxSpare and not self._stop:
+                    return
+                self._idleCount += 1
+                if self._full:
+                    self._notify_owner()
         finally:
-            with self._lock:
-                self._workerCount -= 1
-                self._threads.remove(threading.current_thread())
-                wake = self._wake
-            if wake is not None:
-                wake()
-
-    def _wait_for_job(self, waiter: ListenerWait) -> _Accepted | None:
-        """Wait as a follower, then as the leader, for a connection; None to exit."""
-        with self._lock:
-            while self._leading and not self._stop:
-                self._lock.wait()
-            if self._stop:
-                self._idleCount -= 1
-                return None
-            self._leading = True
-        while True:
-            ready = waiter.wait()
-            with self._lock:
-                if self._stop or "stop" in ready:
-                    self._leading = False
-                    self._idleCount -= 1
-                    self._lock.notify_all()
-                    return None
-                delay = self._wait_before_taking()
-            if delay > 0:
-                time.sleep(delay)
-                continue
-            job = self._accept()
-            if job is None:
-                continue
-            with self._lock:
-                self._leading = False
-                self._idleCount -= 1
-                while self._idleCount < self._minSpare and self._workerCount < self._maxThreads:
-                    if not self._start_new_thread():
-                        break
-                self._lock.notify()
-            return job
-
-    def _next_job(self) -> _Accepted | None:
-        """After a request: a connection that is already waiting, taken at once unless
-        a request began very recently on another thread (see ThreadPool)."""
-        with self._lock:
-            if self._stop or self._wait_before_taking() > 0:
-                return None
-        return self._accept()
-
-    def _wait_before_taking(self) -> float:
-        """How long to leave a waiting connection to the thread that began the youngest
-        running request; 0 if none began in the last ACCEPT_DELAY."""
-        if not self._running:
-            return 0.0
-        youngest = max(job.started for job in self._running)
-        return youngest + ACCEPT_DELAY - time.monotonic()
-
-    def _accept(self) -> _Accepted | None:
-        assert self._sock is not None, "set by start()"
-        assert self._make_job is not None, "set by start()"
-        try:
-            client, addr = self._sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return None
-        return self._make_job(client, addr)
-
-    def _run(self, job: _Accepted) -> None:
-        with self._lock:
-            self._running.append(job)
-            stopping = self._stop
-        try:
-            if stopping:
-                job.stop_when_idle()
-            job.run()
-        except Exception:
-            logger.exception("Error while serving a connection.")
-        finally:
-            with self._lock:
-                self._running.remove(job)
+            self._workerCount -= 1
+            self._threads.remove(threading.current_thread())
+            self._notify_owner()
+            self._lock.release()
 
 
 class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc]
@@ -309,21 +226,20 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
             raise TypeError("ThreadedServer.run() needs a jobClass.")
         self._hupReceived = False
         self._stopping = None
-        # Threads race for each connection; the losers go back to waiting.
+        # select() may report a client that is gone before accept() runs.
         sock.setblocking(False)
         pool = self._threadPool
         self._signals = SignalQueue(self.SIGNALS)
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._signals.fd, selectors.EVENT_READ)
-                pool.start(sock, self._make_job, self._signals.wake)
+                pool.start(self._signals.wake)
                 try:
-                    self._serve(selector)
+                    self._serve(sock, selector)
+                    if not self._hupReceived:
+                        self._stop_begins(self._stopping == GRACEFUL)
                 finally:
-                    # No thread accepts once the socket may be offered to a new server.
                     pool.stop()
-                if not self._hupReceived:
-                    self._stop_begins(self._stopping == GRACEFUL)
                 self._wait_for_threads(selector)
         finally:
             pool.detach()
@@ -348,25 +264,48 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
             return True
         return self._stopping is None and reload_allowed(self.reload_check)
 
-    def _serve(self, selector: selectors.BaseSelector) -> None:
-        """Until a stop: the pool's threads accept, this thread hears signals."""
+    def _serve(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
+        listening = False
+        # Reading the empty signal pipe after every accept cost a failed read() and a
+        # turn on the GIL per request: read it when select() says it has something.
+        signalled = True
         while True:
-            self._handle_signals()
+            if signalled:
+                self._handle_signals()
             if self._stopping is not None:
                 return
-            selector.select()
+            # While every thread is busy, connections wait in the listen queue instead
+            # of being accepted and closed.
+            if self._threadPool.has_capacity() != listening:
+                listening = not listening
+                if listening:
+                    selector.register(sock, selectors.EVENT_READ)
+                else:
+                    selector.unregister(sock)
+            signalled = False
+            for key, _ in selector.select():
+                if key.fileobj is sock:
+                    self._accept(sock)
+                else:
+                    signalled = True
 
-    def _make_job(self, client: socket.socket, addr: Any) -> _Accepted | None:
+    def _accept(self, sock: socket.socket) -> None:
+        try:
+            client, addr = sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
         if not self._isClientAllowed(addr):
             client.close()
-            return None
+            return
         assert self._jobClass is not None, "checked in run()"
         try:
-            return _Accepted(self._jobClass(client, addr, *self._jobArgs), client)
+            job = self._jobClass(client, addr, *self._jobArgs)
         except Exception:
             logger.exception("Error while setting up a connection.")
             client.close()
-            return None
+            return
+        if not self._threadPool.addJob(_Accepted(job, client)):
+            client.close()
 
     def _wait_for_threads(self, selector: selectors.BaseSelector) -> None:
         """Wait for running jobs, up to the stop signal's time limit (B21, B5)."""

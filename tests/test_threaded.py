@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections import Counter
 
 import pytest
 from flup.server import threadedserver
@@ -66,20 +65,6 @@ def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None
     assert [reply[-1] for reply in replies] == ["done"] * 10
     assert len({reply[0] for reply in replies}) == 10
     assert elapsed < 1.5
-
-
-@ours_and_flup("hands every connection from its main thread to another thread", race=True)
-def test_queued_quick_requests_stay_on_one_thread(servers: Servers, model: str) -> None:
-    """Requests that only compute are served one after another by the thread that is
-    already running: spreading them over threads makes them compete for the GIL, which
-    cost a third of the one-process server's throughput."""
-    server = servers.start(model)
-
-    for _ in range(3):
-        _, replies = ask_all(server.path, ["pid"] * 30)
-
-        # Handed from thread to thread, the busiest of 5 to 7 threads served about 8.
-        assert max(Counter(reply[0] for reply in replies).values()) >= 15
 
 
 @ours_and_flup("closes connections it has no thread for")
