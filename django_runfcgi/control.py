@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
@@ -59,6 +60,32 @@ def reload_allowed(check: Callable[[], str | None]) -> bool:
     return True
 
 
+# The signals a helper thread blocks. The kernel gives a signal sent to the process to
+# any thread that does not block it; taken by a helper thread, its Python handler runs
+# only once the main thread wakes for something else, which an idle server may not do.
+ASYNC_SIGNALS = frozenset(
+    {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+        signal.SIGQUIT,
+        signal.SIGALRM,
+    }
+)
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """Start a helper thread that leaves every process signal to the main thread."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 class SignalQueue:
     """Signal handlers that only queue the signal and wake the main loop (B2).
 
@@ -80,6 +107,14 @@ class SignalQueue:
         self._saved: dict[signal.Signals, SignalHandler] = {}
         for signum in signums:
             self._saved[signum] = signal.signal(signum, self._handle)
+        # A signal that comes after the main loop's last look at the queue and before its
+        # select() has its Python handler run only once select() returns: the wait could
+        # last for good. The interpreter's own handler writes to this pipe at once.
+        self._previous_wakeup_fd: int | None = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_wakeup_fd = signal.set_wakeup_fd(
+                self._write_fd, warn_on_full_buffer=False
+            )
         # Signals blocked until a handler was in place (see lifecycle) arrive now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, self._saved)
 
@@ -115,6 +150,8 @@ class SignalQueue:
         signal.pthread_sigmask(signal.SIG_BLOCK, self._saved)
         for signum, handler in self._saved.items():
             signal.signal(signum, handler)
+        if self._previous_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
         os.close(self.fd)
         os.close(self._write_fd)
 
