@@ -27,6 +27,7 @@ import threading
 import time
 from contextlib import suppress
 
+from django_runfcgi.control import start_thread
 from django_runfcgi.options import TCP, Bind, Unix
 
 logger = logging.getLogger(__name__)
@@ -89,9 +90,10 @@ class Offer:
             return
         server.listen(4)
         server.settimeout(0.2)
-        threading.Thread(
+        thread = threading.Thread(
             target=self._run, args=(server,), name="runfcgi-handover", daemon=True
-        ).start()
+        )
+        start_thread(thread)
 
     def _run(self, server: socket.socket) -> None:
         try:

@@ -28,6 +28,7 @@ from django_runfcgi.control import (
     Job,
     SignalQueue,
     reload_allowed,
+    start_thread,
     stop_when_idle,
 )
 
@@ -88,7 +89,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
     def _start_new_thread(self) -> bool:
         thread = threading.Thread(target=self._worker, name="runfcgi-worker", daemon=True)
         try:
-            thread.start()
+            start_thread(thread)
         except RuntimeError as err:
             logger.error("Cannot start a worker thread: %s", err)
             return False

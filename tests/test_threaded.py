@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -65,6 +66,31 @@ def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None
     assert [reply[-1] for reply in replies] == ["done"] * 10
     assert len({reply[0] for reply in replies}) == 10
     assert elapsed < 1.5
+
+
+def blocked_signals(pid: int, tid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{tid}/status") as status:
+        for line in status:
+            if line.startswith("SigBlk:"):
+                mask = int(line.split()[1], 16)
+                return {number + 1 for number in range(64) if mask >> number & 1}
+    raise AssertionError(f"no signal mask for thread {tid}")
+
+
+def test_only_the_main_thread_takes_stop_signals(servers: Servers) -> None:
+    """A stop signal the kernel gave to a pool thread ran its handler only once the main
+    thread woke for something else: an idle server once ignored a TERM for good."""
+    server = servers.start("threaded", "minSpare=3", "maxSpare=5")
+    threads = [int(tid) for tid in os.listdir(f"/proc/{server.pid}/task")]
+    stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+    assert len(threads) > 1
+
+    for tid in threads:
+        blocked = blocked_signals(server.pid, tid)
+        if tid == server.pid:
+            assert not blocked & stop_signals
+        else:
+            assert stop_signals <= blocked, f"thread {tid} blocks only {sorted(blocked)}"
 
 
 @ours_and_flup("closes connections it has no thread for")
