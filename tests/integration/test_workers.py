@@ -179,21 +179,28 @@ def test_requesttimeout_with_the_threaded_method_is_refused(runner: Runner) -> N
     assert "Traceback" not in finished.stderr
 
 
-@pytest.mark.parametrize("method", ["prefork", "threaded"])
-def test_shutdowntimeout_bounds_how_long_term_waits_for_a_request(
-    runner: Runner, method: str
-) -> None:
-    address, run = serve_unix(runner, f"method={method}", "shutdowntimeout=1")
+def term_during_a_slow_request(runner: Runner, *words: str) -> tuple[Run, Future[Response], float]:
+    """TERM a server while it serves a 30 s request; the server, the request, seconds to exit."""
+    address, run = serve_unix(runner, *words)
     pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=30"))
-    if method == "prefork":
-        worker_holding_a_connection(run.proc.pid, address)
-    else:
+    if "method=threaded" in words:
         time.sleep(0.5)
+    else:
+        worker_holding_a_connection(run.proc.pid, address)
 
     started = time.monotonic()
     run.signal(signal.SIGTERM)
     assert run.wait(10) == 0, run.describe()
-    elapsed = time.monotonic() - started
+    return run, pending, time.monotonic() - started
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_shutdowntimeout_bounds_how_long_term_waits_for_a_request(
+    runner: Runner, method: str
+) -> None:
+    run, pending, elapsed = term_during_a_slow_request(
+        runner, f"method={method}", "shutdowntimeout=1"
+    )
 
     assert 1.0 <= elapsed < 3.0, run.describe()
     assert "still running 1.0 s after the stop signal" in run.stderr
@@ -203,15 +210,9 @@ def test_shutdowntimeout_bounds_how_long_term_waits_for_a_request(
 
 
 def test_shutdowntimeout_0_stops_at_once_without_waiting(runner: Runner) -> None:
-    address, run = serve_unix(runner, "shutdowntimeout=0")
-    pending = in_background(lambda: fcgi_request(address, "GET", "/slow/", query="s=30"))
-    worker_holding_a_connection(run.proc.pid, address)
+    _, pending, elapsed = term_during_a_slow_request(runner, "shutdowntimeout=0")
 
-    started = time.monotonic()
-    run.signal(signal.SIGTERM)
-    assert run.wait(10) == 0, run.describe()
-
-    assert time.monotonic() - started < 1.0
+    assert elapsed < 1.0
     with pytest.raises(ProtocolError):
         pending.result(timeout=10)
     assert tagged_pids(runner.tag) == []
