@@ -137,28 +137,19 @@ def tool(name: str) -> str:
     return found
 
 
-def runfcgi(protocol: str, method: str, workers: int = WORKERS) -> Callable[[Path], list[str]]:
+def runfcgi(
+    protocol: str, method: str, workers: int = WORKERS, *, growing: bool = False
+) -> Callable[[Path], list[str]]:
+    """A prefork pool of exactly ``workers``; with ``growing``, the default spare settings
+    and a pool (prefork or threaded) that may grow to ``workers``."""
+
     def command(sock: Path) -> list[str]:
         words = [f"protocol={protocol}", f"method={method}", f"socket={sock}", "daemonize=false"]
-        if method == "prefork":
+        if growing:
+            words.append(f"maxchildren={workers}")
+        elif method == "prefork":
             words += [f"minspare={workers}", f"maxspare={workers}", f"maxchildren={workers}"]
         return [sys.executable, str(ROOT / "testproject" / "manage.py"), "runfcgi", *words]
-
-    return command
-
-
-def runfcgi_pool(method: str, children: int) -> Callable[[Path], list[str]]:
-    """runfcgi with its default spare settings and a pool that may grow to ``children``."""
-
-    def command(sock: Path) -> list[str]:
-        words = [f"method={method}", f"socket={sock}", "daemonize=false"]
-        return [
-            sys.executable,
-            str(ROOT / "testproject" / "manage.py"),
-            "runfcgi",
-            *words,
-            f"maxchildren={children}",
-        ]
 
     return command
 
@@ -259,7 +250,7 @@ def scaling_specs(children: list[int]) -> dict[str, ServerSpec]:
             unit = "processes" if method == "prefork" else "threads"
             spec = ServerSpec(
                 f"runfcgi-{method}-max{count}",
-                runfcgi_pool(method, count),
+                runfcgi("fcgi", method, count, growing=True),
                 fastcgi_block,
                 f"up to {count} {unit} (maxchildren={count}), default minspare and maxspare",
             )
