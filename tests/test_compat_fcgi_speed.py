@@ -139,6 +139,24 @@ def test_body_end_sent_after_a_pause(served: Served) -> None:
     assert b"Served by runfcgi" in b"".join(c for k, c in records if k == STDOUT)
 
 
+def test_worker_is_free_when_the_body_end_comes_after_the_response(served: Served) -> None:
+    """The end of an empty body may reach the worker only after it has answered; once it
+    has come the worker closes and serves the next connection, even if the web server
+    keeps its side open (it waited 10 s for the web server to close first)."""
+    stream = fcgi_stream(1, "GET", "/", "", b"", keep_conn=False)
+    with connect(served.address, RESPONSE_SECONDS) as held:
+        held.sendall(stream[: -HEADER.size])
+        data = bytearray()
+        while END_REQUEST not in [kind for kind, _ in parse_records(data)[0]]:
+            chunk = held.recv(65536)
+            assert chunk, "the connection closed before FCGI_END_REQUEST"
+            data += chunk
+        held.sendall(stream[-HEADER.size :])
+        assert closed_by_server(held)
+        following = fcgi_request(served.address, "GET", "/", timeout=5.0)
+        assert b"Served by runfcgi" in following.body
+
+
 def test_keep_conn_serves_requests_with_and_without_bodies(served: Served) -> None:
     """FCGI_KEEP_CONN: the connection stays open across requests, bodies read or not."""
     with connect(served.address, RESPONSE_SECONDS) as sock:
@@ -216,15 +234,23 @@ def read_records(sock: socket.socket) -> list[tuple[int, bytes]]:
         if not chunk:
             break
         data += chunk
+    records, end = parse_records(data)
+    assert end == len(data), "the connection ended inside a record"
+    return records
+
+
+def parse_records(data: bytes | bytearray) -> tuple[list[tuple[int, bytes]], int]:
+    """(type, content) of each whole record in `data`, and where the last one ends."""
     records = []
     pos = 0
     while pos + HEADER.size <= len(data):
         _, kind, _, length, padding = HEADER.unpack_from(data, pos)
         start = pos + HEADER.size
+        if start + length + padding > len(data):
+            break
         records.append((kind, bytes(data[start : start + length])))
         pos = start + length + padding
-    assert pos == len(data), "the connection ended inside a record"
-    return records
+    return records, pos
 
 
 # wsgi.input reads the body as it arrives: the same answers as a file holding it.

@@ -407,6 +407,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
     ) -> None:
         super().__init__(sock, addr, server, timeout)
         self._closed = False
+        self._input_ended = False
         self._buffer = b""
         self._pos = 0
         self.record_size = server.maxwrite - fcgi_base.FCGI_HEADER_LEN
@@ -438,6 +439,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
             return False
         if not data:
             if not block:
+                self._input_ended = True
                 return False
             if at_start:
                 raise EOFError
@@ -544,11 +546,12 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         if remove:
             self._requests.pop(req.requestId, None)
         if not (req.flags & fcgi_base.FCGI_KEEP_CONN) and not self._requests:
-            self._cleanupSocket(input_done=self._rest_of_input_arrived(req))
+            self._cleanupSocket(req)
             self._keepGoing = False
 
-    def _rest_of_input_arrived(self, req: Any) -> bool:
-        """Whether the front end has sent all it will for `req`, reading what has come.
+    def _rest_of_input(self, req: Any) -> bool | None:
+        """Whether the front end has sent all it will for `req`, reading what has come;
+        None if something other than its body came, which ends the reading.
 
         The end of a request's body (an empty FCGI_STDIN record) usually arrives with its
         parameters, or was read by the application; body records it left unread are read
@@ -562,25 +565,29 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
                 return False
             kind, request_id, content = record
             if kind != fcgi_base.FCGI_STDIN or request_id != req.requestId:
-                return False
+                return None
             if not content:
                 return True
 
-    def _cleanupSocket(self, input_done: bool = False) -> None:
-        """Close at once if the front end has sent all its input, else drain it first.
+    def _cleanupSocket(self, req: Any = None) -> None:
+        """Close at once if the front end has sent all its input for `req`, else drain it
+        first.
 
         Closing over unread input (e.g. a body the application ignored) would reset the
         connection and could cut the response short, so then the input is read until the
-        front end closes its side, or for a bounded time; when stopping, only what has
-        arrived is read. When all input has been read the response is already queued in
-        full, and a plain close delivers it, then the end of the stream: waiting for the
-        front end to close first cost every request a round trip to it.
+        rest of the body has come (or, if anything else comes, the front end closes its
+        side), for a bounded time; when stopping, only what has arrived is read. When all
+        input has been read the response is already queued in full, and a plain close
+        delivers it, then the end of the stream: waiting for the front end to close first
+        cost every request a round trip to it, and pinned the worker to a front end that
+        kept its side open.
         """
         if self._closed:
             return
         self._closed = True
         try:
-            if input_done and not select.select([self._sock], [], [], 0)[0]:
+            pending = None if req is None else self._rest_of_input(req)
+            if pending and not select.select([self._sock], [], [], 0)[0]:
                 return
             self._sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + self.close_wait_seconds
@@ -588,7 +595,14 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
                 remaining = 0.0 if self._stopping else deadline - time.monotonic()
                 wait = min(max(remaining, 0.0), IDLE_POLL_SECONDS)
                 if select.select([self._sock], [], [], wait)[0]:
-                    if not self._sock.recv(65536):
+                    if pending is False:
+                        # The body's end may come after the response: read records to it.
+                        pending = self._rest_of_input(req)
+                        if self._input_ended:
+                            break
+                        if pending and not select.select([self._sock], [], [], 0)[0]:
+                            break
+                    elif not self._sock.recv(65536):
                         break
                 elif remaining <= 0:
                     break
