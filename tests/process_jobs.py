@@ -209,6 +209,24 @@ def ask_all(path: str, lines: list[str], timeout: float = 10.0) -> tuple[float, 
     return elapsed, [replies[sock].decode().splitlines() for sock in socks]
 
 
+def wakeups(pid: int, *, threads: bool = False) -> int:
+    """How many times the process (with ``threads``, all its threads) has slept and been
+    woken: voluntary context switches."""
+    tasks = os.listdir(f"/proc/{pid}/task") if threads else [str(pid)]
+    total = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as status:
+                total += next(
+                    int(line.split()[1])
+                    for line in status
+                    if line.startswith("voluntary_ctxt_switches:")
+                )
+        except FileNotFoundError:  # A thread that has just exited.
+            continue
+    return total
+
+
 def pid_of(reply: list[str]) -> int:
     """The process that served a reply."""
     return int(reply[0].split()[0])

@@ -26,6 +26,7 @@ from tests.process_jobs import (
     read_line,
     read_to_end,
     wait_for,
+    wakeups,
 )
 
 
@@ -226,15 +227,6 @@ def test_max_requests_recycles_workers(servers: Servers, model: str) -> None:
     assert wait_for(lambda: no_zombie_workers(server) and len(server.workers()) == 1, 2.0)
     server.stop(signal.SIGTERM)
     assert_stopped_cleanly(server)
-
-
-def wakeups(pid: int) -> int:
-    """How many times the process has slept and been woken (voluntary context switches)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no context switch count for {pid}")
 
 
 @ours_and_flup("each worker wakes the master twice per request")
