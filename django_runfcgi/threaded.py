@@ -1,4 +1,4 @@
-"""The threaded process model: one process, a main thread that accepts, a pool of threads.
+"""The threaded process model: one process, a pool of threads that accept and serve.
 
 flup's pool starts threads in its constructor with deprecated calls (B19), queues a
 burst onto threads that are already busy (B4), and is not waited for on shutdown, or
@@ -8,13 +8,13 @@ is waited for forever when a connection is persistent (B21, B5).
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import socket
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -52,11 +52,39 @@ class _Accepted:
         stop_when_idle(self.job)
 
 
-class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
-    """flup's pool, keeping between minSpare and maxSpare idle threads, up to maxThreads.
+# How often a thread that is not serving checks whether the requests in progress leave
+# the processor idle, and so how long a connection may wait for a thread that would
+# take it while requests are in progress.
+WATCH_INTERVAL = 0.005
+# Below this share of one processor over the last interval, the requests in progress are
+# mostly waiting (on a database, a service, a sleep): another one may start beside them.
+SPARE_CPU = 0.5
+# How much each interval's share counts in the average that is compared with SPARE_CPU.
+BUSY_WEIGHT = 0.25
+# After this many intervals with no request in progress, the watching thread stops
+# waking until a connection comes.
+IDLE_INTERVALS = 200
 
-    Threads start in :meth:`start`, not in the constructor (B19); a job takes an idle
-    thread the moment it is added (B4); :meth:`stop` lets running jobs finish (B21).
+
+class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
+    """Threads that accept connections themselves: between minSpare and maxSpare idle,
+    up to maxThreads in all.
+
+    flup's main thread accepted each connection and handed it to a pool thread (B4): a
+    hand-off and a turn on the GIL per request, and a burst of quick requests spread
+    over threads that then competed for the GIL, which cost the one-process server
+    about half its throughput. Here one idle thread at a time (the leader) waits on
+    the socket and serves what it accepts; a thread that finishes a request leads
+    next, or takes a connection already waiting, so quick requests run one after
+    another on one thread, as in a prefork worker.
+
+    Requests run side by side when that helps: another idle thread (the watcher)
+    measures the process's processor time every WATCH_INTERVAL, and when the requests
+    in progress leave the processor mostly idle (they wait on I/O) while no thread
+    leads, it leads, so views that wait run up to maxThreads at once.
+
+    Threads start in :meth:`start`, not in the constructor (B19); :meth:`stop` lets
+    running jobs finish (B21) and tells persistent connections to end (B5).
     """
 
     def __init__(
@@ -66,22 +94,45 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._minSpare = minSpare
         self._maxSpare = maxSpare
         self._maxThreads = max(minSpare, maxThreads)
-        self._lock = threading.Condition()
-        self._workQueue: deque[_Accepted] = deque()
-        # Idle threads not yet promised to a queued job.
-        self._idleCount = 0
+        self._lock = threading.Lock()
+        self._followers = threading.Condition(self._lock)
+        self._watch = threading.Condition(self._lock)
         self._workerCount = 0
         self._threads: list[threading.Thread] = []
         self._running: list[_Accepted] = []
+        self._leading = False
+        self._watching = False
+        self._watch_idle = False
+        # The process's share of a processor, averaged over the watcher's last intervals.
+        self._busy = 1.0
         self._stop = False
-        self._full = False
         self._wake: Callable[[], None] | None = None
+        self._sock: socket.socket | None = None
+        self._make_job: Callable[[socket.socket, Any], _Accepted | None] | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._stop_fds: tuple[int, int] | None = None
 
-    def start(self, wake: Callable[[], None]) -> None:
-        """Start the spare threads; ``wake`` is called when a thread frees up or exits."""
+    def start(
+        self,
+        sock: socket.socket,
+        make_job: Callable[[socket.socket, Any], _Accepted | None],
+        wake: Callable[[], None],
+    ) -> None:
+        """Start the spare threads on a non-blocking listening socket.
+
+        ``make_job`` turns an accepted connection into a job, or closes it and returns
+        None; ``wake`` is called when a thread exits.
+        """
         with self._lock:
             self._stop = False
+            self._sock = sock
+            self._make_job = make_job
             self._wake = wake
+            # Written once on stop and never read: it wakes the leader.
+            self._stop_fds = os.pipe()
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(sock, selectors.EVENT_READ)
+            self._selector.register(self._stop_fds[0], selectors.EVENT_READ)
             for _ in range(min(self._maxSpare, self._maxThreads)):
                 if not self._start_new_thread():
                     break
@@ -95,36 +146,18 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
             return False
         self._threads.append(thread)
         self._workerCount += 1
-        self._idleCount += 1
         return True
 
-    def has_capacity(self) -> bool:
-        """Whether a job added now would run at once; if not, wake the caller when it would."""
-        with self._lock:
-            self._full = self._idleCount <= 0 and self._workerCount >= self._maxThreads
-            return not self._full
-
-    def addJob(self, job: _Accepted, allowQueuing: bool = False) -> bool:
-        """Hand a job to an idle thread, starting one if needed; False if none is free."""
-        with self._lock:
-            while self._idleCount < self._minSpare and self._workerCount < self._maxThreads:
-                if not self._start_new_thread():
-                    break
-            if self._idleCount <= 0 and not allowQueuing:
-                return False
-            # B4: flup counted the thread as busy only when it woke up, so a burst was
-            # queued onto threads that were already taken.
-            self._idleCount -= 1
-            self._workQueue.append(job)
-            self._lock.notify()
-            return True
-
     def stop(self) -> None:
-        """Let threads exit once the queue is empty; tell running jobs to end (B5)."""
+        """Accept no more; let threads exit once their job is done; tell running jobs to
+        end (B5)."""
         with self._lock:
             self._stop = True
-            self._lock.notify_all()
+            self._followers.notify_all()
+            self._watch.notify_all()
             running = list(self._running)
+            if self._stop_fds is not None:
+                os.write(self._stop_fds[1], b"\0")
         for job in running:
             job.stop_when_idle()
 
@@ -137,42 +170,135 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         """Forget the wake-up callback, whose pipe is about to be closed."""
         with self._lock:
             self._wake = None
-
-    def _notify_owner(self) -> None:
-        if self._wake is not None:
-            self._wake()
+            if self._workerCount:
+                return
+            if self._selector is not None:
+                self._selector.close()
+                self._selector = None
+            if self._stop_fds is not None:
+                for fd in self._stop_fds:
+                    os.close(fd)
+                self._stop_fds = None
 
     def _worker(self) -> None:
-        self._lock.acquire()
+        try:
+            while (job := self._wait_for_job()) is not None:
+                while job is not None:
+                    self._run(job)
+                    job = self._next_job()
+        finally:
+            with self._lock:
+                self._workerCount -= 1
+                self._threads.remove(threading.current_thread())
+                wake = self._wake
+            if wake is not None:
+                wake()
+
+    def _run(self, job: _Accepted) -> None:
+        with self._lock:
+            self._running.append(job)
+            stopping = self._stop
+            if self._watch_idle:
+                self._watch_idle = False
+                self._watch.notify()
+            idle = self._workerCount - len(self._running)
+            while idle < self._minSpare and self._workerCount < self._maxThreads:
+                if not self._start_new_thread():
+                    break
+                idle += 1
+        try:
+            if stopping:
+                job.stop_when_idle()
+            job.run()
+        except Exception:
+            logger.exception("Error while serving a connection.")
+        finally:
+            with self._lock:
+                self._running.remove(job)
+
+    def _next_job(self) -> _Accepted | None:
+        """After a request: a connection that is already waiting, unless another thread
+        leads (it takes it), or other requests in progress keep the processor busy."""
+        with self._lock:
+            if self._stop or not self._leading:
+                return None
+            if self._running and self._busy >= SPARE_CPU:
+                return None
+        return self._accept()
+
+    def _wait_for_job(self) -> _Accepted | None:
+        """Lead, watch or follow until there is a connection to serve; None to exit."""
+        with self._lock:
+            while not self._stop:
+                if not self._leading:
+                    self._leading = True
+                    if not self._watching:
+                        # It may have been woken to watch: another idle thread does.
+                        self._followers.notify()
+                    break
+                if not self._watching:
+                    if self._watch_until_leading():
+                        break
+                    continue
+                if self._workerCount - len(self._running) > self._maxSpare:
+                    return None
+                self._followers.wait()
+            else:
+                return None
+        return self._lead()
+
+    def _watch_until_leading(self) -> bool:
+        """As the watcher, with the lock held: True once this thread is to lead."""
+        self._watching = True
+        last_time, last_cpu = time.monotonic(), time.process_time()
+        quiet = 0
+        try:
+            while not self._stop:
+                self._watch.wait(None if self._watch_idle else WATCH_INTERVAL)
+                now, cpu = time.monotonic(), time.process_time()
+                if now > last_time and self._running:
+                    # Averaged over several intervals: a process that computes may be
+                    # off the processor for one (the web server has it). Idle intervals
+                    # do not count: a burst of quick requests after a pause would find
+                    # the processor "free" and spread over threads.
+                    share = (cpu - last_cpu) / (now - last_time)
+                    self._busy += (share - self._busy) * BUSY_WEIGHT
+                last_time, last_cpu = now, cpu
+                if not self._leading and (not self._running or self._busy < SPARE_CPU):
+                    self._leading = True
+                    return True
+                quiet = 0 if self._running else quiet + 1
+                self._watch_idle = quiet >= IDLE_INTERVALS
+            return False
+        finally:
+            self._watching = False
+            # An idle thread takes over watching.
+            self._followers.notify()
+
+    def _lead(self) -> _Accepted | None:
+        """Wait on the socket until a connection is accepted; None on stop."""
+        assert self._selector is not None, "start() made the selector"
+        assert self._stop_fds is not None, "start() made the pipe"
         try:
             while True:
-                while not self._workQueue and not self._stop:
-                    self._lock.wait()
-                if not self._workQueue:
-                    return
-                job = self._workQueue.popleft()
-                self._running.append(job)
-                stopping = self._stop
-                self._lock.release()
-                try:
-                    if stopping:
-                        job.stop_when_idle()
-                    job.run()
-                except Exception:
-                    logger.exception("Error while serving a connection.")
-                finally:
-                    self._lock.acquire()
-                    self._running.remove(job)
-                if self._idleCount >= self._maxSpare and not self._stop:
-                    return
-                self._idleCount += 1
-                if self._full:
-                    self._notify_owner()
+                ready = self._selector.select()
+                if self._stop or any(key.fd == self._stop_fds[0] for key, _ in ready):
+                    return None
+                job = self._accept()
+                if job is not None:
+                    return job
         finally:
-            self._workerCount -= 1
-            self._threads.remove(threading.current_thread())
-            self._notify_owner()
-            self._lock.release()
+            with self._lock:
+                self._leading = False
+
+    def _accept(self) -> _Accepted | None:
+        assert self._sock is not None, "set by start()"
+        assert self._make_job is not None, "set by start()"
+        try:
+            client, addr = self._sock.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return None
+        return self._make_job(client, addr)
 
 
 class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc]
@@ -227,20 +353,21 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
             raise TypeError("ThreadedServer.run() needs a jobClass.")
         self._hupReceived = False
         self._stopping = None
-        # select() may report a client that is gone before accept() runs.
+        # Threads race for each connection; the losers go back to waiting.
         sock.setblocking(False)
         pool = self._threadPool
         self._signals = SignalQueue(self.SIGNALS)
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._signals.fd, selectors.EVENT_READ)
-                pool.start(self._signals.wake)
+                pool.start(sock, self._make_job, self._signals.wake)
                 try:
-                    self._serve(sock, selector)
-                    if not self._hupReceived:
-                        self._stop_begins(self._stopping == GRACEFUL)
+                    self._serve(selector)
                 finally:
+                    # No thread accepts once the socket may be offered to a new server.
                     pool.stop()
+                if not self._hupReceived:
+                    self._stop_begins(self._stopping == GRACEFUL)
                 self._wait_for_threads(selector)
         finally:
             pool.detach()
@@ -265,48 +392,25 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
             return True
         return self._stopping is None and reload_allowed(self.reload_check)
 
-    def _serve(self, sock: socket.socket, selector: selectors.BaseSelector) -> None:
-        listening = False
-        # Reading the empty signal pipe after every accept cost a failed read() and a
-        # turn on the GIL per request: read it when select() says it has something.
-        signalled = True
+    def _serve(self, selector: selectors.BaseSelector) -> None:
+        """Until a stop: the pool's threads accept, this thread hears signals."""
         while True:
-            if signalled:
-                self._handle_signals()
+            self._handle_signals()
             if self._stopping is not None:
                 return
-            # While every thread is busy, connections wait in the listen queue instead
-            # of being accepted and closed.
-            if self._threadPool.has_capacity() != listening:
-                listening = not listening
-                if listening:
-                    selector.register(sock, selectors.EVENT_READ)
-                else:
-                    selector.unregister(sock)
-            signalled = False
-            for key, _ in selector.select():
-                if key.fileobj is sock:
-                    self._accept(sock)
-                else:
-                    signalled = True
+            selector.select()
 
-    def _accept(self, sock: socket.socket) -> None:
-        try:
-            client, addr = sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
+    def _make_job(self, client: socket.socket, addr: Any) -> _Accepted | None:
         if not self._isClientAllowed(addr):
             client.close()
-            return
+            return None
         assert self._jobClass is not None, "checked in run()"
         try:
-            job = self._jobClass(client, addr, *self._jobArgs)
+            return _Accepted(self._jobClass(client, addr, *self._jobArgs), client)
         except Exception:
             logger.exception("Error while setting up a connection.")
             client.close()
-            return
-        if not self._threadPool.addJob(_Accepted(job, client)):
-            client.close()
+            return None
 
     def _wait_for_threads(self, selector: selectors.BaseSelector) -> None:
         """Wait for running jobs, up to the stop signal's time limit (B21, B5)."""
