@@ -89,6 +89,24 @@ def test_worker_is_free_while_the_web_server_keeps_a_finished_connection(
         assert b"Served by runfcgi" in following.body
 
 
+def test_long_names_and_values_reach_django_whole(served: Served) -> None:
+    """Names and values of 128 bytes or more have four-byte lengths in FCGI_PARAMS; a
+    request mixing them with short ones arrives as sent."""
+    query = "q=" + "v" * 10_000
+    cookie = "c" * 127 + "=" + "d" * 300
+    response = fcgi_request(
+        served.address,
+        "GET",
+        "/echo/",
+        query=query,
+        headers={"Cookie": cookie, "X-" + "N" * 200: "short"},
+    )
+    seen = response.json()
+    assert seen["get"] == {"q": ["v" * 10_000]}
+    assert seen["cookies"] == {"c" * 127: "d" * 300}
+    assert seen["path"] == "/echo/"
+
+
 def test_twenty_megabyte_download_arrives_whole(served: Served) -> None:
     """Closing right after the last send must not cut what the kernel still holds."""
     size = 20 * MB
