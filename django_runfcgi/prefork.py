@@ -36,6 +36,7 @@ from django_runfcgi.control import (
     stop_when_idle,
 )
 from django_runfcgi.scoreboard import BUSY, IDLE, Scoreboard
+from django_runfcgi.sockets import Acceptor
 
 logger = logging.getLogger(__name__)
 
@@ -511,6 +512,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         self._link = link
         board = self._scoreboard()
         served = 0
+        accept = Acceptor(sock)
         with _Waiter(sock, link, self._signals.fd) as waiter:
             while True:
                 if self._stopping is not None:
@@ -525,7 +527,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 if "listener" not in ready or self._stopping is not None:
                     continue
                 try:
-                    client, addr = sock.accept()
+                    client, addr = accept()
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue  # Another worker took it (B24).
                 if not self._isClientAllowed(addr):

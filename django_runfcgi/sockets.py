@@ -302,3 +302,20 @@ def listen(target: TCP | Unix, umask: int) -> Listener:
     if isinstance(target, TCP):
         return bind_tcp(target)
     return bind_unix(target, umask)
+
+
+class Acceptor:
+    """``accept()`` for a server's loop over one listening socket.
+
+    The standard method reads the listening socket's family and type on every call, two
+    enum conversions that cost about as much as the system call; here they are read
+    once. The accepted socket is the same: blocking, with the default timeout.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._accept = sock._accept  # type: ignore[attr-defined]
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
+
+    def __call__(self) -> tuple[socket.socket, object]:
+        fd, addr = self._accept()
+        return socket.socket(*self._kind, fileno=fd), addr

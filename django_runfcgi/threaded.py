@@ -31,6 +31,7 @@ from django_runfcgi.control import (
     start_thread,
     stop_when_idle,
 )
+from django_runfcgi.sockets import Acceptor
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._stop = False
         self._wake: Callable[[], None] | None = None
         self._sock: socket.socket | None = None
+        self._acceptor: Callable[[], tuple[socket.socket, Any]]
         self._make_job: Callable[[socket.socket, Any], _Accepted | None] | None = None
         self._selector: selectors.BaseSelector | None = None
         self._stop_fds: tuple[int, int] | None = None
@@ -126,6 +128,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         with self._lock:
             self._stop = False
             self._sock = sock
+            self._acceptor = Acceptor(sock)
             self._make_job = make_job
             self._wake = wake
             # Written once on stop and never read: it wakes the leader.
@@ -295,7 +298,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         assert self._sock is not None, "set by start()"
         assert self._make_job is not None, "set by start()"
         try:
-            client, addr = self._sock.accept()
+            client, addr = self._acceptor()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return None
         return self._make_job(client, addr)
