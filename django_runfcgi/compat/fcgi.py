@@ -35,6 +35,8 @@ _PADDING = bytes(8)
 _RECV_SIZE = 65536
 _SEND_AT = 262144
 """Non-streaming output is sent once this much is held, so memory stays bounded."""
+_WITH_HEADERS = 16384
+"""A first body piece up to this size shares the headers' record (copying it is cheap)."""
 
 
 def _decode_pairs(data: bytes) -> dict[str, str]:
@@ -238,12 +240,13 @@ class _FCGIRequest:
         self.server = conn.server
         self.params: Environ = {}
         self.stdin = _Input(conn)
-        self.data = _Input(conn)
+        # FCGI_DATA comes only in the Filter role, which front ends do not use.
+        self.data: _Input | None = None
         self.stdout = _CGIOutput(self)
         self.stderr = _Errors(self)
         self._out: list[Any] = []
         self._held = 0
-        self._headers: tuple[bytes, list[tuple[bytes, bytes]]] | None = None
+        self._headers: tuple[bytes, bytes] | None = None
         self._headers_sent = False
         self._head = False
         self._add_length = False
@@ -267,28 +270,26 @@ class _FCGIRequest:
             raise ValueError(f"status {status!r} is not a 3-digit code, a space and a reason")
         if type(headers) is not list:
             raise TypeError("response headers must be a list")
-        self._headers = (
-            status_bytes,
-            [
-                (_latin1(name, "a header name"), _latin1(value, "a header value"))
+        try:
+            # Native strings, as WSGI asks and Django gives: one join and one encode.
+            lines = "".join([name + ": " + value + "\r\n" for name, value in headers])
+            block = lines.encode("latin-1")
+        except (TypeError, UnicodeEncodeError):
+            block = b"".join(
+                _latin1(name, "a header name") + b": " + _latin1(value, "a header value") + b"\r\n"
                 for name, value in headers
-            ],
-        )
+            )
+        self._headers = (status_bytes, block)
         return self.write_now
 
     def _header_block(self, body_length: int | None) -> bytes:
         if self._headers is None:
             raise AssertionError("write() before start_response()")
-        status, headers = self._headers
-        lines = [b"Status: ", status, b"\r\n"]
-        has_length = False
-        for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
-            has_length = has_length or name.lower() == b"content-length"
-        if body_length is not None and not has_length:
-            lines += (b"Content-Length: ", b"%d" % body_length, b"\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        status, block = self._headers
+        length = b""
+        if body_length is not None and b"\ncontent-length:" not in b"\n" + block.lower():
+            length = b"Content-Length: %d\r\n" % body_length
+        return b"Status: " + status + b"\r\n" + block + length + b"\r\n"
 
     def write(self, data: bytes | str, *, flush: bool = False) -> None:
         """Queue response output; with `flush`, send it and what was queued before."""
@@ -297,8 +298,15 @@ class _FCGIRequest:
             self._headers_sent = True
             self.dataWritten = True
             header = self._header_block(len(data) if self._add_length else None)
-            self._queue(fcgi_base.FCGI_STDOUT, header)
-        if data and not self._head:
+            if self._head or not data:
+                self._queue(fcgi_base.FCGI_STDOUT, header)
+            elif len(data) <= _WITH_HEADERS:
+                # A small body goes in the headers' record: one record, not two.
+                self._queue(fcgi_base.FCGI_STDOUT, header + data)
+            else:
+                self._queue(fcgi_base.FCGI_STDOUT, header)
+                self._queue(fcgi_base.FCGI_STDOUT, data)
+        elif data and not self._head:
             self._queue(fcgi_base.FCGI_STDOUT, data)
         if flush or self._held >= _SEND_AT:
             self.send()
@@ -417,6 +425,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         super().__init__(sock, addr, server, timeout)
         self._closed = False
         self._input_ended = False
+        self._drained = False
         self._buffer = b""
         self._pos = 0
         self.record_size = server.maxwrite - fcgi_base.FCGI_HEADER_LEN
@@ -446,6 +455,8 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
             data = self._sock.recv(_RECV_SIZE, 0 if block else socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
+        # A short read took all the kernel held: nothing is left unread (see _cleanupSocket).
+        self._drained = len(data) < _RECV_SIZE
         if not data:
             if not block:
                 self._input_ended = True
@@ -475,6 +486,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         if block and missing > _RECV_SIZE:
             # Most of a large record is still to come: read it straight, not via the buffer.
             rest = recv_exactly(self._sock, missing, f"a type {kind} record")
+            self._drained = False
             content = (self._buffer[self._pos + fcgi_base.FCGI_HEADER_LEN :] + rest)[:length]
             self._buffer, self._pos = b"", 0
             return kind, request_id, content
@@ -522,6 +534,8 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         elif kind == fcgi_base.FCGI_DATA:
             req = self._requests.get(request_id)
             if req is not None:
+                if req.data is None:
+                    req.data = _Input(self)
                 req.data.add_data(content)
         elif request_id == fcgi_base.FCGI_NULL_REQUEST_ID:
             body = struct.pack(fcgi_base.FCGI_UnknownTypeBody, kind)
@@ -596,7 +610,9 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         self._closed = True
         try:
             pending = None if req is None else self._rest_of_input(req)
-            if pending and not select.select([self._sock], [], [], 0)[0]:
+            # The front end sends nothing after a request's body without FCGI_KEEP_CONN:
+            # when the last read took all there was, close without asking again.
+            if pending and (self._drained or not select.select([self._sock], [], [], 0)[0]):
                 return
             self._sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + self.close_wait_seconds
