@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import socket
@@ -385,12 +384,11 @@ class _FCGIRequest:
         try:
             result = server.application(environ, self.start_response)
             try:
-                whole = (
-                    isinstance(result, (list, tuple))
-                    or getattr(result, "streaming", None) is False
-                )
-                with contextlib.suppress(TypeError):
-                    self._add_length = len(result) == 1
+                # A one-item list or tuple gets a Content-Length; Django's responses have
+                # no len(), and trying it raised an exception per request.
+                sequence = isinstance(result, (list, tuple))
+                whole = sequence or getattr(result, "streaming", None) is False
+                self._add_length = sequence and len(result) == 1
                 for data in result:
                     if data:
                         self.write(data, flush=not whole)
