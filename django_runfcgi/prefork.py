@@ -36,7 +36,7 @@ from django_runfcgi.control import (
     stop_when_idle,
 )
 from django_runfcgi.scoreboard import BUSY, IDLE, Scoreboard
-from django_runfcgi.sockets import Acceptor
+from django_runfcgi.sockets import Acceptor, wait_after_accept_error
 
 logger = logging.getLogger(__name__)
 
@@ -530,6 +530,9 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                     client, addr = accept()
                 except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                     continue  # Another worker took it (B24).
+                except OSError as err:
+                    wait_after_accept_error(err)
+                    continue
                 if not self._isClientAllowed(addr):
                     client.close()
                     continue

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 from django_runfcgi.options import TCP, Bind, Inherited, Unix
+
+logger = logging.getLogger(__name__)
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 UNIX_PATH_MAX = 107
@@ -319,3 +323,23 @@ class Acceptor:
     def __call__(self) -> tuple[socket.socket, object]:
         fd, addr = self._accept()
         return socket.socket(*self._kind, fileno=fd), addr
+
+
+# accept() errors that pass once connections end or memory is freed.
+_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY_SECONDS = 0.5
+"""How long a server out of file descriptors (or memory) waits before accepting again."""
+
+
+def wait_after_accept_error(err: OSError) -> None:
+    """Log an accept() failure for want of resources and wait a moment; raise others.
+
+    The connection stays queued and is accepted once the server has closed others: a
+    server at its file limit keeps serving instead of ending, or spinning on the queue.
+    """
+    if err.errno not in _RESOURCE_ERRORS:
+        raise err
+    logger.error(
+        "Cannot accept a connection: %s; trying again in %s s.", err, ACCEPT_RETRY_SECONDS
+    )
+    time.sleep(ACCEPT_RETRY_SECONDS)

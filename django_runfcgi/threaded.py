@@ -31,7 +31,7 @@ from django_runfcgi.control import (
     start_thread,
     stop_when_idle,
 )
-from django_runfcgi.sockets import Acceptor
+from django_runfcgi.sockets import Acceptor, wait_after_accept_error
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +300,9 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         try:
             client, addr = self._acceptor()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return None
+        except OSError as err:
+            wait_after_accept_error(err)
             return None
         return self._make_job(client, addr)
 

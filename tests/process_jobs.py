@@ -227,6 +227,13 @@ def wakeups(pid: int, *, threads: bool = False) -> int:
     return total
 
 
+def lowest_free_fd(pid: int, after: float = 0.0) -> int:
+    """The number the process's next file descriptor would get."""
+    time.sleep(after)
+    in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return min(set(range(len(in_use) + 1)) - in_use)
+
+
 def pid_of(reply: list[str]) -> int:
     """The process that served a reply."""
     return int(reply[0].split()[0])

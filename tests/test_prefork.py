@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import select
 import signal
 import threading
@@ -22,6 +23,7 @@ from tests.process_jobs import (
     Servers,
     ask_all,
     connect,
+    lowest_free_fd,
     pid_of,
     read_line,
     read_to_end,
@@ -440,3 +442,24 @@ def test_a_timed_response_keeps_its_length_and_attributes() -> None:
     assert whole.streaming is False  # type: ignore[attr-defined]
     with pytest.raises(TypeError):
         len(streamed)  # type: ignore[arg-type]
+
+
+def test_a_worker_out_of_file_descriptors_waits_and_serves_on(servers: Servers) -> None:
+    """accept() failing with EMFILE is logged and tried again; the worker used to die of
+    it with a traceback, and its replacement could fail the same way."""
+    server = servers.start("prefork", "minSpare=1", "maxSpare=1", "maxChildren=1")
+    [worker] = server.workers()
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # With the limit at the next descriptor's number, none is left. The worker may
+    # still be closing the connection that showed it was serving.
+    assert wait_for(lambda: lowest_free_fd(worker) == lowest_free_fd(worker, after=0.2), 5.0)
+    resource.prlimit(worker, resource.RLIMIT_NOFILE, (lowest_free_fd(worker), limits[1]))
+    with connect(server.path) as client:
+        client.sendall(b"pid\n")
+        assert wait_for(lambda: "Cannot accept a connection" in server.stderr, timeout=5.0)
+
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
+
+        assert pid_of([read_line(client)]) == worker
+    assert "[Errno 24] Too many open files; trying again" in server.stderr
+    assert "Traceback" not in server.stderr

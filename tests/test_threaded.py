@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from tests.process_jobs import (
     Servers,
     ask_all,
     connect,
+    lowest_free_fd,
     read_line,
     read_to_end,
     wait_for,
@@ -104,6 +106,22 @@ def test_an_idle_server_stops_waking(servers: Servers) -> None:
     assert idle <= 2
     # What counts the wake-ups sees the threads that serve.
     assert serving >= 50
+
+
+def test_out_of_file_descriptors_it_serves_on_once_some_are_free(servers: Servers) -> None:
+    """accept() failing with EMFILE is logged, and the connections left waiting are
+    served once running ones close; the failure used to end the server."""
+    server = servers.start("threaded", "maxThreads=10")
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Room for two connections: the others wait for those to close.
+    assert wait_for(lambda: lowest_free_fd(server.pid) == lowest_free_fd(server.pid, 0.2), 5.0)
+    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (lowest_free_fd(server.pid) + 2, hard))
+
+    _, replies = ask_all(server.path, ["sleep 0.5"] * 6, timeout=15.0)
+
+    assert [reply[-1] for reply in replies] == ["done"] * 6
+    assert "Cannot accept a connection: [Errno 24] Too many open files" in server.stderr
+    assert server.ask("pid")
 
 
 def blocked_signals(pid: int, tid: int) -> set[int]:
