@@ -220,8 +220,9 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
                 self._running.remove(job)
 
     def _next_job(self) -> _Accepted | None:
-        """After a request: a connection that is already waiting, unless another thread
-        leads (it takes it), or other requests in progress keep the processor busy."""
+        """After a request: a connection that is already waiting, taken here while another
+        thread leads, unless other requests in progress keep the processor busy. With no
+        leader, None: this thread leads next, and finds a waiting connection at once."""
         with self._lock:
             if self._stop or not self._leading:
                 return None
