@@ -36,7 +36,7 @@ from django_runfcgi.control import (
     stop_when_idle,
 )
 from django_runfcgi.scoreboard import BUSY, IDLE, Scoreboard
-from django_runfcgi.sockets import Acceptor, wait_after_accept_error
+from django_runfcgi.sockets import Acceptor
 
 logger = logging.getLogger(__name__)
 
@@ -526,13 +526,10 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                     return  # Retired, stopping, or the master is gone.
                 if "listener" not in ready or self._stopping is not None:
                     continue
-                try:
-                    client, addr = accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                accepted = accept()
+                if accepted is None:
                     continue  # Another worker took it (B24).
-                except OSError as err:
-                    wait_after_accept_error(err)
-                    continue
+                client, addr = accepted
                 if not self._isClientAllowed(addr):
                     client.close()
                     continue

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from django_runfcgi.options import TCP, Bind, Inherited, Unix
 
@@ -309,19 +310,38 @@ def listen(target: TCP | Unix, umask: int) -> Listener:
 
 
 class Acceptor:
-    """``accept()`` for a server's loop over one listening socket.
+    """``accept()`` for a server's loop over one listening socket: the connection, or None
+    when there was none to take.
 
     The standard method reads the listening socket's family and type on every call, two
     enum conversions that cost about as much as the system call; here they are read
     once. The accepted socket is the same: blocking, with the default timeout.
+
+    None also comes after an error for want of file descriptors or memory, which is
+    logged, with a pause before the caller tries again: the connection stays queued and
+    is accepted once the server has closed others. A server at its file limit keeps
+    serving instead of ending, or spinning on the queue.
     """
 
     def __init__(self, sock: socket.socket) -> None:
         self._accept = sock._accept  # type: ignore[attr-defined]
         self._kind = (int(sock.family), int(sock.type), sock.proto)
 
-    def __call__(self) -> tuple[socket.socket, object]:
-        fd, addr = self._accept()
+    def __call__(self) -> tuple[socket.socket, Any] | None:
+        try:
+            fd, addr = self._accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return None  # Another process or thread took it, or the client left.
+        except OSError as err:
+            if err.errno not in _RESOURCE_ERRORS:
+                raise
+            logger.error(
+                "Cannot accept a connection: %s; trying again in %s s.",
+                err,
+                ACCEPT_RETRY_SECONDS,
+            )
+            time.sleep(ACCEPT_RETRY_SECONDS)
+            return None
         return socket.socket(*self._kind, fileno=fd), addr
 
 
@@ -329,17 +349,3 @@ class Acceptor:
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 ACCEPT_RETRY_SECONDS = 0.5
 """How long a server out of file descriptors (or memory) waits before accepting again."""
-
-
-def wait_after_accept_error(err: OSError) -> None:
-    """Log an accept() failure for want of resources and wait a moment; raise others.
-
-    The connection stays queued and is accepted once the server has closed others: a
-    server at its file limit keeps serving instead of ending, or spinning on the queue.
-    """
-    if err.errno not in _RESOURCE_ERRORS:
-        raise err
-    logger.error(
-        "Cannot accept a connection: %s; trying again in %s s.", err, ACCEPT_RETRY_SECONDS
-    )
-    time.sleep(ACCEPT_RETRY_SECONDS)

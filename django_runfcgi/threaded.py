@@ -31,7 +31,7 @@ from django_runfcgi.control import (
     start_thread,
     stop_when_idle,
 )
-from django_runfcgi.sockets import Acceptor, wait_after_accept_error
+from django_runfcgi.sockets import Acceptor
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._busy = 1.0
         self._stop = False
         self._wake: Callable[[], None] | None = None
-        self._sock: socket.socket | None = None
-        self._acceptor: Callable[[], tuple[socket.socket, Any]]
+        self._acceptor: Acceptor | None = None
         self._make_job: Callable[[socket.socket, Any], _Accepted | None] | None = None
         self._selector: selectors.BaseSelector | None = None
         self._stop_fds: tuple[int, int] | None = None
@@ -127,7 +126,6 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         """
         with self._lock:
             self._stop = False
-            self._sock = sock
             self._acceptor = Acceptor(sock)
             self._make_job = make_job
             self._wake = wake
@@ -296,16 +294,10 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
                 self._leading = False
 
     def _accept(self) -> _Accepted | None:
-        assert self._sock is not None, "set by start()"
+        assert self._acceptor is not None, "set by start()"
         assert self._make_job is not None, "set by start()"
-        try:
-            client, addr = self._acceptor()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return None
-        except OSError as err:
-            wait_after_accept_error(err)
-            return None
-        return self._make_job(client, addr)
+        accepted = self._acceptor()
+        return None if accepted is None else self._make_job(*accepted)
 
 
 class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc]

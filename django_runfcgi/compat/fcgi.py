@@ -590,6 +590,14 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
             if not content:
                 return True
 
+    def _nothing_unread(self) -> bool:
+        """Whether no input waits in the kernel, so that closing resets nothing.
+
+        The front end sends nothing after a request's body without FCGI_KEEP_CONN: when
+        the last read took all there was, there is no need to ask again.
+        """
+        return self._drained or not select.select([self._sock], [], [], 0)[0]
+
     def _cleanupSocket(self, req: Any = None) -> None:
         """Close at once if the front end has sent all its input for `req`, else drain it
         first.
@@ -608,9 +616,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         self._closed = True
         try:
             pending = None if req is None else self._rest_of_input(req)
-            # The front end sends nothing after a request's body without FCGI_KEEP_CONN:
-            # when the last read took all there was, close without asking again.
-            if pending and (self._drained or not select.select([self._sock], [], [], 0)[0]):
+            if pending and self._nothing_unread():
                 return
             self._sock.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + self.close_wait_seconds
@@ -623,7 +629,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
                         pending = self._rest_of_input(req)
                         if self._input_ended:
                             break
-                        if pending and not select.select([self._sock], [], [], 0)[0]:
+                        if pending and self._nothing_unread():
                             break
                     elif not self._sock.recv(65536):
                         break
