@@ -16,6 +16,7 @@ As a module: the client side and process inspection the tests use.
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -209,6 +210,16 @@ def ask_all(path: str, lines: list[str], timeout: float = 10.0) -> tuple[float, 
     return elapsed, [replies[sock].decode().splitlines() for sock in socks]
 
 
+def task_status(pid: int, tid: int | str, field: str) -> str:
+    """One field of /proc/<pid>/task/<tid>/status, such as ``SigBlk``."""
+    with open(f"/proc/{pid}/task/{tid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name == field:
+                return value.strip()
+    raise AssertionError(f"no {field} for thread {tid} of {pid}")
+
+
 def wakeups(pid: int, *, threads: bool = False) -> int:
     """How many times the process (with ``threads``, all its threads) has slept and been
     woken: voluntary context switches."""
@@ -216,22 +227,26 @@ def wakeups(pid: int, *, threads: bool = False) -> int:
     total = 0
     for tid in tasks:
         try:
-            with open(f"/proc/{pid}/task/{tid}/status") as status:
-                total += next(
-                    int(line.split()[1])
-                    for line in status
-                    if line.startswith("voluntary_ctxt_switches:")
-                )
+            total += int(task_status(pid, tid, "voluntary_ctxt_switches"))
         except FileNotFoundError:  # A thread that has just exited.
             continue
     return total
 
 
-def lowest_free_fd(pid: int, after: float = 0.0) -> int:
+def _lowest_free_fd(pid: int, after: float = 0.0) -> int:
     """The number the process's next file descriptor would get."""
     time.sleep(after)
     in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
     return min(set(range(len(in_use) + 1)) - in_use)
+
+
+def leave_descriptors(pid: int, spare: int) -> tuple[int, int]:
+    """Lower the process's file limit so that ``spare`` more descriptors fit; the
+    previous limits, to put back. The process may still be closing a connection."""
+    assert wait_for(lambda: _lowest_free_fd(pid) == _lowest_free_fd(pid, after=0.2), 5.0)
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid) + spare, limits[1]))
+    return limits
 
 
 def pid_of(reply: list[str]) -> int:

@@ -23,7 +23,7 @@ from tests.process_jobs import (
     Servers,
     ask_all,
     connect,
-    lowest_free_fd,
+    leave_descriptors,
     pid_of,
     read_line,
     read_to_end,
@@ -449,11 +449,7 @@ def test_a_worker_out_of_file_descriptors_waits_and_serves_on(servers: Servers) 
     it with a traceback, and its replacement could fail the same way."""
     server = servers.start("prefork", "minSpare=1", "maxSpare=1", "maxChildren=1")
     [worker] = server.workers()
-    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
-    # With the limit at the next descriptor's number, none is left. The worker may
-    # still be closing the connection that showed it was serving.
-    assert wait_for(lambda: lowest_free_fd(worker) == lowest_free_fd(worker, after=0.2), 5.0)
-    resource.prlimit(worker, resource.RLIMIT_NOFILE, (lowest_free_fd(worker), limits[1]))
+    limits = leave_descriptors(worker, 0)
     with connect(server.path) as client:
         client.sendall(b"pid\n")
         assert wait_for(lambda: "Cannot accept a connection" in server.stderr, timeout=5.0)

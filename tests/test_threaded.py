@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import signal
 import threading
 import time
@@ -20,9 +19,10 @@ from tests.process_jobs import (
     Servers,
     ask_all,
     connect,
-    lowest_free_fd,
+    leave_descriptors,
     read_line,
     read_to_end,
+    task_status,
     wait_for,
     wakeups,
 )
@@ -112,10 +112,8 @@ def test_out_of_file_descriptors_it_serves_on_once_some_are_free(servers: Server
     """accept() failing with EMFILE is logged, and the connections left waiting are
     served once running ones close; the failure used to end the server."""
     server = servers.start("threaded", "maxThreads=10")
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Room for two connections: the others wait for those to close.
-    assert wait_for(lambda: lowest_free_fd(server.pid) == lowest_free_fd(server.pid, 0.2), 5.0)
-    resource.prlimit(server.pid, resource.RLIMIT_NOFILE, (lowest_free_fd(server.pid) + 2, hard))
+    leave_descriptors(server.pid, 2)
 
     _, replies = ask_all(server.path, ["sleep 0.5"] * 6, timeout=15.0)
 
@@ -125,12 +123,8 @@ def test_out_of_file_descriptors_it_serves_on_once_some_are_free(servers: Server
 
 
 def blocked_signals(pid: int, tid: int) -> set[int]:
-    with open(f"/proc/{pid}/task/{tid}/status") as status:
-        for line in status:
-            if line.startswith("SigBlk:"):
-                mask = int(line.split()[1], 16)
-                return {number + 1 for number in range(64) if mask >> number & 1}
-    raise AssertionError(f"no signal mask for thread {tid}")
+    mask = int(task_status(pid, tid, "SigBlk"), 16)
+    return {number + 1 for number in range(64) if mask >> number & 1}
 
 
 def test_only_the_main_thread_takes_stop_signals(servers: Servers) -> None:
