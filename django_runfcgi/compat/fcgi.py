@@ -28,6 +28,18 @@ from django_runfcgi.compat.common import (
     write_cgi_error,
 )
 
+try:
+    from django_runfcgi import _speedups
+except ImportError:  # Installed without a compiler: Python reads every record.
+    _speedups = None  # type: ignore[assignment]
+
+_read_request = (
+    None
+    if _speedups is None or os.environ.get("RUNFCGI_PURE_PYTHON", "0") != "0"
+    else _speedups.read_request
+)
+"""The C accelerator's reader of a whole request, if built and not turned off."""
+
 _HEADER = struct.Struct("!BBHHBx")
 _END_REQUEST_BODY = struct.Struct(fcgi_base.FCGI_EndRequestBody)
 _PADDING = bytes(8)
@@ -433,8 +445,11 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         try:
             with self._logging_failures():
                 while self._keepGoing:
-                    if not self._requests and not self._wait_for_request():
-                        break
+                    if not self._requests:
+                        if not self._wait_for_request():
+                            break
+                        if self._start_request():
+                            continue
                     self.process_input()
         finally:
             self._cleanupSocket()
@@ -445,7 +460,29 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         if self._pos < len(self._buffer) or self._fill(block=False):
             self._first = False
             return True
-        return bool(super()._wait_for_request())
+        if not super()._wait_for_request():
+            return False
+        # Read what came, so that a request that arrived whole is read in one step.
+        self._fill(block=True, at_start=True)
+        return True
+
+    def _start_request(self) -> bool:
+        """Run a request whose records have all arrived, read in one step (in C); False
+        if the accelerator is off or the records are anything but the common case, which
+        are then read one by one."""
+        if _read_request is None:
+            return False
+        found = _read_request(self._buffer, self._pos)
+        if found is None:
+            return False
+        self._pos, request_id, role, flags, params, body_ended = found
+        req = _FCGIRequest(self, request_id, role, flags)
+        req.params = params
+        if body_ended:
+            req.stdin.add_data(b"")
+        self._requests[request_id] = req
+        req.run()
+        return True
 
     def _fill(self, *, block: bool, at_start: bool = False) -> bool:
         """Read more input into the buffer; without `block`, False if none has come."""

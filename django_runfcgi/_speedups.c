@@ -1,0 +1,182 @@
+/* FastCGI request parsing in C, for django_runfcgi.compat.fcgi.
+
+   Optional: without it (no compiler at install, or RUNFCGI_PURE_PYTHON=1) the same
+   work is done in Python, record by record. These functions only take the common,
+   well-formed case; for anything else they return None and the Python code reads
+   the input and reports what is wrong with it.
+
+   Built against the stable ABI of Python 3.10, so one binary serves 3.10 and later.
+*/
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define HEADER_LEN 8
+#define VERSION_1 1
+#define BEGIN_REQUEST 1
+#define PARAMS 4
+#define STDIN 5
+
+/* One length of a name-value pair: one byte below 128, else four with the top bit
+   set. -1 if the data ends inside it. */
+static Py_ssize_t
+pair_length(const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos)
+{
+    Py_ssize_t at = *pos;
+    if (at >= end) {
+        return -1;
+    }
+    if (data[at] < 128) {
+        *pos = at + 1;
+        return data[at];
+    }
+    if (end - at < 4) {
+        return -1;
+    }
+    *pos = at + 4;
+    return ((Py_ssize_t)(data[at] & 0x7F) << 24) | ((Py_ssize_t)data[at + 1] << 16)
+           | ((Py_ssize_t)data[at + 2] << 8) | (Py_ssize_t)data[at + 3];
+}
+
+/* Add the pairs of data[0:end] to dict, names and values decoded as latin-1.
+   0 on success, 1 if a pair is cut short or overruns, -1 with an exception set. */
+static int
+add_pairs(PyObject *dict, const unsigned char *data, Py_ssize_t end)
+{
+    Py_ssize_t pos = 0;
+    while (pos < end) {
+        Py_ssize_t name_length = pair_length(data, end, &pos);
+        if (name_length < 0) {
+            return 1;
+        }
+        Py_ssize_t value_length = pair_length(data, end, &pos);
+        if (value_length < 0 || end - pos < name_length
+            || end - pos - name_length < value_length) {
+            return 1;
+        }
+        PyObject *name = PyUnicode_DecodeLatin1((const char *)data + pos, name_length, NULL);
+        if (name == NULL) {
+            return -1;
+        }
+        pos += name_length;
+        PyObject *value = PyUnicode_DecodeLatin1((const char *)data + pos, value_length, NULL);
+        if (value == NULL) {
+            Py_DECREF(name);
+            return -1;
+        }
+        pos += value_length;
+        int failed = PyDict_SetItem(dict, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (failed) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The header of the record at data[pos:end]: 0 if the whole record is there. */
+static int
+record_at(const unsigned char *data, Py_ssize_t end, Py_ssize_t pos, int *kind,
+          int *request_id, Py_ssize_t *length, Py_ssize_t *total)
+{
+    if (end - pos < HEADER_LEN || data[pos] != VERSION_1) {
+        return -1;
+    }
+    *kind = data[pos + 1];
+    *request_id = (data[pos + 2] << 8) | data[pos + 3];
+    *length = (data[pos + 4] << 8) | data[pos + 5];
+    *total = HEADER_LEN + *length + data[pos + 6];
+    return end - pos < *total ? -1 : 0;
+}
+
+PyDoc_STRVAR(read_request_doc,
+"read_request(buffer: bytes, pos: int) -> tuple[int, int, int, int, dict[str, str], bool] | None\n\n"
+"A request that starts at buffer[pos:] and has fully arrived: its FCGI_BEGIN_REQUEST\n"
+"and its FCGI_PARAMS records up to the empty one, and an empty FCGI_STDIN record if\n"
+"one follows at once. Returns (end, request_id, role, flags, params, body_ended),\n"
+"end being where the next record starts; None if the records are anything else.");
+
+static PyObject *
+read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "read_request() takes a buffer and a position");
+        return NULL;
+    }
+    char *buffer;
+    Py_ssize_t end;
+    if (PyBytes_AsStringAndSize(args[0], &buffer, &end) < 0) {
+        return NULL;
+    }
+    Py_ssize_t pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (pos < 0 || pos > end) {
+        PyErr_SetString(PyExc_ValueError, "position outside the buffer");
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)buffer;
+    int kind, request_id, other_id;
+    Py_ssize_t length, total;
+    if (record_at(data, end, pos, &kind, &request_id, &length, &total) < 0
+        || kind != BEGIN_REQUEST || length != 8) {
+        Py_RETURN_NONE;
+    }
+    int role = (data[pos + HEADER_LEN] << 8) | data[pos + HEADER_LEN + 1];
+    int flags = data[pos + HEADER_LEN + 2];
+    pos += total;
+
+    PyObject *params = PyDict_New();
+    if (params == NULL) {
+        return NULL;
+    }
+    for (;;) {
+        if (record_at(data, end, pos, &kind, &other_id, &length, &total) < 0
+            || kind != PARAMS || other_id != request_id) {
+            Py_DECREF(params);
+            Py_RETURN_NONE;
+        }
+        if (length == 0) {
+            pos += total;
+            break;
+        }
+        int result = add_pairs(params, data + pos + HEADER_LEN, length);
+        if (result != 0) {
+            Py_DECREF(params);
+            if (result < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        pos += total;
+    }
+    int body_ended = 0;
+    if (record_at(data, end, pos, &kind, &other_id, &length, &total) == 0 && kind == STDIN
+        && other_id == request_id && length == 0) {
+        body_ended = 1;
+        pos += total;
+    }
+    PyObject *ended = PyBool_FromLong(body_ended);
+    return Py_BuildValue("(niiiNN)", pos, request_id, role, flags, params, ended);
+}
+
+static PyMethodDef methods[] = {
+    {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL, read_request_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "django_runfcgi._speedups",
+    .m_doc = "FastCGI request parsing in C; see django_runfcgi.compat.fcgi.",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModuleDef_Init(&module);
+}

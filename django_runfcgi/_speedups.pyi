@@ -1,0 +1,3 @@
+def read_request(
+    buffer: bytes, pos: int, /
+) -> tuple[int, int, int, int, dict[str, str], bool] | None: ...
