@@ -155,11 +155,12 @@ class Harness:
             sock, addr = self._listener.accept()
             wrapped = self.wrap(sock) if self.wrap else sock
             conn = self.connection_class(wrapped, addr, self.server, None)
+            thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+            # Last: once wait_for_connection() sees it, connections_done() waits for it.
             self.sockets.append(wrapped)
             self.connections.append(conn)
-            thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
-            thread.start()
-            self._threads.append(thread)
 
     def _run(self, conn: Any, sock: socket.socket) -> None:
         try:
@@ -656,6 +657,47 @@ def test_malformed_input_closes_with_one_log_line(
             {"fcgi": "FastCGI", "scgi": "SCGI", "ajp": "AJP"}[protocol] + " protocol error from "
         )
     assert REQUESTS[protocol](harness.address, timeout=5).status == 200
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+@pytest.mark.parametrize(
+    ("error", "level"),
+    [
+        (RuntimeError("a bug in the connection code"), logging.ERROR),
+        (ConnectionResetError(104, "Connection reset by peer"), logging.INFO),
+    ],
+    ids=["unexpected", "os-error"],
+)
+def test_a_failing_connection_costs_one_log_line_not_the_worker(
+    serve: Callable[..., Harness],
+    caplog: pytest.LogCaptureFixture,
+    protocol: str,
+    error: Exception,
+    level: int,
+) -> None:
+    """A connection that fails in an unforeseen way is logged (with its traceback if it
+    is not an OS error) and closed; the worker goes on serving."""
+
+    class Failing(OURS[protocol].connection_class):  # type: ignore[name-defined,misc]
+        def _wait_for_request(self) -> bool:
+            raise error
+
+    harness = serve(protocol, ignoring_app, connection_class=Failing)
+    with caplog.at_level(logging.INFO, logger="django_runfcgi"):
+        with connect(harness.address):
+            harness.wait_for_connection()
+        assert harness.connections_done(5)
+    assert harness.errors == []
+    [record] = [r for r in caplog.records if r.name.startswith("django_runfcgi")]
+    assert record.levelno == level
+    name = {"fcgi": "FastCGI", "scgi": "SCGI", "ajp": "AJP"}[protocol]
+    assert record.getMessage().startswith(f"{name} connection from ")
+    if level == logging.ERROR:
+        assert record.exc_info is not None
+        assert record.exc_info[1] is error
+    else:
+        assert record.exc_info is None
+        assert record.getMessage().endswith("failed: [Errno 104] Connection reset by peer")
 
 
 @pytest.mark.parametrize(("protocol", "impl"), flup_fails("B22, empty packet is an error", "ajp"))

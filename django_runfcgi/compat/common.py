@@ -10,7 +10,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from types import TracebackType
 from typing import Any, ClassVar
 from urllib.parse import unquote_to_bytes
 
@@ -243,26 +243,44 @@ class ProtocolConnection:
             if readable:
                 return True
 
-    @contextmanager
-    def _logging_failures(self) -> Iterator[None]:
-        """A broken client costs one log line and its connection, never the worker."""
-        try:
-            yield
-        except EOFError:
-            pass
-        except self.protocol_errors as exc:
+    def _logging_failures(self) -> ProtocolConnection:
+        """For ``with``: a broken client costs one log line and its connection, never the
+        worker. The connection is its own context manager: a generator-based one cost
+        every connection a generator and four calls."""
+        return self
+
+    def __enter__(self) -> ProtocolConnection:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, EOFError):
+            return True
+        if isinstance(exc, self.protocol_errors):
             logger.warning(
                 "%s protocol error from %s: %s; connection closed",
                 self.protocol_name,
                 peer(self._addr),
                 exc,
             )
-        except OSError as exc:
+        elif isinstance(exc, OSError):
             logger.info(
                 "%s connection from %s failed: %s", self.protocol_name, peer(self._addr), exc
             )
-        except Exception:
-            logger.exception("%s connection from %s failed", self.protocol_name, peer(self._addr))
+        else:
+            logger.error(
+                "%s connection from %s failed",
+                self.protocol_name,
+                peer(self._addr),
+                exc_info=(type(exc), exc, tb),
+            )
+        return True
 
 
 class LoopbackServer:
