@@ -599,8 +599,9 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
         remove: bool = True,
         end: bytes = b"",
     ) -> None:
-        body = _END_REQUEST_BODY.pack(appStatus, protocolStatus)
-        self.send_bytes(end + _fcgi_record(fcgi_base.FCGI_END_REQUEST, req.requestId, body))
+        # Eight bytes of body: a whole record with no padding.
+        record = _HEADER.pack(1, fcgi_base.FCGI_END_REQUEST, req.requestId, 8, 0)
+        self.send_bytes(end + record + _END_REQUEST_BODY.pack(appStatus, protocolStatus))
         if remove:
             self._requests.pop(req.requestId, None)
         if not (req.flags & fcgi_base.FCGI_KEEP_CONN) and not self._requests:
