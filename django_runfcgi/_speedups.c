@@ -38,10 +38,60 @@ pair_length(const unsigned char *data, Py_ssize_t end, Py_ssize_t *pos)
            | ((Py_ssize_t)data[at + 2] << 8) | (Py_ssize_t)data[at + 3];
 }
 
-/* Add the pairs of data[0:end] to dict, names and values decoded as latin-1.
-   0 on success, 1 if a pair is cut short or overruns, -1 with an exception set. */
+#define KEPT_PAIRS 64
+#define KEPT_LENGTH 1024
+
+/* The names and values of the last request's pairs, by position. A front end sends the
+   same names in the same order every time, and many of the same values (its software,
+   the server's name and port, the document root), so most strings are taken from here,
+   hashes already computed, instead of being made anew. Only ASCII text is kept, whose
+   UTF-8 form is its bytes. Not interned: names come from clients (HTTP_*), and interned
+   strings are never freed. Only called with the GIL held. */
+static PyObject *kept[2 * KEPT_PAIRS];
+
 static int
-add_pairs(PyObject *dict, const unsigned char *data, Py_ssize_t end)
+is_ascii(const unsigned char *data, Py_ssize_t length)
+{
+    unsigned char any = 0;
+    for (Py_ssize_t i = 0; i < length; i++) {
+        any |= data[i];
+    }
+    return any < 128;
+}
+
+/* data[0:length] decoded as latin-1, the one kept at `slot` if it is the same text. */
+static PyObject *
+latin1_text(Py_ssize_t slot, const unsigned char *data, Py_ssize_t length)
+{
+    if (slot >= 2 * KEPT_PAIRS || length > KEPT_LENGTH) {
+        return PyUnicode_DecodeLatin1((const char *)data, length, NULL);
+    }
+    PyObject *known = kept[slot];
+    if (known != NULL) {
+        Py_ssize_t known_length;
+        const char *text = PyUnicode_AsUTF8AndSize(known, &known_length);
+        if (text == NULL) {
+            return NULL;
+        }
+        if (known_length == length && memcmp(text, data, (size_t)length) == 0) {
+            Py_INCREF(known);
+            return known;
+        }
+    }
+    PyObject *text = PyUnicode_DecodeLatin1((const char *)data, length, NULL);
+    if (text != NULL && is_ascii(data, length)) {
+        Py_INCREF(text);
+        kept[slot] = text;
+        Py_XDECREF(known);
+    }
+    return text;
+}
+
+/* Add the pairs of data[0:end] to dict, names and values decoded as latin-1; `index`
+   counts the request's pairs across its records. 0 on success, 1 if a pair is cut
+   short or overruns, -1 with an exception set. */
+static int
+add_pairs(PyObject *dict, const unsigned char *data, Py_ssize_t end, Py_ssize_t *index)
 {
     Py_ssize_t pos = 0;
     while (pos < end) {
@@ -54,17 +104,18 @@ add_pairs(PyObject *dict, const unsigned char *data, Py_ssize_t end)
             || end - pos - name_length < value_length) {
             return 1;
         }
-        PyObject *name = PyUnicode_DecodeLatin1((const char *)data + pos, name_length, NULL);
+        PyObject *name = latin1_text(2 * *index, data + pos, name_length);
         if (name == NULL) {
             return -1;
         }
         pos += name_length;
-        PyObject *value = PyUnicode_DecodeLatin1((const char *)data + pos, value_length, NULL);
+        PyObject *value = latin1_text(2 * *index + 1, data + pos, value_length);
         if (value == NULL) {
             Py_DECREF(name);
             return -1;
         }
         pos += value_length;
+        *index += 1;
         int failed = PyDict_SetItem(dict, name, value);
         Py_DECREF(name);
         Py_DECREF(value);
@@ -132,6 +183,7 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (params == NULL) {
         return NULL;
     }
+    Py_ssize_t index = 0;
     for (;;) {
         if (record_at(data, end, pos, &kind, &other_id, &length, &total) < 0
             || kind != PARAMS || other_id != request_id) {
@@ -142,7 +194,7 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
             pos += total;
             break;
         }
-        int result = add_pairs(params, data + pos + HEADER_LEN, length);
+        int result = add_pairs(params, data + pos + HEADER_LEN, length, &index);
         if (result != 0) {
             Py_DECREF(params);
             if (result < 0) {

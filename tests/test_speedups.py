@@ -266,3 +266,29 @@ def test_servers_use_the_accelerator_unless_told_not_to() -> None:
         pytest.skip("the C accelerator is not built (no compiler at install)")
     pure = os.environ.get("RUNFCGI_PURE_PYTHON", "0") != "0"
     assert (fcgi._read_request is None) is pure
+
+
+def test_each_request_sees_its_own_parameters(
+    accelerated: CountingReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accelerator reuses the strings of the last request's parameters where the
+    bytes are the same; whatever differs must be new: a value, a name, a length, a
+    character outside ASCII."""
+    monkeypatch.setattr(fcgi, "_read_request", accelerated)
+    requests = [
+        [(b"REQUEST_URI", b"/a/"), (b"HTTP_HOST", b"one"), (b"HTTP_X", b"caf\xe9")],
+        [(b"REQUEST_URI", b"/a/"), (b"HTTP_HOST", b"one"), (b"HTTP_X", b"caf\xe8")],
+        [(b"REQUEST_URI", b"/ab/"), (b"HTTP_HOSTS", b"one"), (b"HTTP_X", b"cafe")],
+        [(b"REQUEST_URI", b"/ab/"), (b"HTTP_HOSTX", b"one"), (b"HTTP_X", b"cafd")],
+        [(b"REQUEST_URI", b"/a"), (b"HTTP_X", b"one"), (b"HTTP_HOST", b"cafe")],
+        [(b"HTTP_X", b"/a"), (b"REQUEST_URI", b"/a/b/c/"), (b"HTTP_HOST", b"")],
+        [(b"REQUEST_URI", b"/a/")],
+    ]
+    for items in requests:
+        answer = exchange(get(pairs(*items)))
+        payload = json.loads(answer[answer.index(b"\r\n\r\n") + 4 : answer.rindex(b"}") + 1])
+        sent = {name.decode("latin-1"): value.decode("latin-1") for name, value in items}
+        assert {k: v for k, v in payload["environ"].items() if k in sent} == sent
+        unsent = {"HTTP_HOST", "HTTP_HOSTS", "HTTP_HOSTX", "HTTP_X"} - set(sent)
+        assert not unsent & set(payload["environ"])
+    assert accelerated.taken == len(requests)
