@@ -706,7 +706,7 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="repetitions; the median is shown (3)"
+        "--repeat", type=int, default=5, help="repetitions; the median is shown (5)"
     )
     parser.add_argument(
         "--connections", default="1,16,64", help="concurrency levels, comma-separated (1,16,64)"
