@@ -155,12 +155,11 @@ class Harness:
             sock, addr = self._listener.accept()
             wrapped = self.wrap(sock) if self.wrap else sock
             conn = self.connection_class(wrapped, addr, self.server, None)
-            thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-            # Last: once wait_for_connection() sees it, connections_done() waits for it.
             self.sockets.append(wrapped)
             self.connections.append(conn)
+            thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def _run(self, conn: Any, sock: socket.socket) -> None:
         try:
@@ -180,9 +179,13 @@ class Harness:
     def connections_done(self, timeout: float) -> bool:
         """Whether every connection's run() has returned within `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        # A connection is listed just before its thread starts.
+        while len(self._threads) < len(self.connections) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for thread in list(self._threads):
             thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._threads)
+        threads = list(self._threads)
+        return len(threads) == len(self.connections) and not any(t.is_alive() for t in threads)
 
     def close(self) -> bool:
         """Stop accepting; True when every connection has finished."""
