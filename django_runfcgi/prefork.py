@@ -470,15 +470,15 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._child(sock, link)
             except KeyboardInterrupt:
-                pass  # SIGINT: stop now.
+                # SIGINT: stop now, and from here. Leaving this block would free the
+                # interrupted frames, and a connection's socket still open in them would
+                # be closed by the garbage collector with a ResourceWarning on stderr.
+                _leave_worker(0)
             except BaseException:
                 logger.exception("Worker process %d failed.", os.getpid())
                 status = 1
         finally:
-            try:
-                flush_stdio()
-            finally:
-                os._exit(status)
+            _leave_worker(status)
 
     def _leave_master(self) -> None:
         """Drop the master's handlers, pipe and links; install the worker's handlers."""
@@ -573,6 +573,14 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         finally:
             self._job = None
             client.close()
+
+
+def _leave_worker(status: int) -> NoReturn:
+    """End a worker process: output flushed, no finally blocks or atexit hooks."""
+    try:
+        flush_stdio()
+    finally:
+        os._exit(status)
 
 
 class _Waiter:
