@@ -1,9 +1,9 @@
 /* FastCGI request parsing in C, for django_runfcgi.compat.fcgi.
 
    Optional: without it (no compiler at install, or RUNFCGI_PURE_PYTHON=1) the same
-   work is done in Python, record by record. These functions only take the common,
-   well-formed case; for anything else they return None and the Python code reads
-   the input and reports what is wrong with it.
+   work is done in Python, record by record. read_request() only takes the common,
+   well-formed case; for anything else it returns None and the Python code reads the
+   input and reports what is wrong with it.
 
    Built against the stable ABI of Python 3.10, so one binary serves 3.10 and later.
 */

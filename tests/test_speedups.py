@@ -22,10 +22,8 @@ import pytest
 
 from django_runfcgi.compat import fcgi
 
-try:
-    from django_runfcgi import _speedups
-except ImportError:
-    _speedups = None  # type: ignore[assignment]
+_speedups = fcgi._speedups
+"""The built accelerator, whether or not RUNFCGI_PURE_PYTHON turned servers off it."""
 
 BEGIN_REQUEST, GET_VALUES, PARAMS, STDIN = 1, 9, 4, 5
 RESPONDER, KEEP_CONN = 1, 1

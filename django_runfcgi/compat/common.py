@@ -258,8 +258,8 @@ class ProtocolConnection:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        if exc is None or not isinstance(exc, Exception):
-            return False
+        if not isinstance(exc, Exception):
+            return False  # None, or KeyboardInterrupt and SystemExit: not ours to swallow.
         if isinstance(exc, EOFError):
             return True
         if isinstance(exc, self.protocol_errors):
