@@ -40,28 +40,34 @@ REQUESTS = {
 }
 
 
+def respond(handler: Any, base: dict[str, Any], body: bytes = b"") -> None:
+    """One request, as a server makes it: a fresh environ and body, the response read
+    and closed; AssertionError unless it is a 200."""
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        if not status.startswith("200"):
+            raise AssertionError(f"{base['PATH_INFO']} answered {status}")
+        return lambda data: None
+
+    environ = dict(base)
+    environ["wsgi.input"] = io.BytesIO(body)
+    result = handler(environ, start_response)
+    for _chunk in result:
+        pass
+    result.close()
+
+
 def measure(handler: Any, view: str, seconds: float) -> float:
     method, path, body = REQUESTS[view]
     base = dict(BASE_ENVIRON, REQUEST_METHOD=method, PATH_INFO=path, REQUEST_URI=path)
     if body:
         base.update(CONTENT_LENGTH=str(len(body)), CONTENT_TYPE="application/octet-stream")
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        if not status.startswith("200"):
-            raise AssertionError(f"{path} answered {status}")
-        return lambda data: None
-
     count = 0
     started = time.perf_counter()
     deadline = started + seconds
     now = started
     while now < deadline:
-        environ = dict(base)
-        environ["wsgi.input"] = io.BytesIO(body)
-        result = handler(environ, start_response)
-        for _chunk in result:
-            pass
-        result.close()
+        respond(handler, base, body)
         count += 1
         now = time.perf_counter()
     return count / (now - started)

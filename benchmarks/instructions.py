@@ -145,21 +145,12 @@ SERVERS = {
 }
 
 DJANGO_LOOP = """
-import io, sys
 from django.core.wsgi import get_wsgi_application
+from benchmarks.ceiling import BASE_ENVIRON, respond
 handler = get_wsgi_application()
-base = dict(PARAMS)
-base.update({"wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
-             "wsgi.multithread": False, "wsgi.multiprocess": True, "wsgi.run_once": False})
-def start_response(status, headers, exc_info=None):
-    return None
+base = dict(BASE_ENVIRON, **PARAMS)
 for _ in range(COUNT):
-    environ = dict(base)
-    environ["wsgi.input"] = io.BytesIO(b"")
-    result = handler(environ, start_response)
-    for _chunk in result:
-        pass
-    result.close()
+    respond(handler, base)
 """
 
 
