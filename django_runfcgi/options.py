@@ -12,7 +12,7 @@ import argparse
 import difflib
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -313,11 +313,73 @@ def parse_words(words: Iterable[str]) -> tuple[dict[str, object], bool]:
             wants_help = True
             continue
         if key not in BY_NAME:
+            if not sep and key in TRUE_WORDS | FALSE_WORDS:
+                raise OptionError(
+                    f"{word!r} stands alone; write the option and its value as one word,"
+                    f" e.g. daemonize={key} or --daemonize={key}."
+                )
             raise _unknown(key)
         if key in values:
             raise OptionError(f"{key}= is given twice.")
         values[key] = value if sep else True
     return values, wants_help
+
+
+def _is_value(word: str) -> bool:
+    return not word.startswith("-") and "=" not in word and word.lower() not in {"help", *BY_NAME}
+
+
+def dashed_to_words(args: Sequence[str], own: Collection[str]) -> list[str]:
+    """Turn runfcgi's ``--name`` forms into the ``key=value`` words of Django 1.8.
+
+    Both forms then go through :func:`parse_words`, so they accept the same values and
+    may be mixed in any order. A boolean takes ``--name``, ``--no-name``, ``--name=VALUE``
+    and ``--name VALUE`` (VALUE one of the boolean words); any other option takes
+    ``--name=VALUE`` or ``--name VALUE``. ``own`` holds the option strings that belong
+    to the command itself (``--settings``, ``-v``...): those are left for argparse. An
+    unknown ``--name`` becomes a word too, so that its error suggests the closest name.
+    """
+    words: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        following = args[index + 1] if index + 1 < len(args) else None
+        index += 1
+        if arg == "--":
+            words.extend(args[index - 1 :])
+            break
+        head, sep, value = arg.partition("=")
+        key = head[2:].lower()
+        option = BY_NAME.get(key)
+        negated = option is None and key.startswith("no-") and key[3:] in BY_NAME
+        if not arg.startswith("--") or (option is None and not negated and head in own):
+            words.append(arg)
+            continue
+        if negated:
+            name = key[3:]
+            if not BY_NAME[name].flag:
+                raise OptionError(f"{head} is not an option: {name}= is not true or false.")
+            if sep:
+                raise OptionError(f"{head} takes no value; write --{name}={value} instead.")
+            words.append(f"{name}=false")
+        elif option is None or sep:
+            words.append(f"{key}{sep}{value}")
+        elif option.flag:
+            # A following word that is neither an option nor key=value is this flag's
+            # value, so that "--daemonize maybe" says what a boolean accepts.
+            if following is not None and _is_value(following):
+                words.append(f"{key}={following}")
+                index += 1
+            else:
+                words.append(key)
+        elif following is None:
+            raise OptionError(
+                f"{head} needs a value; write {head}={option.metavar} or {key}={option.metavar}."
+            )
+        else:
+            words.append(f"{key}={following}")
+            index += 1
+    return words
 
 
 def merge(*sources: Mapping[str, object]) -> dict[str, object]:

@@ -217,3 +217,30 @@ def test_timeouts_from_python_values() -> None:
 def test_threaded_takes_a_shutdown_timeout_and_requesttimeout_0() -> None:
     config = config_from("method=threaded", "shutdowntimeout=5", "requesttimeout=0")
     assert (config.shutdowntimeout, config.requesttimeout) == (5.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--daemonize"], ["daemonize"]),
+        (["--no-daemonize"], ["daemonize=false"]),
+        (["--daemonize=no"], ["daemonize=no"]),
+        (["--daemonize", "Off", "--debug"], ["daemonize=Off", "debug"]),
+        (["--debug", "--socket", "/s"], ["debug", "socket=/s"]),
+        (["--port", "-1"], ["port=-1"]),
+        (
+            ["socket=/s", "--settings", "x", "--method=threaded"],
+            ["socket=/s", "--settings", "x", "method=threaded"],
+        ),
+        (["--Socket=/s"], ["socket=/s"]),
+        (["--sockett", "/s"], ["sockett", "/s"]),
+        (["--", "--debug"], ["--", "--debug"]),
+    ],
+)
+def test_dashed_forms_become_words(args: list[str], words: list[str]) -> None:
+    assert options.dashed_to_words(args, {"--settings"}) == words
+
+
+def test_dashed_and_word_forms_read_the_same() -> None:
+    dashed = options.dashed_to_words(["--daemonize", "false", "--maxspare", "9"], set())
+    assert options.parse_words(dashed) == options.parse_words(["daemonize=false", "maxspare=9"])

@@ -35,6 +35,14 @@ def assert_one_line_error(run_output: str, expected: str) -> None:
         (["minspare=9"], "minspare=9 is above maxspare=5"),
         (["--port", "80", "port=81", "--host", "h"], "port= is given twice."),
         (["--protocol", "gopher"], "protocol='gopher' is not supported"),
+        (["--protocl=scgi"], "Unknown option 'protocl'. Did you mean 'protocol'?"),
+        (["--daemonize", "maybe"], "daemonize='maybe' is not a boolean; use true or false"),
+        (["socket=/tmp/x.sock", "false"], "'false' stands alone; write the option and its value"),
+        (["--daemonize=perhaps"], "daemonize='perhaps' is not a boolean; use true or false"),
+        (["--no-daemonize=true"], "--no-daemonize takes no value; write --daemonize=true"),
+        (["--no-socket"], "--no-socket is not an option: socket= is not true or false."),
+        (["--socket"], "--socket needs a value; write --socket=FILE or socket=FILE."),
+        (["--verbosity", "9"], "argument -v/--verbosity: invalid choice: 9"),
     ],
 )
 def test_bad_options_exit_non_zero_with_one_line(
@@ -43,6 +51,41 @@ def test_bad_options_exit_non_zero_with_one_line(
     run = runner.run(*args)
     assert run.proc.returncode == 1
     assert_one_line_error(run.stderr, expected)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        ["--daemonize=false"],
+        ["--daemonize", "false"],
+        ["--no-daemonize"],
+        ["daemonize=false"],
+        ["--daemonize", "no", "--debug", "false"],
+        ["--debug=off", "--daemonize=0", "--method", "threaded"],
+        ["--method", "threaded", "daemonize=false", "--verbosity", "1"],
+    ],
+    ids=" ".join,
+)
+def test_every_boolean_form_serves_in_the_foreground(runner: Runner, form: list[str]) -> None:
+    """The README's ``--socket PATH --daemonize=false`` and its neighbours all work."""
+    sock = runner.tmp / "fcgi.sock"
+    run = runner.serve("--socket", str(sock), *form, address=str(sock))
+    response = fcgi_request(str(sock), "GET", "/echo/")
+    assert response.status == 200
+    assert response.json()["pid"] in (run.proc.pid, *tagged_pids(runner.tag))
+    assert run.proc.poll() is None, "the server detached although daemonize was false"
+    run.signal(signal.SIGTERM)
+    assert run.wait(10) == 0
+
+
+def test_words_stand_anywhere_among_options(runner: Runner) -> None:
+    sock = runner.tmp / "fcgi.sock"
+    run = runner.serve(
+        f"socket={sock}", "--method", "threaded", "daemonize=false", address=str(sock)
+    )
+    assert fcgi_request(str(sock), "GET", "/echo/").json()["pid"] == run.proc.pid
+    run.signal(signal.SIGTERM)
+    assert run.wait(10) == 0
 
 
 def test_port_in_use_is_reported_before_detaching(runner: Runner) -> None:

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
-from argparse import ArgumentParser
-from typing import Any
+import sys
+from argparse import ArgumentParser, Namespace
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_runfcgi import options
 from django_runfcgi.lifecycle import StartupError, serve
+
+
+class RunfcgiParser(CommandParser):
+    """Django's parser, reading runfcgi's ``--name`` forms as the historic words.
+
+    ``--daemonize false``, ``--debug=no`` and ``socket=X --method threaded`` all mean what
+    they say: every runfcgi option is rewritten to a ``key=value`` word first, so the two
+    forms take the same values and mix in any order. What argparse itself rejects comes
+    out as one ``CommandError:`` line and exit status 1, like every other option error,
+    rather than a usage text and status 2.
+    """
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Namespace | None = None
+    ) -> Namespace:
+        given = list(sys.argv[1:] if args is None else args)
+        try:
+            words = options.dashed_to_words(given, self._option_string_actions)
+        except options.OptionError as err:
+            self.error(str(err))
+        return self.parse_intermixed_args(words, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if not self.called_from_command_line:
+            raise CommandError(message)
+        self.exit(1, f"CommandError: {message}\n")
 
 
 class Command(BaseCommand):
@@ -17,6 +45,13 @@ class Command(BaseCommand):
         "given as key=value words (as in Django 1.8) or as --key value; "
         "'manage.py runfcgi help' lists them."
     )
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        # Django builds its CommandParser itself; the subclass adds no state, only how
+        # arguments are read and how a mistake is reported.
+        parser.__class__ = RunfcgiParser
+        return parser
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument(
