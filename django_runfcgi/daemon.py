@@ -13,7 +13,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-READY = b"ready\n"
+from django_runfcgi.log import stamp
+
+READY = b"ready"
+
+Logs = dict[int, int]
+"""Log files opened for the standard streams: target descriptor (1, 2) -> open file."""
 
 
 @dataclass
@@ -22,8 +27,9 @@ class Readiness:
 
     fd: int | None = field(default=None)
 
-    def ready(self) -> None:
-        self._send(READY)
+    def ready(self, status: str) -> None:
+        """Serving: the waiting process prints ``status`` and exits 0."""
+        self._send(READY + b" " + status.encode("utf-8", "replace") + b"\n")
 
     def failed(self, message: str) -> None:
         self._send(b"error: " + message.encode("utf-8", "replace") + b"\n")
@@ -51,7 +57,9 @@ def _wait_for_daemon(read_fd: int, first_child: int) -> int:
     os.close(read_fd)
     os.waitpid(first_child, 0)
     message = b"".join(chunks)
-    if message == READY:
+    if message.startswith(READY + b" "):
+        sys.stdout.write(message[len(READY) + 1 :].decode("utf-8", "replace"))
+        sys.stdout.flush()
         return 0
     text = message.decode("utf-8", "replace").strip().removeprefix("error: ")
     if not text:
@@ -64,27 +72,37 @@ class LogError(Exception):
     """A log file cannot be opened; found in the foreground, before detaching."""
 
 
-def open_logs(outlog: Path | None, errlog: Path | None) -> tuple[int, int]:
-    """Open stdout's and stderr's targets for appending (/dev/null where unset)."""
-    fds: list[int] = []
-    for name, path in (("outlog", outlog), ("errlog", errlog)):
-        try:
-            if path is None:
-                fds.append(os.open(os.devnull, os.O_WRONLY))
-            else:
-                fds.append(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666))
-        except OSError as err:
-            for fd in fds:
-                os.close(fd)
-            raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
-    return fds[0], fds[1]
+def _open_log(name: str, path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
 
 
-def use_logs(fds: tuple[int, int]) -> None:
-    """Make the opened log files the process's stdout and stderr."""
+def open_logs(outlog: Path | None, errlog: Path | None) -> Logs:
+    """Open the log files that are set, for appending; one path is opened once."""
+    logs: Logs = {}
+    try:
+        if errlog is not None:
+            logs[2] = _open_log("errlog", errlog)
+        if outlog is not None:
+            logs[1] = os.dup(logs[2]) if outlog == errlog else _open_log("outlog", outlog)
+    except LogError:
+        close_logs(logs)
+        raise
+    return logs
+
+
+def close_logs(logs: Logs) -> None:
+    for fd in logs.values():
+        os.close(fd)
+
+
+def use_logs(logs: Logs) -> None:
+    """Make the opened log files the process's stdout and stderr; others stay as they are."""
     sys.stdout.flush()
     sys.stderr.flush()
-    for target, fd in zip((1, 2), fds, strict=True):
+    for target, fd in logs.items():
         os.dup2(fd, target)
         os.close(fd)
     for stream in (sys.stdout, sys.stderr):
@@ -99,17 +117,12 @@ def reopen_logs(outlog: Path | None, errlog: Path | None) -> None:
     An unset one is left as it is: a foreground server keeps writing to its terminal.
     A file that cannot be opened is reported on the current stderr and left unchanged.
     """
-    for name, path, target in (("outlog", outlog, 1), ("errlog", errlog, 2)):
-        if path is None:
-            continue
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-        except OSError as err:
-            sys.stderr.write(f"Cannot reopen {name}={str(path)!r}: {err.strerror}.\n")
-            continue
-        (sys.stdout if target == 1 else sys.stderr).flush()
-        os.dup2(fd, target)
-        os.close(fd)
+    try:
+        logs = open_logs(outlog, errlog)
+    except LogError as err:
+        sys.stderr.write(stamp(f"Cannot reopen the log files: {err}", "ERROR") + "\n")
+        return
+    use_logs(logs)
 
 
 def close_inherited_fds(keep: set[int]) -> None:
@@ -131,16 +144,18 @@ def close_inherited_fds(keep: set[int]) -> None:
             os.close(fd)
 
 
-def detach(*, workdir: Path, umask: int, logs: tuple[int, int], keep: set[int]) -> Readiness:
-    """Double fork into a new session; only the daemon returns."""
+def detach(*, workdir: Path, umask: int, logs: Logs, keep: set[int]) -> Readiness:
+    """Double fork into a new session; only the daemon returns.
+
+    A standard stream without a log file goes to /dev/null: the terminal is not ours.
+    """
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     first = os.fork()
     if first:
         os.close(write_fd)
-        for fd in logs:
-            os.close(fd)
+        close_logs(logs)
         os._exit(_wait_for_daemon(read_fd, first))
     os.close(read_fd)
     os.setsid()
@@ -148,8 +163,10 @@ def detach(*, workdir: Path, umask: int, logs: tuple[int, int], keep: set[int]) 
         os._exit(0)
     os.chdir(workdir)
     os.umask(umask)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
+    null = os.open(os.devnull, os.O_RDWR)
+    for target in (0, 1, 2):
+        if target not in logs:
+            os.dup2(null, target)
     os.close(null)
     use_logs(logs)
     close_inherited_fds(keep | {write_fd})

@@ -10,6 +10,7 @@ and the running workers instead of binding and detaching again.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import signal
 import socket
@@ -25,14 +26,16 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
-from django_runfcgi import daemon, handover, pidfile, reload, sockets, systemd
+from django_runfcgi import daemon, handover, log, pidfile, reload, sockets, systemd
 from django_runfcgi.compat.common import peer
-from django_runfcgi.options import Config, Inherited
+from django_runfcgi.options import DEFAULT_LOG, Config, Inherited
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
 
 # Signals the servers handle. From the moment the pidfile or the announcement can be
 # seen until run() has its handlers in place, they wait instead of killing the process.
 SERVER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+
+logger = logging.getLogger(__name__)
 
 
 class StartupError(Exception):
@@ -86,27 +89,58 @@ def _listener(config: Config, handed: Handed | None) -> sockets.Listener:
     return sockets.Listener(handed.sock, config.bind)
 
 
+@dataclass(frozen=True)
+class LogPaths:
+    """Where stdout and stderr go; None leaves a stream where it is (the terminal)."""
+
+    outlog: Path | None
+    errlog: Path | None
+
+
+def log_paths(config: Config, daemonize: bool, start_dir: Path) -> LogPaths:
+    """A daemon with no errlog= writes to runfcgi.log in the directory it was started
+    in, and its stdout goes with stderr unless outlog= says otherwise: a detached server
+    must not lose a failed reload, a killed worker or a crash to /dev/null."""
+    if not daemonize:
+        return LogPaths(config.outlog, config.errlog)
+    errlog = config.errlog if config.errlog is not None else start_dir / DEFAULT_LOG
+    return LogPaths(config.outlog if config.outlog is not None else errlog, errlog)
+
+
+def _open_logs(config: Config, paths: LogPaths) -> daemon.Logs:
+    try:
+        return daemon.open_logs(paths.outlog, paths.errlog)
+    except daemon.LogError as err:
+        if config.errlog is not None or config.outlog is not None:
+            raise
+        # The default log, in a directory this user cannot write: old init scripts
+        # started from / must keep working, so say it and detach without a log.
+        message = f"{err} The server's messages are lost; pass errlog=FILE to keep them."
+        sys.stderr.write(log.stamp(message, "WARNING") + "\n")
+        return {}
+
+
 def _prepare(
-    config: Config, handed: Handed | None, daemonize: bool
-) -> tuple[sockets.Listener, tuple[int, int] | None]:
+    config: Config,
+    handed: Handed | None,
+    paths: LogPaths,
+) -> tuple[sockets.Listener, daemon.Logs]:
     """Everything that can fail on the user's input, done before detaching.
 
     A server still stopping on the same address (TERM, then this start: the restart
     script) hands its socket over, with the connections waiting on it.
     """
     taken = handover.take(config.bind) if handed is None else None
+    logs: daemon.Logs = {}
     try:
         if config.pidfile is not None:
             pidfile.check(config.pidfile, successor_of=taken.pid if taken else None)
-        logs = (
-            daemon.open_logs(config.outlog, config.errlog)
-            if daemonize or config.outlog or config.errlog
-            else None
-        )
+        logs = _open_logs(config, paths)
         listener = sockets.from_stopping_server(taken.sock, config.bind) if taken else None
         if listener is None:
             listener = _listener(config, handed)
     except (pidfile.PidfileError, daemon.LogError, sockets.BindError) as err:
+        daemon.close_logs(logs)
         if taken is not None:
             taken.decline()
         raise StartupError(str(err)) from err
@@ -207,6 +241,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     if reload.checking():
         load_application()
         return
+    log.configure()
     start_dir = os.getcwd()
     notifier = systemd.Notifier.from_environment()
     state = reload.take_state()
@@ -220,15 +255,18 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         # systemd supervises the process it started: detaching would lose it.
         by_systemd = handed is not None and handed.by_systemd
         daemonize = daemonize and not by_systemd
+        paths = log_paths(config, daemonize, Path(start_dir))
         try:
             application = load_application()
-            listener, logs = _prepare(config, handed, daemonize)
+            listener, logs = _prepare(config, handed, paths)
         except BaseException:
             if handed is not None:
                 handed.sock.close()
             raise
     else:
         listener = sockets.take_over(state.fd, config.bind, state.created)
+        daemonize = daemonize and not by_systemd
+        paths = log_paths(config, daemonize, Path(state.start_dir))
 
     readiness = daemon.Readiness()
     owner = os.getpid()
@@ -239,7 +277,6 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             application = load_application()
         elif daemonize:
             assert config.workdir is not None, "resolve() sets workdir when daemonizing"
-            assert logs is not None
             readiness = daemon.detach(
                 workdir=config.workdir,
                 umask=config.umask,
@@ -248,7 +285,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             )
             owner = os.getpid()
             notifier.owner = owner
-        elif logs is not None:
+        else:
             daemon.use_logs(logs)
         if config.workdir is not None:
             os.chdir(config.workdir)
@@ -264,13 +301,14 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         what = "Reloaded; serving" if state is not None else "Serving"
         status = (
             f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
-            f"{where}, PID {owner}."
+            f"{where}, PID {owner}"
         )
+        status += f"; logging to {paths.errlog}." if daemonize and paths.errlog else "."
         server = make_server(config, application)
         server.reload_check = _notifying_reload_check(
             functools.partial(reload.check_new_code, start_dir), notifier, status
         )
-        server.on_usr1 = functools.partial(daemon.reopen_logs, config.outlog, config.errlog)
+        server.on_usr1 = functools.partial(daemon.reopen_logs, paths.outlog, paths.errlog)
 
         def stop_begins(graceful: bool) -> None:
             nonlocal offer
@@ -286,8 +324,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         if state is not None:
             server.adopt_workers(state.retiring)
         if by_systemd or not isinstance(config.bind, Inherited):
-            announce(status)
-        readiness.ready()
+            announce(log.stamp(status))
+        readiness.ready(log.stamp(status))
         notifier.ready(status)
         if server.run(listener.sock):
             successor = reload.State(
@@ -318,4 +356,5 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             if config.pidfile is not None:
                 with suppress(OSError):
                     pidfile.remove_if_ours(config.pidfile, owner)
+            logger.info("Stopped, PID %d.", owner)
             sys.stdout.flush()

@@ -22,6 +22,9 @@ Method = Literal["prefork", "threaded"]
 
 PROTOCOLS: tuple[Protocol, ...] = ("fcgi", "scgi", "ajp")
 METHODS: tuple[Method, ...] = ("prefork", "threaded")
+DEFAULT_LOG = "runfcgi.log"
+"""A daemon's log when errlog= is not given, in the directory it was started in."""
+
 METHOD_ALIASES = {"fork": "prefork", "thread": "threaded"}
 TRUE_WORDS = frozenset({"true", "yes", "t", "y", "1", "on"})
 FALSE_WORDS = frozenset({"false", "no", "f", "n", "0", "off"})
@@ -257,8 +260,22 @@ OPTIONS: tuple[Option, ...] = (
         "BOOL",
         flag=True,
     ),
-    Option("outlog", parse_text, None, "Append standard output to this file.", "FILE"),
-    Option("errlog", parse_text, None, "Append standard error to this file.", "FILE"),
+    Option(
+        "outlog",
+        parse_text,
+        None,
+        "Append standard output to this file.",
+        "FILE",
+        default_text="the terminal; when daemonized, errlog's file",
+    ),
+    Option(
+        "errlog",
+        parse_text,
+        None,
+        "Append standard error, and runfcgi's own time-stamped messages, to this file.",
+        "FILE",
+        default_text=f"the terminal; when daemonized, {DEFAULT_LOG} in the starting directory",
+    ),
     Option(
         "umask",
         parse_umask,
