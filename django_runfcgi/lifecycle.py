@@ -29,6 +29,7 @@ from django.db import connections
 from django_runfcgi import daemon, handover, log, pidfile, reload, sockets, systemd
 from django_runfcgi.compat.common import peer
 from django_runfcgi.options import DEFAULT_LOG, Config, Inherited
+from django_runfcgi.prefix import forget_prefixed_urls
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
 
 # Signals the servers handle. From the moment the pidfile or the announcement can be
@@ -50,6 +51,8 @@ def load_application() -> Any:
         raise StartupError(f"{err}{cause}") from err
     # Connections opened while loading must not be shared by forked workers.
     connections.close_all()
+    # The checks ran before any request set the mount prefix.
+    forget_prefixed_urls()
     return application
 
 

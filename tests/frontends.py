@@ -24,6 +24,8 @@ DOC_SCGI_SOCKET = "/run/mysite/scgi.sock"
 # Backends listening on TCP, in the order a recipe lists them.
 DOC_TCP = ("127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003")
 DOC_LISTEN = "listen 80;"
+# STATIC_ROOT, which every recipe serves at /static/ (/app/static/ under the prefix).
+DOC_STATIC = "/srv/mysite/static/"
 
 
 class FrontendMissing(RuntimeError):
@@ -131,6 +133,9 @@ pid {self.directory}/nginx.pid;
 error_log {self.directory}/error.log warn;
 events {{ worker_connections 512; }}
 http {{
+    # As Debian's nginx.conf: a stylesheet must come as text/css or browsers ignore it.
+    include mime.types;
+    default_type application/octet-stream;
     access_log off;
     client_body_temp_path {temp}/body;
     fastcgi_temp_path {temp}/fastcgi;

@@ -1,7 +1,8 @@
 """Settings for the project that the tests and the demo serve through runfcgi.
 
 A few values come from the environment so that a test can start the same project
-mounted under a prefix, with DEBUG on, or with a broken WSGI_APPLICATION.
+mounted under a prefix, with DEBUG on, with its static files collected somewhere, or
+with a broken WSGI_APPLICATION.
 """
 
 import os
@@ -14,6 +15,7 @@ DEBUG = os.environ.get("TESTPROJECT_DEBUG", "") == "1"
 ALLOWED_HOSTS = ["*"]
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -67,7 +69,11 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Relative, as startproject writes them: Django adds the mount prefix (SCRIPT_NAME).
 STATIC_URL = "static/"
+MEDIA_URL = "media/"
+# Where collectstatic puts the files the front end serves at /static/.
+STATIC_ROOT = os.environ.get("TESTPROJECT_STATIC_ROOT", str(BASE_DIR / "static"))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if os.environ.get("TESTPROJECT_FORCE_SCRIPT_NAME") is not None:

@@ -1,3 +1,4 @@
+from django.contrib import admin
 from django.urls import path
 
 from testproject import views
@@ -16,4 +17,6 @@ urlpatterns = [
     path("slow/", views.slow, name="slow"),
     path("status/<int:code>/", views.status, name="status"),
     path("cookie/", views.set_cookie, name="cookie"),
+    path("assets/", views.assets, name="assets"),
+    path("admin/", admin.site.urls),
 ]

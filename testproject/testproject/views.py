@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -15,6 +16,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -153,3 +155,15 @@ def set_cookie(request: HttpRequest) -> HttpResponse:
     response.set_cookie("flavour", request.GET.get("flavour", "oatmeal"))
     response.set_cookie("second", "two")
     return response
+
+
+def assets(request: HttpRequest) -> JsonResponse:
+    """The URLs Django makes for static and uploaded files, under the mount prefix."""
+    return JsonResponse(
+        {
+            "static": static("admin/css/base.css"),
+            "static_url": settings.STATIC_URL,
+            "media_url": settings.MEDIA_URL,
+            "media_file": default_storage.url("report.pdf"),
+        }
+    )

@@ -15,3 +15,12 @@ if os.environ.get("TESTPROJECT_QUERY_AT_LOAD") == "1":
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
+
+if os.environ.get("TESTPROJECT_URLS_AT_LOAD") == "1":
+    # Some projects make file URLs while loading (a manifest check, a middleware that
+    # asks the storages): the storages then exist before any request set the prefix.
+    from django.core.files.storage import default_storage
+    from django.templatetags.static import static
+
+    static("admin/css/base.css")
+    default_storage.url("report.pdf")

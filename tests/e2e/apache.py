@@ -29,7 +29,6 @@ DOC_FCGI_TCP = "127.0.0.1:8001"
 DOC_SCGI_TCP = "127.0.0.1:8002"
 DOC_AJP_FIRST = "127.0.0.1:8009"
 DOC_AJP_SECOND = "127.0.0.1:8010"
-DOC_STATIC = "/srv/mysite/static/"
 DOC_PYTHON = "#!/home/mysite/venv/bin/python"
 DOC_PROJECT = "/home/mysite/mysite"
 DOC_SETTINGS = '"mysite.settings"'

@@ -8,12 +8,16 @@ written to the file named by RUNFCGI_E2E_TABLE if that is set.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+import shutil
+import sys
+import tempfile
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import TESTPROJECT, Runner
 from tests.e2e.scenarios import SCENARIOS, Site
 from tests.frontends import FrontendMissing, find
 
@@ -50,6 +54,24 @@ def require(binary: str, package: str) -> str:
 @pytest.fixture(scope="session")
 def nginx_binary() -> str:
     return require("nginx", "nginx-light")
+
+
+@pytest.fixture(scope="session")
+def static_root() -> Iterator[Path]:
+    """The testproject's STATIC_ROOT, filled by ``manage.py collectstatic`` as a deploy does."""
+    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+    root = tmp / "static"
+    runner = Runner(tmp)
+    try:
+        collect = runner.run(
+            command=[sys.executable, str(TESTPROJECT / "manage.py"), "collectstatic", "--noinput"],
+            env={"TESTPROJECT_STATIC_ROOT": str(root)},
+        )
+        assert collect.proc.returncode == 0, collect.describe()
+        yield root
+    finally:
+        runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -80,6 +80,9 @@ server.http-parseopts = (
     "url-path-dotseg-remove" => "enable",
 )
 
+# As Debian's lighttpd.conf: a stylesheet must come as text/css or browsers ignore it.
+include_shell "/usr/share/lighttpd/create-mime.conf.pl"
+
 include "{d}/site.conf"
 """
 

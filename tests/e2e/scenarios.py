@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+import django
 import pytest
 
 from testproject.bigfile import SIZE as DOWNLOAD_SIZE
@@ -29,6 +32,10 @@ UNICODE_PATH = "/caf%C3%A9/%C3%BCn%C3%AFcode/"
 CONCURRENT = 8
 # Generous for a loaded two-core machine, far below the 8 s of one-at-a-time.
 CONCURRENT_LIMIT = 4.5
+# A file collectstatic copies into STATIC_ROOT, and the stylesheets the admin links.
+ADMIN_CSS = "admin/css/base.css"
+ADMIN_CSS_SOURCE = Path(django.__file__).parent / "contrib" / "admin" / "static" / ADMIN_CSS
+STYLESHEET = re.compile(rb'<link rel="stylesheet" href="([^"]*)"')
 
 
 @dataclass(frozen=True)
@@ -283,6 +290,31 @@ def concurrent_slow_requests(site: Site) -> None:
     assert elapsed < CONCURRENT_LIMIT, f"{CONCURRENT} one-second requests took {elapsed:.1f} s"
 
 
+def expect_stylesheet(response: HttpResponse) -> None:
+    """A stylesheet a browser applies: text/css, served by the front end from STATIC_ROOT."""
+    expect(response, 200)
+    assert (response.header("Content-Type") or "").split(";")[0] == "text/css"
+    # Django's middleware adds this header to every response it makes.
+    assert response.header("X-Frame-Options") is None, "served by Django, not the front end"
+
+
+def static_file(site: Site) -> None:
+    response = site.request("GET", f"/static/{ADMIN_CSS}")
+    expect_stylesheet(response)
+    assert response.body == ADMIN_CSS_SOURCE.read_bytes()
+
+
+def admin_stylesheet_link(site: Site) -> None:
+    """The admin's pages link their stylesheets under the mount, where they are served."""
+    page = site.request("GET", "/admin/login/")
+    expect(page, 200)
+    links = [link.decode() for link in STYLESHEET.findall(page.body)]
+    assert site.url(f"/static/{ADMIN_CSS}") in links
+    assert [link for link in links if not link.startswith(site.url("/static/admin/"))] == []
+    for link in links:
+        expect_stylesheet(http_request(site.port, "GET", link, timeout=30))
+
+
 def skippable(name: str, check: Callable[[Site], None]) -> Callable[[Site], None]:
     """Skip, with the documented reason, what a front end cannot do by design."""
 
@@ -315,5 +347,7 @@ SCENARIOS: dict[str, Callable[[Site], None]] = {
         "cookies": cookies,
         "keep-alive": keep_alive,
         "concurrent-slow": concurrent_slow_requests,
+        "static-file": static_file,
+        "admin-stylesheet": admin_stylesheet_link,
     }.items()
 }

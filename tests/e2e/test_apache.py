@@ -30,14 +30,13 @@ from tests.e2e.apache import (
     DOC_PYTHON,
     DOC_SCGI_TCP,
     DOC_SETTINGS,
-    DOC_STATIC,
     Apache,
     apache_binary,
     vhost,
 )
 from tests.e2e.http import http_request
 from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_SOCKET, recipe
+from tests.frontends import DOC_SOCKET, DOC_STATIC, recipe
 from tests.process_jobs import alive, parent_of
 
 __all__ = ["apache_binary"]
@@ -66,12 +65,11 @@ class Wiring:
     cannot: Mapping[str, str] = field(default_factory=dict)
     host: str = ""  # main-server settings of a shared host (mod_fcgid)
     needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
-    static: bool = False  # the recipe serves /static/ from a directory
     mpm: str = "event"
 
 
 WIRINGS = [
-    Wiring("apache-fcgi.conf", "fcgi", "unix", "", "unix", static=True),
+    Wiring("apache-fcgi.conf", "fcgi", "unix", "", "unix"),
     Wiring("apache-fcgi-prefix.conf", "fcgi", "tcp", "/app", "tcp"),
     Wiring(
         "apache-scgi.conf", "scgi", "proxy", "", "tcp", cannot={"chunked-body": CHUNKED_REFUSED}
@@ -129,8 +127,6 @@ TCP_DOCS = {
     "ajp": (DOC_AJP_FIRST, DOC_AJP_SECOND),
 }
 
-STATIC_CSS = "body { color: #333; }\n"
-
 
 @dataclass
 class Served:
@@ -157,20 +153,17 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
             port = free_port()
             runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
             replacements[TCP_DOCS[wiring.protocol][index]] = f"127.0.0.1:{port}"
-    if wiring.static:
-        static = runner.tmp / "static"
-        static.mkdir()
-        (static / "site.css").write_text(STATIC_CSS)
-        replacements[DOC_STATIC] = f"{static}/"
     return replacements
 
 
-def shared_host(runner: Runner, wiring: Wiring, port: int) -> tuple[str, str]:
-    """A document root holding the documented .htaccess and mysite.fcgi; returns the
-    host's site and main-server settings, as a shared host would have them."""
+def shared_host(runner: Runner, wiring: Wiring, port: int, static_root: Path) -> tuple[str, str]:
+    """A document root holding the documented .htaccess and mysite.fcgi, and STATIC_ROOT
+    beside them; returns the host's site and main-server settings, as a shared host would
+    have them."""
     htdocs = runner.tmp / "htdocs"
     directory = htdocs / wiring.mount.lstrip("/")
     directory.mkdir(parents=True)
+    shutil.copytree(static_root, directory / "static")
     (directory / ".htaccess").write_text(recipe("htaccess", {}))
     script = directory / "mysite.fcgi"
     script.write_text(
@@ -216,7 +209,9 @@ def shared_host(runner: Runner, wiring: Wiring, port: int) -> tuple[str, str]:
     params=WIRINGS,
     ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
 )
-def served(request: pytest.FixtureRequest, apache_binary: str) -> Iterator[Served]:
+def served(
+    request: pytest.FixtureRequest, apache_binary: str, static_root: Path
+) -> Iterator[Served]:
     wiring: Wiring = request.param
     tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
     runner = Runner(tmp)
@@ -225,9 +220,9 @@ def served(request: pytest.FixtureRequest, apache_binary: str) -> Iterator[Serve
         port = free_port()
         main = ""
         if wiring.transport == "fcgid":
-            site_config, main = shared_host(runner, wiring, port)
+            site_config, main = shared_host(runner, wiring, port, static_root)
         else:
-            replacements = serve(runner, wiring) | vhost(port)
+            replacements = serve(runner, wiring) | vhost(port) | {DOC_STATIC: f"{static_root}/"}
             site_config = recipe(wiring.recipe, replacements)
         apache = Apache(tmp / "apache", site_config, port, mpm=wiring.mpm, main=main).start()
         site = Site(
@@ -260,17 +255,6 @@ def test_scenario(
         need = served.wiring.needs[scenario]
         request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
     SCENARIOS[scenario](site)
-
-
-def test_static_files_served_by_apache(served: Served) -> None:
-    if not served.wiring.static:
-        pytest.skip("the recipe serves no static files")
-    response = http_request(served.site.port, "GET", "/static/site.css", timeout=10)
-    assert response.status == 200
-    assert response.body == STATIC_CSS.encode()
-    assert response.header("Content-Type") == "text/css"
-    # Served from the directory: Django's security headers are absent.
-    assert response.header("X-Frame-Options") is None
 
 
 def test_balancer_spreads_requests_over_backends(served: Served) -> None:

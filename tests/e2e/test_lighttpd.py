@@ -31,7 +31,7 @@ from tests.e2e.lighttpd import (
     lighttpd_binary,
 )
 from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_SOCKET, recipe
+from tests.frontends import DOC_SOCKET, DOC_STATIC, recipe
 from tests.process_jobs import alive
 
 __all__ = ["lighttpd_binary"]
@@ -100,14 +100,17 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
     params=WIRINGS,
     ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
 )
-def served(request: pytest.FixtureRequest, lighttpd_binary: str) -> Iterator[Served]:
+def served(
+    request: pytest.FixtureRequest, lighttpd_binary: str, static_root: Path
+) -> Iterator[Served]:
     wiring: Wiring = request.param
     tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
     runner = Runner(tmp)
     lighttpd: Lighttpd | None = None
     try:
         port = free_port()
-        site_config = recipe(wiring.recipe, serve(runner, wiring))
+        replacements = serve(runner, wiring) | {DOC_STATIC: f"{static_root}/"}
+        site_config = recipe(wiring.recipe, replacements)
         # lighttpd passes its environment on to what it starts: the test's tag and database.
         lighttpd = Lighttpd(tmp / "lighttpd", site_config, port, env=runner.env()).start()
         site = Site(

@@ -23,7 +23,15 @@ import pytest
 from tests.conftest import Address, Runner, free_port
 from tests.e2e.http import http_request
 from tests.e2e.scenarios import SCENARIOS, STREAM_PAUSE, Site, stream_lead
-from tests.frontends import DOC_LISTEN, DOC_SCGI_SOCKET, DOC_SOCKET, DOC_TCP, Nginx, recipe
+from tests.frontends import (
+    DOC_LISTEN,
+    DOC_SCGI_SOCKET,
+    DOC_SOCKET,
+    DOC_STATIC,
+    DOC_TCP,
+    Nginx,
+    recipe,
+)
 from tests.process_jobs import parent_of, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -115,7 +123,7 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
 
 
 @contextmanager
-def serving(wiring: Wiring, nginx_binary: str) -> Iterator[Served]:
+def serving(wiring: Wiring, nginx_binary: str, static_root: Path) -> Iterator[Served]:
     """runfcgi and nginx running the wiring, all stopped and removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
     runner = Runner(tmp)
@@ -124,6 +132,7 @@ def serving(wiring: Wiring, nginx_binary: str) -> Iterator[Served]:
         replacements = serve(runner, wiring)
         port = free_port()
         replacements[DOC_LISTEN] = f"listen 127.0.0.1:{port};"
+        replacements[DOC_STATIC] = f"{static_root}/"
         nginx = Nginx(tmp / "nginx", recipe(wiring.recipe, replacements), port).start()
         site = Site(
             "nginx",
@@ -148,8 +157,10 @@ def serving(wiring: Wiring, nginx_binary: str) -> Iterator[Served]:
     params=WIRINGS,
     ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
 )
-def served(request: pytest.FixtureRequest, nginx_binary: str) -> Iterator[Served]:
-    with serving(request.param, nginx_binary) as served:
+def served(
+    request: pytest.FixtureRequest, nginx_binary: str, static_root: Path
+) -> Iterator[Served]:
+    with serving(request.param, nginx_binary, static_root) as served:
         yield served
 
 
@@ -227,10 +238,10 @@ def test_streamed_response_is_buffered_unless_the_view_asks(served: Served) -> N
     assert lead < STREAM_PAUSE, f"streamed ({lead:.2f} s) without X-Accel-Buffering: no"
 
 
-def test_location_without_buffering_streams(nginx_binary: str) -> None:
+def test_location_without_buffering_streams(nginx_binary: str, static_root: Path) -> None:
     """nginx-fastcgi-streaming.conf: fastcgi_buffering off for the URLs under /stream/."""
     wiring = Wiring("nginx-fastcgi-streaming.conf", "fcgi", "", "unix", "unix")
-    with serving(wiring, nginx_binary) as served:
+    with serving(wiring, nginx_binary, static_root) as served:
         lead = stream_lead(served.site, accel=False)
         assert lead >= STREAM_PAUSE, f"buffered: the first chunk led the last by {lead:.2f} s"
         SCENARIOS["get"](served.site)
