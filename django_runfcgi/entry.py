@@ -8,11 +8,13 @@ An old ``mysite.fcgi`` changes one import and nothing else::
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 import django
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 
 
@@ -22,12 +24,11 @@ def runfastcgi(argset: Iterable[str] = (), **kwargs: Any) -> None:
     Django 1.8 returned False on errors, and the script then exited 0 having served
     nothing: web servers restarted it in a loop without a word in their error log.
     """
-    django.setup()
-    from django_runfcgi.management.commands.runfcgi import Command  # noqa: PLC0415
-
-    command = Command()
     try:
-        command.execute(
+        setup_django()
+        from django_runfcgi.management.commands.runfcgi import Command  # noqa: PLC0415
+
+        Command().execute(
             words=list(argset),
             python_values={key.lower(): value for key, value in kwargs.items()},
             verbosity=1,
@@ -40,3 +41,20 @@ def runfastcgi(argset: Iterable[str] = (), **kwargs: Any) -> None:
         sys.stderr.write(f"runfcgi: error: {err}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
+
+
+def setup_django() -> None:
+    """``django.setup()``, with settings or apps that fail to load told in one line.
+
+    The script runs under a web server, whose error log would otherwise get a
+    traceback into Django's internals for a mistyped ``DJANGO_SETTINGS_MODULE``.
+    """
+    try:
+        django.setup()
+    except (ImportError, ImproperlyConfigured, SyntaxError) as err:
+        module = os.environ.get("DJANGO_SETTINGS_MODULE")
+        detail = " ".join(str(err).split())
+        raise CommandError(
+            f"Cannot load the project (DJANGO_SETTINGS_MODULE={module!r}): "
+            f"{type(err).__name__}: {detail}"
+        ) from err

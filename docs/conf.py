@@ -13,3 +13,5 @@ extensions = ["runfcgi_options"]
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 nitpicky = True
+html_static_path = ["_static"]
+html_css_files = ["wrap.css"]

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.clients import fcgi_request
 from tests.conftest import TESTPROJECT, Run, Runner, free_port, wait_until_accepting
 from tests.e2e.http import http_request
 from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, Nginx, recipe
-from tests.process_jobs import processes, wait_for
+from tests.process_jobs import parent_of, processes, wait_for
 
 LOAD_THREADS = 4
 LOAD_LIMIT = 20_000  # requests per thread, a bound that a healthy run never reaches
@@ -120,6 +121,9 @@ def test_reload_under_load_fails_no_request(
 
 # Django 1.8's restart script, as docs/signals.rst shows it.
 RESTART_SCRIPT = CONFIGS / "restart.sh"
+DOC_PYTHON = "/srv/mysite/venv/bin/python"
+# The first line of a manage.py made by django-admin startproject.
+STARTPROJECT_SHEBANG = "#!/usr/bin/env python"
 
 
 def masters_serving(sock: str) -> list[int]:
@@ -140,8 +144,10 @@ def masters_serving(sock: str) -> list[int]:
 def old_style_site(short_tmp: Path) -> Iterator[tuple[Path, Callable[[], int]]]:
     """A project laid out for the historic restart script; its servers killed at the end.
 
-    The script clears the environment (``env -``), so manage.py names this interpreter
-    in its first line, and the project package is found through PYTHONPATH="..".
+    The script clears the environment (``env -``), PATH included, so the first line
+    of manage.py (``#!/usr/bin/env python``) would find no Python: the script names the
+    virtual environment's Python (this interpreter here), and the project package is
+    found through PYTHONPATH="..".
     """
     site = short_tmp / "site"
     project = site / "mysite"
@@ -149,9 +155,10 @@ def old_style_site(short_tmp: Path) -> Iterator[tuple[Path, Callable[[], int]]]:
     (site / "testproject").symlink_to(TESTPROJECT / "testproject")
     manage = project / "manage.py"
     source = (TESTPROJECT / "manage.py").read_text().split("\n", 1)[1]
-    manage.write_text(f"#!{sys.executable}\n{source}")
+    manage.write_text(f"{STARTPROJECT_SHEBANG}\n{source}")
     manage.chmod(0o755)
-    script = RESTART_SCRIPT
+    script = short_tmp / "restart.sh"
+    script.write_text(recipe(RESTART_SCRIPT.name, {DOC_PYTHON: sys.executable}))
     sock, pidfile = short_tmp / "fcgi.sock", short_tmp / "mysite.pid"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -177,6 +184,18 @@ def old_style_site(short_tmp: Path) -> Iterator[tuple[Path, Callable[[], int]]]:
             with suppress(ProcessLookupError, PermissionError):
                 os.killpg(os.getpgid(master), signal.SIGKILL)
         shutil.rmtree(site, ignore_errors=True)
+
+
+def test_the_restart_script_starts_a_startproject_manage_py(
+    old_style_site: tuple[Path, Callable[[], int]],
+) -> None:
+    """``env -`` leaves no PATH for ``#!/usr/bin/env python``; the venv's Python is named."""
+    sock, restart = old_style_site
+    pid = restart()
+    wait_until_accepting(None, str(sock), 20)
+    response = fcgi_request(str(sock), "GET", "/echo/", timeout=20)
+    assert response.status == 200
+    assert parent_of(response.json()["pid"]) == pid
 
 
 @pytest.mark.e2e

@@ -8,6 +8,8 @@ import socket
 import sys
 import time
 
+import pytest
+
 from tests.clients import fcgi_request, scgi_request
 from tests.conftest import TESTPROJECT, Runner, free_port, tagged_pids
 
@@ -15,15 +17,15 @@ SCRIPT = """\
 import os, sys
 sys.path.insert(0, {testproject!r})
 os.chdir({testproject!r})
-os.environ['DJANGO_SETTINGS_MODULE'] = "testproject.settings"
+os.environ['DJANGO_SETTINGS_MODULE'] = {settings!r}
 from django_runfcgi import runfastcgi
 {call}
 """
 
 
-def fcgi_script(runner: Runner, call: str) -> list[str]:
+def fcgi_script(runner: Runner, call: str, settings: str = "testproject.settings") -> list[str]:
     path = runner.tmp / "mysite.fcgi"
-    path.write_text(SCRIPT.format(testproject=str(TESTPROJECT), call=call))
+    path.write_text(SCRIPT.format(testproject=str(TESTPROJECT), call=call, settings=settings))
     return [sys.executable, str(path)]
 
 
@@ -79,3 +81,37 @@ def test_bad_option_is_one_line_and_exit_1(runner: Runner) -> None:
         "runfcgi: error: Unknown option 'sokcet'. Did you mean 'socket'? "
         "See 'manage.py runfcgi help'."
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "source", "error"),
+    [
+        ("mysite.settings", None, "ModuleNotFoundError: No module named 'mysite'"),
+        (
+            "broken_settings",
+            "SECRET_KEY = (\n",
+            "SyntaxError: '(' was never closed (broken_settings.py, line 1)",
+        ),
+        (
+            "broken_settings",
+            "SECRET_KEY = 'x'\nINSTALLED_APPS = ['no_such_app']\n",
+            "ModuleNotFoundError: No module named 'no_such_app'",
+        ),
+    ],
+    ids=["missing-module", "syntax-error", "missing-app"],
+)
+def test_bad_settings_module_is_one_line_and_exit_1(
+    runner: Runner, settings: str, source: str | None, error: str
+) -> None:
+    if source is not None:
+        (runner.tmp / f"{settings}.py").write_text(source)
+    command = fcgi_script(
+        runner, 'runfastcgi(method="threaded", daemonize="false")', settings=settings
+    )
+    run = runner.run(
+        command=command, env={"PYTHONPATH": f"{runner.tmp}:{os.environ.get('PYTHONPATH', '')}"}
+    )
+    assert run.proc.returncode == 1, run.describe()
+    assert run.stderr.strip().splitlines() == [
+        f"runfcgi: error: Cannot load the project (DJANGO_SETTINGS_MODULE={settings!r}): {error}"
+    ], run.describe()

@@ -10,7 +10,6 @@ socat or ``systemd-socket-activate --accept`` spawns one server per connection.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -557,7 +556,7 @@ def test_systemd_accept_yes_passes_one_connection(runner: Runner, style: str) ->
     ), spawner.describe()
 
 
-# The units and the inetd line in docs/configs, as written.
+# The units in docs/configs, as written (the inetd lines: tests/integration/test_inetd.py).
 
 
 def read_unit(name: str) -> dict[str, list[str]]:
@@ -786,26 +785,4 @@ def test_documented_accept_units_serve_one_connection_per_process(runner: Runner
     spawner = runner.start(command=command, cwd=service.cwd)
     assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
     responses = [fcgi_request(path, "GET", "/echo/", timeout=20) for _ in range(2)]
-    assert len(served_by_new_processes(responses)) == 2
-
-
-def test_documented_inetd_line_under_socat(runner: Runner) -> None:
-    lines = [
-        line
-        for line in (CONFIGS / "inetd.conf").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-    (line,) = lines
-    service, kind, proto, wait, _user, program, *args = line.split()
-    assert (kind, proto, wait) == ("stream", "tcp", "nowait")
-    host, _, port = service.rpartition(":")
-    assert (host, port) == ("127.0.0.1", "9000")
-    assert program == "/srv/mysite/venv/bin/python"
-    # inetd passes args as argv, the first one being argv[0].
-    argv = [sys.executable, *(re.sub(r"^/srv/mysite/", f"{TESTPROJECT}/", a) for a in args[1:])]
-    new_port = free_port()
-    spawner = socat_inetd(runner, f"TCP-LISTEN:{new_port},bind=127.0.0.1,reuseaddr", argv)
-    address = ("127.0.0.1", new_port)
-    assert wait_for(lambda: can_connect(address), timeout=10), spawner.describe()
-    responses = [fcgi_request(address, "GET", "/echo/", timeout=20) for _ in range(2)]
     assert len(served_by_new_processes(responses)) == 2
