@@ -62,8 +62,8 @@ def _peer(conn: socket.socket) -> tuple[int, int]:
     return pid, uid
 
 
-def _trusted(conn: socket.socket) -> bool:
-    return _peer(conn)[1] in (os.getuid(), 0)
+def _trusted(conn: socket.socket, also: int | None = None) -> bool:
+    return _peer(conn)[1] in (os.getuid(), 0, also)
 
 
 class Offer:
@@ -159,8 +159,12 @@ class Taken:
         self._conn.close()
 
 
-def take(bind: Bind) -> Taken | None:
-    """The socket a stopping runfcgi offers for ``bind``; None when nobody offers one."""
+def take(bind: Bind, trusted_uid: int | None = None) -> Taken | None:
+    """The socket a stopping runfcgi offers for ``bind``; None when nobody offers one.
+
+    ``trusted_uid`` is the user this server becomes (user=): the stopping server runs
+    as that user when it too was started by root with user=.
+    """
     name = offer_name(bind)
     if name is None:
         return None
@@ -168,7 +172,7 @@ def take(bind: Bind) -> Taken | None:
     conn.settimeout(_REPLY_SECONDS)
     try:
         conn.connect(name)
-        if not _trusted(conn):
+        if not _trusted(conn, trusted_uid):
             conn.close()
             return None
         message, fds, _flags, _addr = socket.recv_fds(conn, 32, 1)

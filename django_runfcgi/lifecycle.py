@@ -1,8 +1,10 @@
 """One run of the server, in the order that keeps errors on the user's terminal.
 
 load the application -> check the pidfile -> bind -> detach -> write the pidfile ->
-serve -> clean up. Everything that can fail because of the user's input fails before
-the process detaches; what fails after is passed back through the readiness pipe.
+serve -> clean up. With user= (started as root), the WSGI application is loaded only
+after the pidfile is written and root is dropped. Everything that can fail because of
+the user's input fails before the process detaches; what fails after is passed back
+through the readiness pipe.
 A reload (HUP) re-executes the command, which then takes over the socket, the pidfile
 and the running workers instead of binding and detaching again.
 """
@@ -26,9 +28,19 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
-from django_runfcgi import daemon, handover, log, pidfile, reload, sockets, systemd
+from django_runfcgi import (
+    daemon,
+    directories,
+    handover,
+    log,
+    pidfile,
+    privileges,
+    reload,
+    sockets,
+    systemd,
+)
 from django_runfcgi.compat.common import peer
-from django_runfcgi.options import DEFAULT_LOG, Config, Inherited
+from django_runfcgi.options import DEFAULT_LOG, Config, Inherited, Unix
 from django_runfcgi.prefix import forget_prefixed_urls
 from django_runfcgi.server import PROTOCOL_NAMES, make_server
 
@@ -86,7 +98,9 @@ def _handed(config: Config) -> Handed | None:
 def _listener(config: Config, handed: Handed | None) -> sockets.Listener:
     if handed is None:
         assert not isinstance(config.bind, Inherited), "_handed() takes fd 0"
-        return sockets.listen(config.bind, config.umask)
+        return sockets.listen(
+            config.bind, config.umask, config.socketmode, config.socketowner, config.socketgroup
+        )
     if handed.by_systemd:
         return sockets.activated(handed.sock, handed.fd, config.bind)
     return sockets.Listener(handed.sock, config.bind)
@@ -133,16 +147,23 @@ def _prepare(
     A server still stopping on the same address (TERM, then this start: the restart
     script) hands its socket over, with the connections waiting on it.
     """
-    taken = handover.take(config.bind) if handed is None else None
+    trusted = config.user.uid if config.user is not None else None
+    taken = handover.take(config.bind, trusted) if handed is None else None
     logs: daemon.Logs = {}
     try:
+        _ensure_directories(config, binds=handed is None and taken is None)
         if config.pidfile is not None:
             pidfile.check(config.pidfile, successor_of=taken.pid if taken else None)
         logs = _open_logs(config, paths)
         listener = sockets.from_stopping_server(taken.sock, config.bind) if taken else None
         if listener is None:
             listener = _listener(config, handed)
-    except (pidfile.PidfileError, daemon.LogError, sockets.BindError) as err:
+    except (
+        pidfile.PidfileError,
+        daemon.LogError,
+        sockets.BindError,
+        directories.DirectoryError,
+    ) as err:
         daemon.close_logs(logs)
         if taken is not None:
             taken.decline()
@@ -153,6 +174,31 @@ def _prepare(
         else:
             taken.decline()
     return listener, logs
+
+
+def _ensure_directories(config: Config, binds: bool) -> None:
+    """The pidfile's directory, and the socket's when this server binds the socket."""
+    if config.pidfile is not None:
+        directories.ensure("pidfile", config.pidfile, create=config.mkdir, owner=config.user)
+    if binds and isinstance(config.bind, Unix):
+        directories.ensure("socket", config.bind.path, create=config.mkdir, owner=config.user)
+
+
+def _warn_if_root(config: Config) -> None:
+    if config.user is None and privileges.running_as_root():
+        logger.warning(privileges.ROOT_WARNING)
+
+
+def _become_user(config: Config) -> None:
+    """Drop root for the account user= names; before it, only root's work is done."""
+    if config.user is None:
+        return
+    try:
+        privileges.drop(config.user)
+    except OSError as err:
+        raise StartupError(
+            f"Cannot switch to user={config.user.describe()!r}: {err.strerror}."
+        ) from err
 
 
 RESTART_SIGNS_SECONDS = 1.0
@@ -197,6 +243,8 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
     sock = handed.sock
     with sock:
         sockets.free_standard_streams(sock)
+        # Only now: standard error may have been the connection itself.
+        _warn_if_root(config)
         if config.pidfile is not None:
             raise StartupError(
                 f"pidfile={str(config.pidfile)!r} does not apply to a connection passed by "
@@ -208,6 +256,7 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
                 sockets.activated(sock, handed.fd, config.bind)
             except sockets.BindError as err:
                 raise StartupError(str(err)) from err
+        _become_user(config)
         application = load_application()
         server: Any = make_server(config, application)
         addr = sock.getpeername()
@@ -255,12 +304,14 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         if handed is not None and not sockets.is_listening(handed.sock):
             _serve_connection(config, handed, notifier)
             return
+        _warn_if_root(config)
         # systemd supervises the process it started: detaching would lose it.
         by_systemd = handed is not None and handed.by_systemd
         daemonize = daemonize and not by_systemd
         paths = log_paths(config, daemonize, Path(start_dir))
         try:
-            application = load_application()
+            # With user=, the project is loaded once root is dropped, below.
+            application = load_application() if config.user is None else None
             listener, logs = _prepare(config, handed, paths)
         except BaseException:
             if handed is not None:
@@ -295,6 +346,9 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
         if config.pidfile is not None and state is None:
             pidfile.write(config.pidfile, owner)
+        if application is None:
+            _become_user(config)
+            application = load_application()
         if by_systemd:
             where = f"{sockets.address_of(listener.sock)} (passed by systemd)"
         elif isinstance(config.bind, Inherited):

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from django_runfcgi import privileges
+
 Protocol = Literal["fcgi", "scgi", "ajp"]
 Method = Literal["prefork", "threaded"]
 
@@ -104,6 +106,31 @@ def parse_umask(name: str, value: object) -> int:
     if not 0 <= number <= 0o777:
         raise OptionError(f"{name}={value!r} is out of range; use 000 to 777 (octal).")
     return number
+
+
+def parse_mode(name: str, value: object) -> int:
+    """A file mode in octal as ``chmod`` takes it (``660``, ``0660``); an int is the mode."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        text = str(value).strip().lower().removeprefix("0o")
+        try:
+            number = int(text, 8)
+        except ValueError:
+            number = -1
+    if not 0 <= number <= 0o777:
+        raise OptionError(
+            f"{name}={value!r} is not an octal file mode; use three octal digits such as 660."
+        )
+    return number
+
+
+def parse_account(name: str, value: object) -> str:
+    """A user or group name, or a numeric id; looked up in resolve()."""
+    text = str(value).strip()
+    if not text or isinstance(value, bool):
+        raise OptionError(f"{name}={value!r} is empty; give a name or a numeric id.")
+    return text
 
 
 def _choice(values: Iterable[str], aliases: Mapping[str, str] | None = None) -> Any:
@@ -283,6 +310,59 @@ OPTIONS: tuple[Option, ...] = (
         "Umask, in octal, for the unix socket and, when daemonized, the process.",
         "UMASK",
         default_text="022",
+    ),
+    Option(
+        "socketmode",
+        parse_mode,
+        None,
+        "Permissions of the unix socket, in octal, such as 660 (owner and group may "
+        "connect). Set when the socket is created, before anyone can connect.",
+        "MODE",
+        default_text="from umask: 755 with umask 022",
+    ),
+    Option(
+        "socketowner",
+        parse_account,
+        None,
+        "User (name or uid) that owns the unix socket; changing it needs root.",
+        "USER",
+        default_text="the user runfcgi runs as",
+    ),
+    Option(
+        "socketgroup",
+        parse_account,
+        None,
+        "Group (name or gid) of the unix socket, such as the web server's www-data, so "
+        "that with socketmode=660 the web server may connect.",
+        "GROUP",
+        default_text="runfcgi's group",
+    ),
+    Option(
+        "mkdir",
+        parse_bool,
+        False,
+        "Create the directory of socket= and of pidfile= if it is missing (such as "
+        "/run/mysite after a reboot), mode 755, owned by user= when given.",
+        "BOOL",
+        flag=True,
+    ),
+    Option(
+        "user",
+        parse_account,
+        None,
+        "When started as root: the user (name or uid) to become once the socket is bound "
+        "and the pidfile written, before the project is loaded.",
+        "USER",
+        default_text="unset: keep running as the user that started runfcgi",
+    ),
+    Option(
+        "group",
+        parse_account,
+        None,
+        "With user=: the group (name or gid) to become instead of the user's own; "
+        "the user's supplementary groups are kept.",
+        "GROUP",
+        default_text="the user's primary group",
     ),
     Option(
         "scriptname",
@@ -466,6 +546,11 @@ class Config:
     shutdowntimeout: float = 30.0
     requesttimeout: float = 0.0
     handover: float = 10.0
+    socketmode: int | None = None
+    socketowner: int | None = None
+    socketgroup: int | None = None
+    mkdir: bool = False
+    user: privileges.Account | None = None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -539,6 +624,8 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
             "in the middle of a request."
         )
 
+    socketmode, socketowner, socketgroup, user = _permissions(values, given, bind)
+
     paths = {
         name: (_absolute(values[name], base) if values[name] is not None else None)
         for name in ("pidfile", "outlog", "errlog", "workdir")
@@ -566,7 +653,46 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         shutdowntimeout=values["shutdowntimeout"],
         requesttimeout=values["requesttimeout"],
         handover=values["handover"],
+        socketmode=socketmode,
+        socketowner=socketowner,
+        socketgroup=socketgroup,
+        mkdir=values["mkdir"],
+        user=user,
     )
+
+
+def _permissions(
+    values: Mapping[str, Any], given: Mapping[str, Any], bind: Bind
+) -> tuple[int | None, int | None, int | None, privileges.Account | None]:
+    """The socket's mode, owner and group, and the account to become, as numbers.
+
+    Names are looked up now, so a typo fails on the terminal before anything is bound.
+    """
+    for name in ("socketmode", "socketowner", "socketgroup"):
+        if name in given and not isinstance(bind, Unix):
+            raise OptionError(
+                f"{name}= applies to a unix socket that runfcgi creates (socket=); "
+                "a socket on TCP or passed by another program keeps its own permissions."
+            )
+    if "group" in given and "user" not in given:
+        raise OptionError(f"group={given['group']!r} needs user= too: both are taken on together.")
+    try:
+        owner = (
+            privileges.user_id("socketowner", given["socketowner"])
+            if "socketowner" in given
+            else None
+        )
+        group = (
+            privileges.group_id("socketgroup", given["socketgroup"])
+            if "socketgroup" in given
+            else None
+        )
+        user = privileges.account(given["user"], given.get("group")) if "user" in given else None
+        if user is not None:
+            privileges.check_can_become(user)
+    except privileges.PrivilegeError as err:
+        raise OptionError(str(err)) from None
+    return values["socketmode"], owner, group, user
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,8 @@ import errno
 import ipaddress
 import logging
 import os
+import re
+import secrets
 import socket
 import stat
 import sys
@@ -53,10 +55,19 @@ class Listener:
         """Unlink our unix socket file, unless another server has replaced it since."""
         if self.created is None or not isinstance(self.bind, Unix):
             return
-        with suppress(FileNotFoundError):
+        try:
             st = os.lstat(self.bind.path)
             if (st.st_dev, st.st_ino) == self.created:
                 os.unlink(self.bind.path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:
+            # After user= the directory must be the user's (mkdir=true makes it so); the
+            # next start removes the socket that nobody answers on.
+            logger.warning(
+                "Cannot remove the socket %r: its directory is not writable by this user.",
+                str(self.bind.path),
+            )
         self.created = None
 
 
@@ -72,6 +83,8 @@ def _in_words(err: OSError, where: str) -> str:
         return f"Cannot create {where}: its directory does not exist."
     if code == errno.ENOTDIR:
         return f"Cannot create {where}: a part of its path is not a directory."
+    if code == errno.EEXIST:
+        return f"Cannot create {where}: another program created it meanwhile."
     if code == errno.EROFS:
         return f"Cannot create {where}: the file system is read-only."
     return f"Cannot listen on {where}: {err.strerror or err}."
@@ -121,40 +134,123 @@ def _is_live(path: Path) -> bool:
         probe.close()
 
 
-def bind_unix(target: Unix, umask: int) -> Listener:
-    path = target.path
-    where = f"socket {str(path)!r}"
-    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+def _temporary_path(path: Path) -> Path:
+    """Where a socket is bound before it gets its owner and group and takes its name."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(3)}")
+
+
+def _is_temporary_path_of(name: str, path: Path) -> bool:
+    bound = Path(name)
+    return (
+        bound.parent == path.parent
+        and re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{6}}", bound.name) is not None
+    )
+
+
+def _check_length(path: Path, temporary: bool) -> None:
+    extra = len(os.fsencode(_temporary_path(path))) - len(os.fsencode(path)) if temporary else 0
+    length = len(os.fsencode(path))
+    if length + extra <= UNIX_PATH_MAX:
+        return
+    if not extra:
         raise BindError(
             f"socket={str(path)!r} is too long for a unix socket "
-            f"({len(os.fsencode(path))} bytes; at most {UNIX_PATH_MAX}).",
+            f"({length} bytes; at most {UNIX_PATH_MAX}).",
         )
+    raise BindError(
+        f"socket={str(path)!r} is too long for a unix socket with socketowner= or "
+        f"socketgroup= ({length} bytes; at most {UNIX_PATH_MAX - extra}, since the socket "
+        f"is first bound under a name {extra} bytes longer).",
+    )
+
+
+def _remove_stale(path: Path, where: str) -> None:
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        pass
+        return
     except OSError as err:
         raise BindError(_in_words(err, where)) from None
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise BindError(f"{str(path)!r} exists and is not a socket; refusing to remove it.")
-        if _is_live(path):
-            raise BindError(
-                f"Another server is listening on {str(path)!r}; refusing to take its socket.",
-            )
-        # Left behind by a server that is gone: nobody answers on it.
-        with suppress(FileNotFoundError):
-            os.unlink(path)
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(f"{str(path)!r} exists and is not a socket; refusing to remove it.")
+    if _is_live(path):
+        raise BindError(
+            f"Another server is listening on {str(path)!r}; refusing to take its socket.",
+        )
+    # Left behind by a server that is gone: nobody answers on it.
+    with suppress(FileNotFoundError):
+        os.unlink(path)
 
+
+def _chown_in_words(err: OSError, path: Path, owner: int | None, group: int | None) -> str:
+    if err.errno != errno.EPERM:
+        return f"Cannot change the owner or group of socket {str(path)!r}: {err.strerror}."
+    if owner is not None and owner != os.geteuid():
+        return (
+            f"Cannot give socket {str(path)!r} to socketowner= uid {owner}: only root can "
+            "change a file's owner; start runfcgi as root (with user= to drop root after bind)."
+        )
+    return (
+        f"Cannot give socket {str(path)!r} to socketgroup= gid {group}: runfcgi's user "
+        "must be root or a member of that group."
+    )
+
+
+def bind_unix(
+    target: Unix,
+    umask: int,
+    mode: int | None = None,
+    owner: int | None = None,
+    group: int | None = None,
+) -> Listener:
+    """Bind ``target`` with its final mode, owner and group from its first moment.
+
+    The mode comes from the umask in force at bind (``mode`` sets it), so the file never
+    has another. An owner or group can only be changed after bind, so then the socket is
+    bound under a temporary name in the same directory, given its owner and group, and
+    linked to its real name: a web server connecting at any time either finds no socket
+    or one it may use, never one that refuses it. Unlike rename(), link() never replaces
+    a socket that another server bound meanwhile. The listening socket's own name
+    (getsockname) is then the temporary one, which bound_to() recognises.
+    """
+    path = target.path
+    where = f"socket {str(path)!r}"
+    chown = owner is not None or group is not None
+    _check_length(path, chown)
+    _remove_stale(path, where)
+
+    bound = _temporary_path(path) if chown else path
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with _umask(umask):
-            sock.bind(str(path))
-        sock.listen(socket.SOMAXCONN)
-        st = os.lstat(path)
+        with _umask(umask if mode is None else 0o777 & ~mode):
+            sock.bind(str(bound))
     except OSError as err:
         sock.close()
         raise BindError(_in_words(err, where)) from None
+    created: list[Path] = [bound]
+    try:
+        if chown:
+            try:
+                os.chown(bound, -1 if owner is None else owner, -1 if group is None else group)
+            except OSError as err:
+                raise BindError(_chown_in_words(err, path, owner, group)) from None
+            try:
+                os.link(bound, path)
+            except OSError as err:
+                raise BindError(_in_words(err, where)) from None
+            created.append(path)
+            os.unlink(bound)
+            created.remove(bound)
+        sock.listen(socket.SOMAXCONN)
+        st = os.lstat(path)
+    except BaseException as err:
+        sock.close()
+        for leftover in created:
+            with suppress(FileNotFoundError):
+                os.unlink(leftover)
+        if isinstance(err, OSError):
+            raise BindError(_in_words(err, where)) from None
+        raise
     return Listener(sock, target, created=(st.st_dev, st.st_ino))
 
 
@@ -222,7 +318,12 @@ def bound_to(sock: socket.socket, target: TCP | Unix) -> bool:
     """Whether ``sock`` listens on the address that host/port or socket names."""
     if isinstance(target, TCP):
         return _same_tcp(sock, target)
-    return sock.family == socket.AF_UNIX and sock.getsockname() == str(target.path)
+    if sock.family != socket.AF_UNIX:
+        return False
+    name = sock.getsockname()
+    return isinstance(name, str) and (
+        name == str(target.path) or _is_temporary_path_of(name, target.path)
+    )
 
 
 def activated(sock: socket.socket, fd: int, target: Bind) -> Listener:
@@ -303,10 +404,16 @@ def take_over(fd: int, target: Bind, created: tuple[int, int] | None) -> Listene
     return Listener(sock, target, created=created)
 
 
-def listen(target: TCP | Unix, umask: int) -> Listener:
+def listen(
+    target: TCP | Unix,
+    umask: int,
+    mode: int | None = None,
+    owner: int | None = None,
+    group: int | None = None,
+) -> Listener:
     if isinstance(target, TCP):
         return bind_tcp(target)
-    return bind_unix(target, umask)
+    return bind_unix(target, umask, mode, owner, group)
 
 
 class Acceptor:
