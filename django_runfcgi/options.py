@@ -129,7 +129,7 @@ def parse_account(name: str, value: object) -> str:
     """A user or group name, or a numeric id; looked up in resolve()."""
     text = str(value).strip()
     if not text or isinstance(value, bool):
-        raise OptionError(f"{name}={value!r} is empty; give a name or a numeric id.")
+        raise OptionError(f"{name}= needs a value: a name or a numeric id.")
     return text
 
 

@@ -142,6 +142,32 @@ def test_maxchildren_alone_caps_the_spares() -> None:
         (("socket=",), "socket= is empty; give a path."),
         (("handover=soon",), "handover='soon' is not a number of seconds; use 0 or more"),
         (("handover=-1",), "handover='-1' is not a number of seconds; use 0 or more"),
+        (
+            ("socket=/x.sock", "socketmode=rw"),
+            "socketmode='rw' is not an octal file mode; use three octal digits such as 660.",
+        ),
+        (("socket=/x.sock", "socketmode=1660"), "socketmode='1660' is not an octal file mode"),
+        (("socket=/x.sock", "socketmode"), "socketmode=True is not an octal file mode"),
+        (("socket=/x.sock", "socketgroup="), "socketgroup= needs a value: a name or a numeric"),
+        (("socket=/x.sock", "user"), "user= needs a value: a name or a numeric id."),
+        (
+            ("socket=/x.sock", "socketgroup=no-such-group"),
+            "socketgroup='no-such-group': no such group on this system; give a group name "
+            "from /etc/group or a numeric gid.",
+        ),
+        (
+            ("socket=/x.sock", "socketowner=no-such-user"),
+            "socketowner='no-such-user': no such user on this system",
+        ),
+        (("user=no-such-user",), "user='no-such-user': no such user on this system"),
+        (("user=0", "group=no-such-group"), "group='no-such-group': no such group"),
+        (("group=0",), "group='0' needs user= too"),
+        (
+            ("host=h", "port=1", "socketmode=660"),
+            "socketmode= applies to a unix socket that runfcgi creates (socket=)",
+        ),
+        (("socketgroup=0",), "socketgroup= applies to a unix socket that runfcgi creates"),
+        (("mkdir=perhaps",), "mkdir='perhaps' is not a boolean"),
     ],
 )
 def test_errors_name_the_option_and_what_is_accepted(words: tuple[str, ...], message: str) -> None:
@@ -244,3 +270,20 @@ def test_dashed_forms_become_words(args: list[str], words: list[str]) -> None:
 def test_dashed_and_word_forms_read_the_same() -> None:
     dashed = options.dashed_to_words(["--daemonize", "false", "--maxspare", "9"], set())
     assert options.parse_words(dashed) == options.parse_words(["daemonize=false", "maxspare=9"])
+
+
+@pytest.mark.parametrize(("word", "mode"), [("660", 0o660), ("0660", 0o660), ("0o600", 0o600)])
+def test_socketmode_is_octal(word: str, mode: int) -> None:
+    assert config_from("socket=/x.sock", f"socketmode={word}").socketmode == mode
+
+
+def test_socket_permissions_default_to_the_umask_and_the_running_user() -> None:
+    config = config_from("socket=/x.sock")
+    assert (config.socketmode, config.socketowner, config.socketgroup) == (None, None, None)
+    assert (config.mkdir, config.user) == (False, None)
+
+
+def test_socket_owner_and_group_by_name_or_id() -> None:
+    config = config_from("socket=/x.sock", "socketowner=root", "socketgroup=0", "mkdir")
+    assert (config.socketowner, config.socketgroup, config.mkdir) == (0, 0, True)
+    assert config_from("socket=/x.sock", "socketowner=4321").socketowner == 4321
