@@ -116,11 +116,15 @@ class Nginx(Frontend):
     directory: Path
     server_block: str
     port: int
+    # The workers' user when started as root, such as www-data; else the test's own user.
+    user: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def config(self) -> str:
         user = ""
-        if os.geteuid() == 0:
+        if self.user is not None:
+            user = f"user {self.user};"
+        elif os.geteuid() == 0:
             # Workers run as the test's user so they can reach sockets in its temp dirs.
             name = pwd.getpwuid(os.getuid()).pw_name
             user = f"user {name};"

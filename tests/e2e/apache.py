@@ -77,6 +77,8 @@ class Apache(Frontend):
     port: int
     mpm: str = "event"
     main: str = ""
+    # Started as root, Apache serves as this user (User and Group), such as www-data.
+    user: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def config(self) -> str:
@@ -85,6 +87,7 @@ class Apache(Frontend):
             f"LoadModule {name}_module {MODULES}/mod_{name}.so"
             for name in (f"mpm_{self.mpm}", *LOADED)
         )
+        account = f"User {self.user}\nGroup {self.user}" if self.user else ""
         return f"""
 ServerRoot {d}
 ServerName 127.0.0.1
@@ -100,6 +103,7 @@ TypesConfig /etc/mime.types
 Timeout 60
 FcgidIPCDir {d}/fcgid
 FcgidProcessTableFile {d}/fcgid/table
+{account}
 <Directory />
     AllowOverride None
     Require all denied
@@ -110,7 +114,7 @@ FcgidProcessTableFile {d}/fcgid/table
 
     def command(self, conf: Path) -> list[str]:
         argv = [find("apache2", "apache2"), "-f", str(conf), "-DFOREGROUND"]
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and self.user is None:
             return ["unshare", "--user", "--map-user=65533", "--map-group=65533", *argv]
         return argv
 

@@ -56,6 +56,8 @@ class Lighttpd(Frontend):
     site: str
     port: int
     env: dict[str, str] | None = None
+    # Started as root, lighttpd serves as this user and its group, such as www-data.
+    user: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def config(self) -> str:
@@ -67,7 +69,7 @@ server.bind = "127.0.0.1"
 server.modules = ("mod_indexfile", "mod_access", "mod_alias", "mod_redirect")
 server.errorlog = "{d}/error.log"
 server.upload-dirs = ("{d}/uploads")
-{account_lines()}
+{account_lines() if self.user is None else self._user_lines()}
 # Debian's /etc/lighttpd/lighttpd.conf normalizes request paths this way.
 server.http-parseopts = (
     "header-strict" => "enable",
@@ -86,10 +88,18 @@ include_shell "/usr/share/lighttpd/create-mime.conf.pl"
 include "{d}/site.conf"
 """
 
+    def _user_lines(self) -> str:
+        return f'server.username = "{self.user}"\nserver.groupname = "{self.user}"\n'
+
     def start(self) -> Lighttpd:
         binary = find("lighttpd", "lighttpd")
         for name in ("htdocs", "uploads"):
             (self.directory / name).mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            # lighttpd opens its error log, and writes request bodies, as that user.
+            entry = pwd.getpwnam(self.user)
+            for directory in (self.directory, self.directory / "uploads"):
+                os.chown(directory, entry.pw_uid, entry.pw_gid)
         (self.directory / "site.conf").write_text(self.site)
         conf = self.directory / "lighttpd.conf"
         conf.write_text(self.config())
