@@ -208,3 +208,55 @@ def test_user_needs_root(runner: Runner, open_tmp: Path, account: User) -> None:
         "CommandError: user='daemon' needs root to switch to, but runfcgi runs as "
         "'nobody'; start it as root, or leave user= and group= out."
     )
+
+
+def serve_as_nobody(runner: Runner, sock: Path, pid_path: Path, account: User) -> Run:
+    """A foreground server started by root, as the restart script starts one."""
+    run = start_as_root(
+        runner,
+        "daemonize=false",
+        f"socket={sock}",
+        f"pidfile={pid_path}",
+        "mkdir=true",
+        f"socketgroup={WEB_GROUP}",
+        "socketmode=660",
+        f"user={account.name}",
+    )
+    wait_until_accepting(run, str(sock), 20)
+    return run
+
+
+def test_hup_reloads_as_the_same_user(runner: Runner, open_tmp: Path, account: User) -> None:
+    sock, pid_path = open_tmp / "run" / "fcgi.sock", open_tmp / "run" / "fcgi.pid"
+    run = serve_as_nobody(runner, sock, pid_path, account)
+    before = fcgi_request(str(sock), "GET", "/echo/").json()["pid"]
+    run.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while "Reloaded; serving" not in run.stdout and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Reloaded; serving" in run.stdout, run.describe()
+    after = fcgi_request(str(sock), "GET", "/echo/").json()["pid"]
+    assert after != before
+    assert ids(after)[0] == [account.uid] * 4
+    assert ids(run.proc.pid)[0] == [account.uid] * 4
+    run.signal(signal.SIGTERM)
+    assert run.wait(30) == 0, run.describe()
+    assert not sock.exists()
+
+
+def test_restart_by_root_takes_the_socket_of_a_server_that_dropped_root(
+    runner: Runner, open_tmp: Path, account: User
+) -> None:
+    """kill, rm the pidfile, start: the new server, still root, takes nobody's socket."""
+    sock, pid_path = open_tmp / "run" / "fcgi.sock", open_tmp / "run" / "fcgi.pid"
+    old = serve_as_nobody(runner, sock, pid_path, account)
+    old.signal(signal.SIGTERM)
+    pid_path.unlink()
+    new = serve_as_nobody(runner, sock, pid_path, account)
+    assert old.wait(30) == 0, old.describe()
+    assert "Handed the listening socket to the runfcgi started as PID" in old.stderr
+    served_by = fcgi_request(str(sock), "GET", "/echo/").json()["pid"]
+    assert ids(served_by)[0] == [account.uid] * 4
+    new.signal(signal.SIGTERM)
+    assert new.wait(30) == 0, new.describe()
+    assert not sock.exists()
