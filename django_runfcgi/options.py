@@ -326,7 +326,7 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "User (name or uid) that owns the unix socket; changing it needs root.",
         "USER",
-        default_text="the user runfcgi runs as",
+        default_text="the user that starts runfcgi",
     ),
     Option(
         "socketgroup",
@@ -335,7 +335,7 @@ OPTIONS: tuple[Option, ...] = (
         "Group (name or gid) of the unix socket, such as the web server's www-data, so "
         "that with socketmode=660 the web server may connect.",
         "GROUP",
-        default_text="runfcgi's group",
+        default_text="the group of the user that starts runfcgi",
     ),
     Option(
         "mkdir",
@@ -728,6 +728,10 @@ Examples:
 
   Run a FastCGI server on a unix socket
     $ manage.py runfcgi method=prefork socket=/tmp/fcgi.sock
+
+  Started as root: a socket for the web server's group, then serve as user mysite
+    $ manage.py runfcgi socket=/run/mysite/fcgi.sock mkdir=true \\
+        socketgroup=www-data socketmode=660 user=mysite
 
   Run a FastCGI server as a daemon and write its process id to a file
     $ manage.py runfcgi socket=/tmp/fcgi.sock method=prefork \\
