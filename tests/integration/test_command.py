@@ -134,7 +134,10 @@ def test_live_socket_of_another_server_is_refused(runner: Runner) -> None:
 def test_missing_socket_directory(runner: Runner) -> None:
     run = runner.run(f"socket={runner.tmp}/no/such/dir/app.sock")
     assert run.proc.returncode == 1
-    assert_one_line_error(run.stderr, "its directory does not exist")
+    assert_one_line_error(
+        run.stderr,
+        f"does not exist; create it (mkdir -p {runner.tmp}/no/such/dir) or pass mkdir=true.",
+    )
 
 
 def test_broken_wsgi_application_fails_before_detaching(runner: Runner) -> None:
