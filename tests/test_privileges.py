@@ -65,7 +65,7 @@ def test_becoming_oneself_needs_no_root() -> None:
 
 def test_root_warning_says_what_to_pass() -> None:
     assert privileges.ROOT_WARNING.startswith(
-        "Warning: running as root; pass user= to drop privileges after bind"
+        "Running as root; pass user= to drop privileges after bind"
     )
 
 
