@@ -27,12 +27,12 @@ import pytest
 
 from tests.accounts import nobody, reachable_interpreter_command, require_root
 from tests.conftest import ROOT, TESTPROJECT, Runner, free_port, wait_until_accepting
-from tests.e2e.apache import DOC_STATIC, Apache, apache_binary, vhost
+from tests.e2e.apache import Apache, apache_binary, vhost
 from tests.e2e.conftest import require
 from tests.e2e.http import http_request
 from tests.e2e.lighttpd import Lighttpd, lighttpd_binary
 from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_LISTEN, Nginx, recipe
+from tests.frontends import DOC_LISTEN, DOC_STATIC, Nginx, recipe
 
 __all__ = ["apache_binary", "lighttpd_binary"]
 
@@ -111,23 +111,24 @@ def start_runfcgi(runner: Runner, words: list[str]) -> None:
 def frontend_for(
     item: Recipe, directory: Path, run_dir: Path, port: int
 ) -> Nginx | Apache | Lighttpd:
-    doc_socket = f"{DOC_RUN_DIR}/{item.socket}"
-    here = str(run_dir / item.socket)
+    """The recipe's web server, serving as www-data, with the test's socket and port."""
+    static = directory.parent / "static"
+    static.mkdir(exist_ok=True)
+    replacements = {
+        f"{DOC_RUN_DIR}/{item.socket}": str(run_dir / item.socket),
+        DOC_STATIC: f"{static}/",
+    }
     if item.frontend == "nginx":
         require("nginx", "nginx-light")
-        block = recipe(
-            item.config,
-            {f"unix:{doc_socket}": f"unix:{here}", DOC_LISTEN: f"listen 127.0.0.1:{port};"},
-        )
+        block = recipe(item.config, replacements | {DOC_LISTEN: f"listen 127.0.0.1:{port};"})
         return Nginx(directory, block, port, user=WEB_USER)
     if item.frontend == "apache":
         require("apache2", "apache2")
-        static = directory.parent / "static"
-        static.mkdir(exist_ok=True)
-        site = recipe(item.config, {doc_socket: here, DOC_STATIC: f"{static}/", **vhost(port)})
-        return Apache(directory, site, port, user=WEB_USER)
+        return Apache(
+            directory, recipe(item.config, replacements | vhost(port)), port, user=WEB_USER
+        )
     require("lighttpd", "lighttpd")
-    return Lighttpd(directory, recipe(item.config, {doc_socket: here}), port, user=WEB_USER)
+    return Lighttpd(directory, recipe(item.config, replacements), port, user=WEB_USER)
 
 
 @contextmanager
