@@ -32,11 +32,6 @@ DOC_RUN_DIR = "/run/mysite"
 DOC_LOG_DIR = "/var/log/mysite"
 DOC_STATIC_ROOT = "/srv/mysite/static"
 DOC_HOST = "example.com"
-# Options of the page's runfcgi line that this branch does not know yet (they come with
-# parallel work on socket ownership and directories); the test drops them for now.
-# Remove this fallback once those options are merged.
-NOT_YET_KNOWN = frozenset({"mkdir", "socketgroup", "socketmode"})
-
 STATIC_CSS = "body { color: #333; }\n"
 
 
@@ -97,13 +92,7 @@ def site(runner: Runner, nginx_binary: str) -> Iterator[Site]:
     assert (static_root / "quickstart.css").read_text() == STATIC_CSS
 
     (tmp / "log").mkdir()  # install -d ... /var/log/mysite
-    if "mkdir" in NOT_YET_KNOWN:
-        (tmp / "run").mkdir()
-    words = [
-        moved(word, tmp)
-        for word in page_command("./manage.py runfcgi")[1:]
-        if word.partition("=")[0] not in NOT_YET_KNOWN
-    ]
+    words = [moved(word, tmp) for word in page_command("./manage.py runfcgi")[1:]]
     started = runner.run(command=[*manage, *words], env=env)
     assert started.proc.returncode == 0, started.describe()
     sock = str(tmp / "run" / "fcgi.sock")

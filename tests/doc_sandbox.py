@@ -1,0 +1,237 @@
+"""Run one command from the docs as a user would, then check that it served and stopped.
+
+    unshare --mount --net --pid --fork --mount-proc --propagation private \\
+        python -m tests.doc_sandbox SITE 'COMMAND' ['SET-UP COMMAND'...]
+
+Inside the new namespaces /srv, /home, /run and /var/log are empty file systems, the
+project SITE (a fresh ``django-admin startproject mysite``) is copied to /srv/mysite and
+/home/mysite/mysite, where the pages put it, and the loopback interface is this run's
+alone. The page's own set-up commands that make directories run first, then the
+command, exactly as the page shows it, fixed ports and /run paths
+included, beside any other test. When this process ends the kernel ends every process
+the command left, so nothing outlives the run. Exit status 0 means: it served a request
+over the protocol it names and stopped leaving no socket, pidfile or process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from django_runfcgi import options
+from tests.clients import Address, Response, ajp_request, fcgi_request, scgi_request
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = Path("/srv/mysite")
+HOME_PROJECT = Path("/home/mysite/mysite")
+FRESH = ("/srv", "/home", "/run", "/var/log")
+CLIENTS: dict[str, Callable[..., Response]] = {
+    "fcgi": fcgi_request,
+    "scgi": scgi_request,
+    "ajp": ajp_request,
+}
+SECONDS = 60.0
+USER, USER_ID = "mysite", 2999
+
+
+class Failed(Exception):
+    pass
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True)
+
+
+def _add_user(scratch: Path) -> None:
+    """The pages' ``user=mysite``: an account that exists in this sandbox only."""
+    for name, line in (
+        ("passwd", f"{USER}:x:{USER_ID}:{USER_ID}::/home/mysite:/usr/sbin/nologin\n"),
+        ("group", f"{USER}:x:{USER_ID}:\n"),
+    ):
+        copy = scratch / name
+        copy.write_text(Path(f"/etc/{name}").read_text() + line)
+        _mount("--bind", str(copy), f"/etc/{name}")
+
+
+def _open_the_way(path: Path, scratch: Path) -> None:
+    """Let the dropped user reach ``path`` (the interpreter, the venv) without changing a
+    real directory's mode: the first directory others cannot search is covered, in this
+    mount namespace only, by a tmpfs they can, with the one entry on the way mounted
+    back into it."""
+    for directory in [*reversed(path.parents), path]:
+        if not os.stat(directory).st_mode & stat.S_IXOTH:
+            break
+    else:
+        return
+    child = directory / path.relative_to(directory).parts[0]
+    stage = scratch / f"stage{len(list(scratch.iterdir()))}"
+    stage.mkdir()
+    _mount("--bind", str(child), str(stage))
+    _mount("-t", "tmpfs", "-o", "mode=0755,size=64k", "doc-sandbox", str(directory))
+    child.mkdir()
+    _mount("--move", str(stage), str(child))
+
+
+def _sandbox(site: Path) -> None:
+    for path in FRESH:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        _mount("-t", "tmpfs", "tmpfs", path)
+    scratch = Path("/run/doc-sandbox")  # gone with the namespace
+    scratch.mkdir()
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    _add_user(scratch)
+    for path in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), ROOT}:
+        _open_the_way(path, scratch)
+    for project, owned in ((PROJECT, PROJECT), (HOME_PROJECT, HOME_PROJECT.parent)):
+        shutil.copytree(site, project, symlinks=True)
+        project.chmod(0o755)
+        subprocess.run(["chown", "-R", f"{USER}:{USER}", str(owned)], check=True)
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "PYTEST"))}
+    env.pop("PYTHONPATH", None)
+    # An activated virtualenv: `python` and the manage.py shebang find its interpreter.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    return env
+
+
+def _wait(check: Callable[[], bool], what: str, proc: subprocess.Popen[Any] | None) -> None:
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise Failed(f"the command exited with status {proc.returncode} before {what}")
+        time.sleep(0.05)
+    raise Failed(f"no {what} within {SECONDS} s")
+
+
+def _accepting(address: Address) -> bool:
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET6
+    if not isinstance(address, str) and ":" not in address[0]:
+        family = socket.AF_INET
+    with socket.socket(family) as probe:
+        try:
+            probe.connect(address)
+        except OSError:
+            return False
+    return True
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state == "Z"
+
+
+def _ask(client: Callable[..., Response], address: Address, path: str) -> None:
+    response = client(address, "GET", path, timeout=30)
+    if response.status != 200 or b"The install worked successfully" not in response.body:
+        raise Failed(f"GET {path} answered {response.status}: {response.body[:300]!r}")
+    print(f"GET {path} -> {response.status}")
+
+
+def run_command(text: str, env: dict[str, str]) -> None:
+    words = shlex.split(text)[2:]
+    log = PROJECT / "doc-command.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["bash", "-c", text], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        if words == ["help"]:
+            if proc.wait(SECONDS) != 0 or "Options:" not in log.read_text():
+                raise Failed(f"help failed with status {proc.returncode}")
+            return
+        raw, _ = options.parse_words(options.dashed_to_words(words, set()))
+        config = options.resolve(raw, cwd=PROJECT)
+        if isinstance(config.bind, options.TCP):
+            address: Address = (config.bind.host, config.bind.port)
+        elif isinstance(config.bind, options.Unix):
+            address = str(config.bind.path)
+        else:
+            raise Failed("a command without host/port or socket needs its web server")
+        if config.daemonize:
+            if proc.wait(SECONDS) != 0:
+                raise Failed(f"the command exited with status {proc.returncode}")
+            found = re.search(r"Serving over .*, PID (\d+)", log.read_text())
+            if found is None:
+                raise Failed("the daemon did not say its PID")
+            pid = int(found.group(1))
+        else:
+            _wait(lambda: _accepting(address), "listening socket", proc)
+            pid = proc.pid
+        prefix = (config.scriptname or "").rstrip("/")
+        _ask(CLIENTS[config.protocol], address, prefix + "/")
+        os.kill(pid, signal.SIGTERM)
+        _wait(lambda: _gone(pid), "stop after TERM", None)
+        if proc.poll() is None and proc.wait(SECONDS) != 0:
+            raise Failed(f"the server exited with status {proc.returncode} on TERM")
+        left = [p for p in (config.pidfile, getattr(config.bind, "path", None)) if p]
+        if any(Path(p).exists() for p in left):
+            raise Failed(f"left behind: {[str(p) for p in left if Path(p).exists()]}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sys.stdout.write(log.read_text())
+
+
+def run_call(text: str, env: dict[str, str]) -> None:
+    """The call in the documented mysite.fcgi, started as mod_fcgid starts it."""
+    script = (ROOT / "docs" / "configs" / "mysite.fcgi").read_text()
+    script, count = re.subn(r"^runfastcgi\(.*\)$", lambda _: text, script, flags=re.MULTILINE)
+    if count != 1:
+        raise Failed("docs/configs/mysite.fcgi no longer has one runfastcgi() line")
+    path = HOME_PROJECT.parent / "mysite.fcgi"
+    path.write_text(script)
+    address = str(HOME_PROJECT.parent / "fcgi.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(address)
+        listener.listen()
+        proc = subprocess.Popen(
+            [sys.executable, str(path)], stdin=listener, cwd=path.parent, env=env
+        )
+    try:
+        _ask(fcgi_request, address, "/")
+        proc.send_signal(signal.SIGTERM)
+        if proc.wait(SECONDS) != 0:
+            raise Failed(f"the script exited with status {proc.returncode} on TERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def main(site: str, text: str, *setup: str) -> int:
+    _sandbox(Path(site))
+    env = _environment()
+    for command in setup:
+        subprocess.run(["bash", "-c", command], check=True, env=env)
+    try:
+        if text.startswith("runfastcgi("):
+            run_call(text, env)
+        else:
+            run_command(text, env)
+    except (Failed, OSError, options.OptionError) as err:
+        print(f"FAILED: {text}: {err}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(*sys.argv[1:]))
