@@ -1,4 +1,8 @@
-"""Start runfcgi and nginx with the documented recipe, print the URL, wait for Control-C."""
+"""Start runfcgi and nginx with the documented recipe, print the URL, wait for Control-C.
+
+The test project's static files (the admin's among them) are collected first and nginx
+serves them from the recipe's ``location /static/``, as a deployment would.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.frontends import DOC_LISTEN, DOC_SOCKET, Nginx, recipe  # noqa: E402
+from tests.frontends import DOC_LISTEN, DOC_SOCKET, DOC_STATIC, Nginx, recipe  # noqa: E402
 
 
 def wait_for_socket(path: Path, server: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -43,6 +47,13 @@ def main() -> int:
     sock = directory / "fcgi.sock"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "testproject"))
     env["TESTPROJECT_DB"] = str(directory / "db.sqlite3")
+    env["TESTPROJECT_STATIC_ROOT"] = str(directory / "static")
+    subprocess.run(
+        [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity=0"],
+        cwd=ROOT / "testproject",
+        env=env,
+        check=True,
+    )
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runfcgi", f"socket={sock}", "daemonize=false", "umask=000"],
         cwd=ROOT / "testproject",
@@ -53,7 +64,11 @@ def main() -> int:
         directory / "nginx",
         recipe(
             "nginx-fastcgi.conf",
-            {DOC_LISTEN: f"listen 127.0.0.1:{port};", DOC_SOCKET: str(sock)},
+            {
+                DOC_LISTEN: f"listen 127.0.0.1:{port};",
+                DOC_SOCKET: str(sock),
+                DOC_STATIC: f"{directory / 'static'}/",
+            },
         ),
         port,
     )
