@@ -21,7 +21,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from django_runfcgi import options
+from tests import reachable
 from tests.clients import Address, Response, ajp_request, fcgi_request, scgi_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,25 +64,6 @@ def _add_user(scratch: Path) -> None:
         _mount("--bind", str(copy), f"/etc/{name}")
 
 
-def _open_the_way(path: Path, scratch: Path) -> None:
-    """Let the dropped user reach ``path`` (the interpreter, the venv) without changing a
-    real directory's mode: the first directory others cannot search is covered, in this
-    mount namespace only, by a tmpfs they can, with the one entry on the way mounted
-    back into it."""
-    for directory in [*reversed(path.parents), path]:
-        if not os.stat(directory).st_mode & stat.S_IXOTH:
-            break
-    else:
-        return
-    child = directory / path.relative_to(directory).parts[0]
-    stage = scratch / f"stage{len(list(scratch.iterdir()))}"
-    stage.mkdir()
-    _mount("--bind", str(child), str(stage))
-    _mount("-t", "tmpfs", "-o", "mode=0755,size=64k", "doc-sandbox", str(directory))
-    child.mkdir()
-    _mount("--move", str(stage), str(child))
-
-
 def _sandbox(site: Path) -> None:
     for path in FRESH:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -91,8 +72,8 @@ def _sandbox(site: Path) -> None:
     scratch.mkdir()
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     _add_user(scratch)
-    for path in {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), ROOT}:
-        _open_the_way(path, scratch)
+    # The dropped user=mysite reads the interpreter, the venv and the checkout.
+    reachable.open_the_way(reachable.needed(), scratch / "stage")
     for project, owned in ((PROJECT, PROJECT), (HOME_PROJECT, HOME_PROJECT.parent)):
         shutil.copytree(site, project, symlinks=True)
         project.chmod(0o755)
