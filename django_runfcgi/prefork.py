@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -92,7 +92,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
     master, then is passed on to the workers.
 
     With ``requestTimeout`` above 0, a worker that spends longer than that on one
-    request (as reported through :func:`timed_application`) is sent ``DUMP_SIGNAL``,
+    request (as reported through :class:`TimedRequests`) is sent ``DUMP_SIGNAL``,
     so its stack shows where it hung, then killed; the pool replaces it.
 
     With ``reload_check`` set, HUP reloads instead: if the check returns no error,
@@ -627,54 +627,24 @@ class _Waiter:
             self._selector.close()
 
 
-WSGIApplication = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+class TimedRequests:
+    """For a server class, before its protocol half: each request is timed by the master.
 
-
-class _TimedResponse:
-    """The application's response; the request ends when the server closes it.
-
-    Its length and attributes (Django's ``streaming``) are the response's own: the
-    FastCGI handler sends a response it knows is whole in one piece.
+    Every protocol hands a request to the application through ``handler(request)``,
+    which returns once the response is written and closed. A connection from the web
+    server may carry many requests (FastCGI keep-conn, AJP) and wait idle between them:
+    only the time in ``handler()`` counts. The application and its response are left as
+    they are, so the protocol still sees a list as a whole response. Servers without a
+    request timeout are built without this class and pay nothing for it.
     """
 
-    def __init__(self, result: Iterable[bytes], ends: Callable[[], None]) -> None:
-        self._result = result
-        self._ends = ends
+    # PreforkServer's, later in the combined class.
+    request_begins: Callable[[], None]
+    request_ends: Callable[[], None]
 
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._result)
-
-    def __len__(self) -> int:
-        # TypeError for a response of unknown length, as for the response itself.
-        return len(self._result)  # type: ignore[arg-type]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._result, name)
-
-    def close(self) -> None:
+    def handler(self, request: Any) -> None:
+        self.request_begins()
         try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
-                close()
+            super().handler(request)  # type: ignore[misc]  # The protocol half's.
         finally:
-            self._ends()
-
-
-def timed_application(application: WSGIApplication, server: PreforkServer) -> WSGIApplication:
-    """Wrap a WSGI application so each request is timed by the master, not each connection.
-
-    One connection from the web server may carry many requests (FastCGI keep-conn,
-    AJP) and wait idle between them: only the time spent in a request counts, from the
-    call of the application until the server closes its response.
-    """
-
-    def timed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        server.request_begins()
-        try:
-            result = application(environ, start_response)
-        except BaseException:
-            server.request_ends()
-            raise
-        return _TimedResponse(result, server.request_ends)
-
-    return timed
+            self.request_ends()

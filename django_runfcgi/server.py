@@ -39,19 +39,24 @@ class Server(Protocol):
 
 
 @cache
-def server_class(protocol: str, method: str) -> type[Any]:
-    """The combined class; the protocol half comes first so it decides who may connect."""
+def server_class(protocol: str, method: str, *, timed: bool = False) -> type[Any]:
+    """The combined class; the protocol half comes first so it decides who may connect.
+
+    `timed` puts the prefork master's request timing in front of the protocol half.
+    """
     name = f"{protocol.capitalize()}{method.capitalize()}Server"
-    return type(name, (PROTOCOL_CLASSES[protocol], PROCESS_CLASSES[method]), {})
+    bases = (PROTOCOL_CLASSES[protocol], PROCESS_CLASSES[method])
+    if timed:
+        return type(f"Timed{name}", (prefork.TimedRequests, *bases), {})
+    return type(name, bases, {})
 
 
 def make_server(config: Config, application: Any) -> Server:
     """Build the server; threads start only in run(), so this is safe before a fork."""
-    cls = server_class(config.protocol, config.method)
-    server = object.__new__(cls)
     prefork_method = config.method == "prefork"
-    if prefork_method and config.requesttimeout > 0:
-        application = prefork.timed_application(application, server)
+    timed = prefork_method and config.requesttimeout > 0
+    cls = server_class(config.protocol, config.method, timed=timed)
+    server = object.__new__(cls)
     PROTOCOL_CLASSES[config.protocol].__init__(
         server,
         application,

@@ -20,12 +20,14 @@ import time
 import types
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flup.server import ajp_base, fcgi_base, fcgi_fork, scgi_base
 
-from django_runfcgi import compat
+from django_runfcgi import compat, options, prefork
+from django_runfcgi import server as runfcgi_server
 from tests.clients import (
     Address,
     Response,
@@ -214,9 +216,22 @@ def make_server(
     return ajp_base.BaseAJPServer(app, multithreaded=True, debug=debug), ajp_base.Connection
 
 
+def make_prefork_server(protocol: str, app: Any, requesttimeout: float) -> tuple[Any, type[Any]]:
+    """The server runfcgi builds for method=prefork; the harness serves its connections and
+    binds its own socket, whatever the address in the options."""
+    values = {"protocol": protocol, "requesttimeout": requesttimeout}
+    values |= {"host": "127.0.0.1", "port": 8009}
+    config = options.resolve(options.merge(values), cwd=Path("/"))
+    built: Any = runfcgi_server.make_server(config, app)
+    return built, built.connection_class
+
+
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Harness]]:
-    """serve(protocol, app, impl="ours", ...) -> a running Harness; AJP always over TCP."""
+    """serve(protocol, app, impl="ours", ...) -> a running Harness; AJP always over TCP.
+
+    With ``requesttimeout``, the server is the one runfcgi builds for method=prefork.
+    """
     harnesses: list[tuple[str, Harness]] = []
 
     def start(
@@ -229,8 +244,12 @@ def serve() -> Iterator[Callable[..., Harness]]:
         connection_class: type[Any] | None = None,
         wrap: Callable[[socket.socket], Any] | None = None,
         scriptname: str | None = None,
+        requesttimeout: float | None = None,
     ) -> Harness:
-        server, default_class = make_server(protocol, impl, app, debug, scriptname)
+        if requesttimeout is None:
+            server, default_class = make_server(protocol, impl, app, debug, scriptname)
+        else:
+            server, default_class = make_prefork_server(protocol, app, requesttimeout)
         harness = Harness(
             server,
             connection_class or default_class,
@@ -374,6 +393,91 @@ def test_fcgi_small_response_goes_out_in_one_send(
     response = fcgi_request(harness.address)
     assert (response.status, response.body) == (200, b"ok")
     assert len(harness.sockets[0].sends) == 1
+
+
+def hello_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """A plain WSGI application, not Django: its response is a list."""
+    if environ["PATH_INFO"] == "/fail/":
+        raise RuntimeError("boom")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+
+
+@pytest.mark.parametrize("requesttimeout", [0, 30], ids=["untimed", "requesttimeout"])
+@pytest.mark.parametrize(("protocol", "sends"), [("fcgi", 1), ("scgi", None), ("ajp", 2)])
+def test_a_listed_response_gets_its_length_and_few_sends_with_or_without_requesttimeout(
+    serve: Callable[..., Harness], protocol: str, sends: int | None, requesttimeout: float
+) -> None:
+    """A one-item list is a whole response: it gets a Content-Length and goes out in as
+    few sends as the protocol allows, whether the prefork master times requests or not.
+
+    The timing used to wrap the application, which hid the list from the protocol:
+    FastCGI sent the response without Content-Length, in two sends.
+    """
+    harness = serve(protocol, hello_app, requesttimeout=requesttimeout, wrap=RecordingSocket)
+    with connect(harness.address) as sock:
+        response = persistent_requests(protocol, harness.address, sock)
+        assert (response.status, response.body) == (200, b"hello")
+        assert response.header("Content-Length") == "5"
+        if sends is not None:
+            assert len(harness.sockets[0].sends) == sends
+
+
+def told_master(link: socket.socket, size: int) -> bytes:
+    """What a worker's connections told the master, once `size` bytes of it have come."""
+    told = b""
+    link.settimeout(5)
+    while len(told) < size:
+        told += link.recv(size - len(told))
+    return told
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_requesttimeout_times_each_request_of_a_persistent_connection(
+    serve: Callable[..., Harness], protocol: str
+) -> None:
+    """Each request tells the master when it begins and ends, also one that fails: the
+    time between requests on a kept connection is not time in a request. (SCGI has one
+    request per connection.)"""
+    harness = serve(protocol, hello_app, requesttimeout=30)
+    worker_end, master_end = socket.socketpair()
+    harness.server._link = worker_end
+    paths = ["/", "/fail/", "/"]
+    with worker_end, master_end:
+        if protocol == "scgi":
+            statuses = [scgi_request(harness.address, path=path).status for path in paths]
+        else:
+            with connect(harness.address) as sock:
+                statuses = [
+                    persistent_requests(protocol, harness.address, sock, path).status
+                    for path in paths
+                ]
+        assert statuses == [200, 500, 200]
+        told = told_master(master_end, len(paths) * 2)
+    assert told == (prefork.REQUEST_BEGINS + prefork.REQUEST_ENDS) * len(paths)
+    assert len(harness.connections) == (len(paths) if protocol == "scgi" else 1)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_requesttimeout_counts_a_streamed_response_until_its_end(
+    serve: Callable[..., Harness], protocol: str
+) -> None:
+    """The application returns a stream at once; the request lasts until it is sent."""
+    worker_end, master_end = socket.socketpair()
+    told_mid_stream: list[bytes] = []
+
+    def stream(environ: Environ, start_response: StartResponse) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first"
+        told_mid_stream.append(master_end.recv(64, socket.MSG_DONTWAIT))
+        yield b"last"
+
+    harness = serve(protocol, stream, requesttimeout=30)
+    harness.server._link = worker_end
+    with worker_end, master_end:
+        assert REQUESTS[protocol](harness.address, timeout=5).body == b"firstlast"
+        assert told_mid_stream == [prefork.REQUEST_BEGINS]
+        assert told_master(master_end, 1) == prefork.REQUEST_ENDS
 
 
 @pytest.mark.parametrize(("protocol", "impl"), flup_fails("sends the body for HEAD", *PROTOCOLS))
@@ -746,10 +850,14 @@ def test_fcgi_close_wait_is_bounded(
         assert harness.connections_done(2)
 
 
-def persistent_requests(protocol: str, address: Address, sock: socket.socket) -> Response:
+def persistent_requests(
+    protocol: str, address: Address, sock: socket.socket, path: str = "/"
+) -> Response:
     if protocol == "fcgi":
-        return fcgi_request(address, sock=sock, keep_conn=True, timeout=5)
-    return ajp_request(address, sock=sock, timeout=5)
+        return fcgi_request(address, path=path, sock=sock, keep_conn=True, timeout=5)
+    if protocol == "scgi":
+        return scgi_request(address, path=path, sock=sock, timeout=5)
+    return ajp_request(address, path=path, sock=sock, timeout=5)
 
 
 @pytest.mark.parametrize("protocol", ["fcgi", "ajp"])

@@ -8,14 +8,12 @@ import select
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from flup.server import preforkserver
 
 from django_runfcgi.control import SignalQueue
-from django_runfcgi.prefork import PreforkServer, timed_application
+from django_runfcgi.prefork import PreforkServer
 from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
@@ -377,71 +375,6 @@ def test_a_signal_taken_by_another_thread_wakes_the_main_loop() -> None:
 def test_rejects_a_negative_request_timeout() -> None:
     with pytest.raises(ValueError, match="requestTimeout"):
         PreforkServer(jobClass=LineJob, requestTimeout=-1)
-
-
-class _Clock:
-    """Stands in for the worker: records what it would tell the master."""
-
-    def __init__(self) -> None:
-        self.told: list[str] = []
-
-    def request_begins(self) -> None:
-        self.told.append("begins")
-
-    def request_ends(self) -> None:
-        self.told.append("ends")
-
-
-def test_a_timed_request_ends_when_its_response_is_closed() -> None:
-    """The response may be a stream: the request lasts until the server closes it."""
-    clock = _Clock()
-    closed: list[bool] = []
-
-    class Body(list[bytes]):
-        def close(self) -> None:
-            closed.append(True)
-
-    def app(environ: dict[str, Any], start_response: Any) -> Body:
-        return Body([b"one", b"two"])
-
-    result = timed_application(app, clock)({}, None)  # type: ignore[arg-type]
-    assert clock.told == ["begins"]
-    assert list(result) == [b"one", b"two"]
-    assert clock.told == ["begins"]
-    result.close()  # type: ignore[attr-defined]
-    assert (clock.told, closed) == (["begins", "ends"], [True])
-
-
-def test_a_timed_request_that_raises_ends_at_once() -> None:
-    clock = _Clock()
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        raise RuntimeError("view failed")
-
-    with pytest.raises(RuntimeError):
-        timed_application(app, clock)({}, None)  # type: ignore[arg-type]
-    assert clock.told == ["begins", "ends"]
-
-
-def test_a_timed_response_keeps_its_length_and_attributes() -> None:
-    """The FastCGI handler sends a whole response (streaming False) in one piece."""
-
-    class Whole(list[bytes]):
-        streaming = False
-
-    def app(environ: dict[str, Any], start_response: Any) -> Whole:
-        return Whole([b"body"])
-
-    def stream(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
-        yield b"part"
-
-    clock = _Clock()
-    whole = timed_application(app, clock)({}, None)  # type: ignore[arg-type]
-    streamed = timed_application(stream, clock)({}, None)  # type: ignore[arg-type]
-    assert len(whole) == 1  # type: ignore[arg-type]
-    assert whole.streaming is False  # type: ignore[attr-defined]
-    with pytest.raises(TypeError):
-        len(streamed)  # type: ignore[arg-type]
 
 
 def test_a_worker_out_of_file_descriptors_waits_and_serves_on(servers: Servers) -> None:

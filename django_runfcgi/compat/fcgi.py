@@ -359,7 +359,7 @@ class _FCGIRequest:
             self._conn.end_request(self, 0, fcgi_base.FCGI_UNKNOWN_ROLE)
             return
         try:
-            self._respond(server)
+            server.handler(self)
         except Exception:
             # As flup: the traceback goes to the web server's error log, and a 500 page
             # to the client unless the response has begun. If the connection itself
@@ -374,45 +374,6 @@ class _FCGIRequest:
         if self.stderr.written:
             end += _HEADER.pack(1, fcgi_base.FCGI_STDERR, self.requestId, 0, 0)
         self._conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
-
-    def _respond(self, server: FCGIServer) -> None:
-        environ = self.params
-        if server.environ:
-            environ.update(server.environ)
-        environ["wsgi.version"] = (1, 0)
-        environ["wsgi.input"] = self.stdin
-        environ["wsgi.errors"] = self.stderr
-        environ["wsgi.multithread"] = server.multithreaded
-        environ["wsgi.multiprocess"] = server.multiprocess
-        environ["wsgi.run_once"] = False
-        environ["wsgi.url_scheme"] = (
-            "https" if environ.get("HTTPS", "off") in ("on", "1") else "http"
-        )
-        server._sanitizeEnv(environ)
-        self._head = environ["REQUEST_METHOD"] == "HEAD"
-        lock = None if server.multithreaded else server._appLock
-        if lock is not None:
-            lock.acquire()
-        try:
-            result = server.application(environ, self.start_response)
-            try:
-                # A one-item list or tuple gets a Content-Length; Django's responses have
-                # no len(), and trying it raised an exception per request.
-                sequence = isinstance(result, (list, tuple))
-                whole = sequence or getattr(result, "streaming", None) is False
-                self._add_length = sequence and len(result) == 1
-                for data in result:
-                    if data:
-                        self.write(data, flush=not whole)
-                if not self._headers_sent:
-                    self.write(b"")
-            finally:
-                close = getattr(result, "close", None)
-                if close is not None:
-                    close()
-        finally:
-            if lock is not None:
-                lock.release()
 
 
 class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[misc]
@@ -738,6 +699,50 @@ class FCGIServer(fcgi_base.BaseFCGIServer):  # type: ignore[misc]
                     f"FastCGI param {name} is missing; using {default!r}\n"
                 )
                 environ[name] = default
+
+    def handler(self, req: _FCGIRequest) -> None:
+        """Run the application for one request and write its response.
+
+        The prefork master's request timing (requesttimeout) wraps this method, not the
+        application, so the response the application returns is seen as it is.
+        """
+        environ = req.params
+        if self.environ:
+            environ.update(self.environ)
+        environ["wsgi.version"] = (1, 0)
+        environ["wsgi.input"] = req.stdin
+        environ["wsgi.errors"] = req.stderr
+        environ["wsgi.multithread"] = self.multithreaded
+        environ["wsgi.multiprocess"] = self.multiprocess
+        environ["wsgi.run_once"] = False
+        environ["wsgi.url_scheme"] = (
+            "https" if environ.get("HTTPS", "off") in ("on", "1") else "http"
+        )
+        self._sanitizeEnv(environ)
+        req._head = environ["REQUEST_METHOD"] == "HEAD"
+        lock = None if self.multithreaded else self._appLock
+        if lock is not None:
+            lock.acquire()
+        try:
+            result = self.application(environ, req.start_response)
+            try:
+                # A one-item list or tuple gets a Content-Length; Django's responses have
+                # no len(), and trying it raised an exception per request.
+                sequence = isinstance(result, (list, tuple))
+                whole = sequence or getattr(result, "streaming", None) is False
+                req._add_length = sequence and len(result) == 1
+                for data in result:
+                    if data:
+                        req.write(data, flush=not whole)
+                if not req._headers_sent:
+                    req.write(b"")
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            if lock is not None:
+                lock.release()
 
     def error(self, req: Any) -> None:
         write_cgi_error(req.stdout, self.debug)
