@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.core import checks
+
+CHECK_TAG = "runfcgi"
+"""``manage.py check --tag runfcgi`` runs runfcgi's own checks and no others."""
 
 
 class RunFcgiConfig(AppConfig):
@@ -8,4 +12,7 @@ class RunFcgiConfig(AppConfig):
     verbose_name = "runfcgi"
 
     def ready(self) -> None:
-        from django_runfcgi import checks  # noqa: F401, PLC0415 - registers the checks
+        """Register the checks here, not at import: importing checks.py registers nothing."""
+        from django_runfcgi.checks import check_flup  # noqa: PLC0415
+
+        checks.register(check_flup, CHECK_TAG)

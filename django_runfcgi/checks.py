@@ -1,4 +1,7 @@
-"""System checks: found by ``manage.py check`` and before runfcgi starts serving."""
+"""System checks, run by ``manage.py check`` and before runfcgi starts serving.
+
+The app's ``ready()`` registers them with the ``runfcgi`` tag; this module only defines them.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ from django.core import checks
 SUPPORTED_FLUP = "1.0."
 
 
-@checks.register()
 def check_flup(**kwargs: Any) -> list[checks.CheckMessage]:
     """Our fixes reach into flup's internals, so only the release they were made for."""
     try:
