@@ -87,7 +87,7 @@ def start_thread(thread: threading.Thread) -> None:
 
 
 class SignalQueue:
-    """Signal handlers that only queue the signal and wake the main loop (B2).
+    """Signal handlers that only queue the signal and wake the main loop (flup.rst#stop-signals).
 
     Since PEP 475, select() and os.wait() resume after a Python signal handler runs,
     so a flag alone is not seen until the next request. The handler also writes a
@@ -173,7 +173,8 @@ class Hooks:
     retiring: Sequence[int] = ()
 
     def _handle_usr1(self) -> None:
-        """Called from the main loop after SIGUSR1 (B3: flup's handler killed the master).
+        """Called from the main loop after SIGUSR1 (flup's handler killed the master:
+        flup.rst#sigusr1).
 
         In a prefork worker, between requests. Calls ``on_usr1`` when set.
         """

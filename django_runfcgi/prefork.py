@@ -1,9 +1,10 @@
 """The prefork process model: a master process that keeps a pool of worker processes.
 
-flup's master never grows the pool (B1), ignores stop signals while idle (B2), dies on
-SIGUSR1 (B3), and lets a worker whose job raised run on into the master's code; its
-shutdown can hang forever. This subclass keeps flup's constructor and pool policy and
-replaces the loops of the master and of the workers.
+flup's master never grows the pool (flup.rst#pool-growth), ignores stop signals while
+idle (flup.rst#stop-signals), dies on SIGUSR1 (flup.rst#sigusr1), and lets a worker
+whose job raised run on into the master's code; its shutdown can hang forever. This
+subclass keeps flup's constructor and pool policy and replaces the loops of the master
+and of the workers.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         shutdownTimeout: float = 30.0,
         requestTimeout: float = 0.0,
     ) -> None:
-        # sockTimeout is left out: flup feeds it to setblocking() (B24).
+        # sockTimeout is left out: flup feeds it to setblocking() (flup.rst#sock-timeout).
         super().__init__(
             minSpare=minSpare,
             maxSpare=maxSpare,
@@ -171,7 +172,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
         self._retry_at = None
         self.retiring = []
         # Workers race for each connection; a non-blocking accept() lets the losers go
-        # back to waiting (B24).
+        # back to waiting (flup.rst#sock-timeout).
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         # Every worker of this master has a slot: the pool never exceeds the larger.
@@ -336,7 +337,8 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 return
         active = self._active()
         board = self._scoreboard()
-        # B1: flup compared the worker's state byte with a str, so every worker looked idle.
+        # flup compared the worker's state byte with a str, so every worker looked idle
+        # (flup.rst#pool-growth).
         idle = sorted(
             pid
             for pid, worker in active.items()
@@ -407,7 +409,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                 os.kill(pid, signum)
 
     def _shutdown(self) -> None:
-        """Stop every worker within the time the stop signal allows (B2)."""
+        """Stop every worker within the time the stop signal allows (flup.rst#stop-signals)."""
         mode = self._stopping
         self._signal_workers(signal.SIGINT if mode == NOW else signal.SIGTERM)
         for pid in self._children:
@@ -528,7 +530,7 @@ class PreforkServer(Hooks, preforkserver.PreforkServer):  # type: ignore[misc]
                     continue
                 accepted = accept()
                 if accepted is None:
-                    continue  # Another worker took it (B24).
+                    continue  # Another worker took it (flup.rst#sock-timeout).
                 client, addr = accepted
                 if not self._isClientAllowed(addr):
                     client.close()

@@ -1,8 +1,9 @@
 """The threaded process model: one process, a pool of threads that accept and serve.
 
-flup's pool starts threads in its constructor with deprecated calls (B19), queues a
-burst onto threads that are already busy (B4), and is not waited for on shutdown, or
-is waited for forever when a connection is persistent (B21, B5).
+flup's pool starts threads in its constructor with deprecated calls
+(flup.rst#thread-constructor), queues a burst onto threads that are already busy
+(flup.rst#thread-burst), and is not waited for on shutdown (flup.rst#threaded-shutdown),
+or is waited for forever when a connection is persistent (flup.rst#persistent-shutdown).
 """
 
 from __future__ import annotations
@@ -71,27 +72,29 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
     """Threads that accept connections themselves: between minSpare and maxSpare idle,
     up to maxThreads in all.
 
-    flup's main thread accepted each connection and handed it to a pool thread (B4): a
-    hand-off and a turn on the GIL per request, and a burst of quick requests spread
-    over threads that then competed for the GIL, which cost the one-process server
-    about half its throughput. Here one idle thread at a time (the leader) waits on
-    the socket and serves what it accepts; a thread that finishes a request leads
-    next, or takes a connection already waiting, so quick requests run one after
-    another on one thread, as in a prefork worker.
+    flup's main thread accepted each connection and handed it to a pool thread
+    (flup.rst#thread-burst): a hand-off and a turn on the GIL per request, and a burst
+    of quick requests spread over threads that then competed for the GIL, which cost
+    the one-process server about half its throughput. Here one idle thread at a time
+    (the leader) waits on the socket and serves what it accepts; a thread that
+    finishes a request leads next, or takes a connection already waiting, so quick
+    requests run one after another on one thread, as in a prefork worker.
 
     Requests run side by side when that helps: another idle thread (the watcher)
     measures the process's processor time every WATCH_INTERVAL, and when the requests
     in progress leave the processor mostly idle (they wait on I/O) while no thread
     leads, it leads, so views that wait run up to maxThreads at once.
 
-    Threads start in :meth:`start`, not in the constructor (B19); :meth:`stop` lets
-    running jobs finish (B21) and tells persistent connections to end (B5).
+    Threads start in :meth:`start`, not in the constructor (flup.rst#thread-constructor);
+    :meth:`stop` lets running jobs finish (flup.rst#threaded-shutdown) and tells
+    persistent connections to end (flup.rst#persistent-shutdown).
     """
 
     def __init__(
         self, minSpare: int = 1, maxSpare: int = 5, maxThreads: int = sys.maxsize
     ) -> None:
-        # flup's constructor starts threads, with the deprecated setDaemon() (B19).
+        # flup's constructor starts threads, with the deprecated setDaemon()
+        # (flup.rst#thread-constructor).
         self._minSpare = minSpare
         self._maxSpare = maxSpare
         self._maxThreads = max(minSpare, maxThreads)
@@ -151,7 +154,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
 
     def stop(self) -> None:
         """Accept no more; let threads exit once their job is done; tell running jobs to
-        end (B5)."""
+        end (flup.rst#persistent-shutdown)."""
         with self._lock:
             self._stop = True
             self._followers.notify_all()
@@ -322,7 +325,8 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
         maxThreads: int = 50,
         shutdownTimeout: float = 30.0,
     ) -> None:
-        # flup's constructor builds flup's pool, which starts threads at once (B19).
+        # flup's constructor builds flup's pool, which starts threads at once
+        # (flup.rst#thread-constructor).
         if maxThreads < 1:
             raise ValueError("maxThreads must be at least 1.")
         if shutdownTimeout < 0:
@@ -412,7 +416,10 @@ class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc
             return None
 
     def _wait_for_threads(self, selector: selectors.BaseSelector) -> None:
-        """Wait for running jobs, up to the stop signal's time limit (B21, B5)."""
+        """Wait for running jobs, up to the stop signal's time limit.
+
+        flup.rst#threaded-shutdown and #persistent-shutdown.
+        """
         mode = self._stopping
         limit = INT_GRACE if mode == NOW else self._shutdownTimeout
         deadline = time.monotonic() + limit

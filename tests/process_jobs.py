@@ -412,7 +412,7 @@ class Servers:
         path = str(self.tmp / f"s{index}")
         out_path = self.tmp / f"s{index}.out"
         err_path = self.tmp / f"s{index}.err"
-        # Our servers must not warn; flup's do (deprecated calls), which is B19.
+        # Our servers must not warn; flup's do (deprecated calls: flup.rst#thread-constructor).
         warnings = [] if model.startswith("flup-") else ["-W", "error"]
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(

@@ -271,11 +271,13 @@ def problems(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [record for record in caplog.records if record.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B6, debug imports cgitb", *PROTOCOLS))
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("flup.rst#debug-cgitb, debug imports cgitb", *PROTOCOLS)
+)
 def test_debug_error_page_is_a_plain_text_traceback(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
-    """B6: with debug, an exception from the application gives a 500 with its traceback.
+    """With debug, an exception from the application gives a 500 with its traceback.
 
     flup imported cgitb (gone in 3.13; deprecated before): FastCGI never ended the request,
     SCGI sent nothing (502), AJP sent headers but never END_RESPONSE (503).
@@ -293,12 +295,16 @@ def test_debug_error_page_is_a_plain_text_traceback(
 
 @pytest.mark.parametrize(
     ("protocol", "impl"),
-    [("fcgi", "ours"), ("scgi", "ours"), *flup_fails("B9, error page sent as 200", "ajp")],
+    [
+        ("fcgi", "ours"),
+        ("scgi", "ours"),
+        *flup_fails("flup.rst#ajp-error-status, error page sent as 200", "ajp"),
+    ],
 )
 def test_error_page_without_debug_is_a_generic_500(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
-    """B9: AJP sent its error page with status 200; every protocol must say 500."""
+    """AJP sent its error page with status 200; every protocol must say 500."""
     harness = serve(protocol, failing_app, impl)
     response = REQUESTS[protocol](harness.address, timeout=5)
     assert response.status == 500
@@ -307,7 +313,9 @@ def test_error_page_without_debug_is_a_generic_500(
     assert b"boom" not in response.body
 
 
-@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B8, PATH_INFO not decoded", "ajp"))
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("flup.rst#ajp-path-info, PATH_INFO not decoded", "ajp")
+)
 @pytest.mark.parametrize(
     ("path", "attributes", "script_name", "path_info"),
     [
@@ -325,7 +333,7 @@ def test_ajp_path_info_is_percent_decoded(
     script_name: str,
     path_info: str,
 ) -> None:
-    """B8: PATH_INFO is the decoded req_uri (WSGI style), so non-ASCII routes match."""
+    """PATH_INFO is the decoded req_uri (WSGI style), so non-ASCII routes match."""
     harness = serve(protocol, environ_app, impl)
     response = ajp_request(harness.address, path=path, query="q=%C3%A9&a=1", params=attributes)
     assert response.json() == {
@@ -338,11 +346,13 @@ def test_ajp_path_info_is_percent_decoded(
     }
 
 
-@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B10, two sends per packet", "ajp"))
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("flup.rst#ajp-nagle, two sends per packet", "ajp")
+)
 def test_ajp_packets_go_out_whole_without_nagle(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
-    """B10: flup wrote each packet in two sends with Nagle on: 40 ms per body chunk.
+    """flup wrote each packet in two sends with Nagle on: 40 ms per body chunk.
 
     Now TCP_NODELAY is set and a small response takes two sends: SEND_HEADERS with the
     body, then END_RESPONSE.
@@ -366,14 +376,16 @@ def test_ajp_packets_go_out_whole_without_nagle(
             1 << 20,
             1.0,
             id="1MiB-flup",
-            marks=pytest.mark.xfail(strict=True, raises=TimeoutError, reason="plain flup: B10"),
+            marks=pytest.mark.xfail(
+                strict=True, raises=TimeoutError, reason="plain flup: flup.rst#ajp-nagle"
+            ),
         ),
     ],
 )
 def test_ajp_large_posts_are_quick(
     serve: Callable[..., Harness], protocol: str, impl: str, size: int, limit: float
 ) -> None:
-    """B10: a 1 MiB POST took 5.7 s through flup's AJP and 50 MB timed out."""
+    """A 1 MiB POST took 5.7 s through flup's AJP and 50 MB timed out."""
     harness = serve(protocol, environ_app, impl)
     body = os.urandom(1 << 20) * (size >> 20) + os.urandom(size % (1 << 20))
     started = time.monotonic()
@@ -523,7 +535,8 @@ def test_request_body_round_trip(serve: Callable[..., Harness], protocol: str) -
 
 
 @pytest.mark.parametrize(
-    ("protocol", "impl"), flup_fails("B11, PATH_INFO from encoded URI", "fcgi", "scgi")
+    ("protocol", "impl"),
+    flup_fails("flup.rst#path-info-encoded, PATH_INFO from encoded URI", "fcgi", "scgi"),
 )
 @pytest.mark.parametrize(
     ("path", "params", "script_name", "path_info"),
@@ -561,7 +574,7 @@ def test_path_info_derived_from_request_uri_is_decoded(
     script_name: str,
     path_info: str,
 ) -> None:
-    """B11: without PATH_INFO, flup cut the encoded REQUEST_URI by the decoded SCRIPT_NAME's
+    """Without PATH_INFO, flup cut the encoded REQUEST_URI by the decoded SCRIPT_NAME's
     length, giving garbage such as '3%A9/'."""
     harness = serve(protocol, environ_app, impl)
     response = REQUESTS[protocol](harness.address, path=path, params=params)
@@ -613,11 +626,13 @@ def test_scriptname_option_overrides_the_front_ends_split(
     assert data["QUERY_STRING"] == "q=1"
 
 
-@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B12, KeyError and a warning", "scgi"))
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("flup.rst#scgi-mount-prefix, KeyError and a warning", "scgi")
+)
 def test_scgi_mount_prefix_without_script_name(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
-    """B12: WSGI_SCRIPT_NAME with no SCRIPT_NAME raised KeyError (500) in flup, after a
+    """WSGI_SCRIPT_NAME with no SCRIPT_NAME raised KeyError (500) in flup, after a
     DeprecationWarning on every request; tests turn warnings into errors."""
     harness = serve(protocol, environ_app, impl)
     response = scgi_request(
@@ -633,12 +648,13 @@ def test_scgi_mount_prefix_without_script_name(
 
 
 @pytest.mark.parametrize(
-    ("protocol", "impl"), flup_fails("B13, unread body not drained", "scgi", strict=False)
+    ("protocol", "impl"),
+    flup_fails("flup.rst#scgi-unread-body, unread body not drained", "scgi", strict=False),
 )
 def test_scgi_unread_body_is_drained(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
-    """B13: closing with 50 MB unread reset the connection and the front end lost the
+    """Closing with 50 MB unread reset the connection and the front end lost the
     response; now the rest of the body is read and dropped first."""
     harness = serve(protocol, ignoring_app, impl)
     response = scgi_request(harness.address, "POST", body=bytes(50_000_000), timeout=20)
@@ -807,11 +823,13 @@ def test_a_failing_connection_costs_one_log_line_not_the_worker(
         assert record.getMessage().endswith("failed: [Errno 104] Connection reset by peer")
 
 
-@pytest.mark.parametrize(("protocol", "impl"), flup_fails("B22, empty packet is an error", "ajp"))
+@pytest.mark.parametrize(
+    ("protocol", "impl"), flup_fails("flup.rst#ajp-empty-packet, empty packet is an error", "ajp")
+)
 def test_ajp_empty_packet_between_requests(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
-    """B22: lighttpd's mod_ajp13 sends an empty packet between requests."""
+    """lighttpd's mod_ajp13 sends an empty packet between requests."""
     harness = serve(protocol, ignoring_app, impl)
     with connect(harness.address) as sock:
         assert ajp_request(harness.address, sock=sock).reuse
@@ -842,7 +860,7 @@ def test_fcgi_close_wait_is_bounded(
     serve: Callable[..., Harness], protocol: str, impl: str
 ) -> None:
     """After a request without FCGI_KEEP_CONN, flup waited forever for the front end to
-    close its side, pinning the worker (B2's hang at shutdown)."""
+    close its side, pinning the worker (flup.rst#stop-signals)."""
     connection_class = QuickCloseConnection if impl == "ours" else None
     harness = serve(protocol, ignoring_app, impl, connection_class=connection_class)
     with connect(harness.address) as sock:
@@ -875,7 +893,8 @@ def test_persistent_connection_serves_several_requests(
 def test_stop_when_idle_closes_an_idle_persistent_connection(
     serve: Callable[..., Harness], protocol: str
 ) -> None:
-    """B5: a persistent connection waited for requests forever, so shutdown hung."""
+    """A persistent connection waited for requests forever, so shutdown hung
+    (flup.rst#persistent-shutdown)."""
     harness = serve(protocol, ignoring_app)
     with connect(harness.address) as sock:
         assert persistent_requests(protocol, harness.address, sock).body == b"ok"
@@ -1029,14 +1048,16 @@ def test_fcgi_web_server_addrs(
     flup_wrong: bool,
     impl: str,
 ) -> None:
-    """B16: with FCGI_WEB_SERVER_ADDRS set, flup refused every unix-socket client."""
+    """With FCGI_WEB_SERVER_ADDRS set, flup refused every unix-socket client."""
     monkeypatch.setenv("FCGI_WEB_SERVER_ADDRS", "127.0.0.1, 10.0.0.2")
     if impl == "ours":
         server: Any = compat.FCGIServer(ignoring_app, multithreaded=False, multiprocess=True)
         is_allowed = server._isClientAllowed
     else:
         if flup_wrong:
-            request.applymarker(pytest.mark.xfail(strict=True, reason="plain flup: B16"))
+            request.applymarker(
+                pytest.mark.xfail(strict=True, reason="plain flup: flup.rst#unix-web-server-addrs")
+            )
         flup_server = types.SimpleNamespace(_web_server_addrs=["127.0.0.1", "10.0.0.2"])
         is_allowed = types.MethodType(fcgi_fork.WSGIServer._isClientAllowed, flup_server)
     assert is_allowed(addr) is allowed

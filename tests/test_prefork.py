@@ -50,7 +50,9 @@ def no_zombie_workers(server: ServerProcess) -> bool:
     return "Z" not in server.workers().values()
 
 
-@ours_and_flup("B1: every worker looks idle, so the pool never grows past maxSpare")
+@ours_and_flup(
+    "flup.rst#pool-growth: every worker looks idle, so the pool never grows past maxSpare"
+)
 def test_pool_grows_to_max_children_under_load(servers: Servers, model: str) -> None:
     server = servers.start(model, "minSpare=2", "maxSpare=5", "maxChildren=10")
 
@@ -61,7 +63,9 @@ def test_pool_grows_to_max_children_under_load(servers: Servers, model: str) -> 
     assert elapsed < 2.0
 
 
-@ours_and_flup("B2: select() resumes after the signal; an idle master waits for a request")
+@ours_and_flup(
+    "flup.rst#stop-signals: select() resumes after the signal; an idle master waits for a request"
+)
 def test_sigterm_stops_an_idle_master(servers: Servers, model: str) -> None:
     server = servers.start(model)
     # Let the master read the worker's "idle again" byte and go back to waiting.
@@ -171,7 +175,7 @@ def test_sigint_during_a_graceful_stop_stops_now(servers: Servers) -> None:
     assert_stopped_cleanly(server)
 
 
-@ours_and_flup("B3: SIGUSR1 sends a str on a socket; the TypeError kills the master")
+@ours_and_flup("flup.rst#sigusr1: SIGUSR1 sends a str on a socket; the TypeError kills the master")
 def test_sigusr1_leaves_the_master_serving(servers: Servers, model: str) -> None:
     server = servers.start(model)
 
@@ -289,7 +293,8 @@ def test_a_killed_worker_is_reaped_and_replaced(servers: Servers) -> None:
 
 
 def test_sock_timeout_is_not_an_option() -> None:
-    """B24: flup feeds sockTimeout to setblocking(), which blocks the workers' accept()."""
+    """flup feeds sockTimeout to setblocking(), which blocks the workers' accept()
+    (flup.rst#sock-timeout)."""
     preforkserver.PreforkServer(sockTimeout=5)
 
     with pytest.raises(TypeError):

@@ -47,7 +47,10 @@ def assert_stopped_cleanly(server: ServerProcess) -> None:
             threadedserver.ThreadedServer,
             id="flup-threaded",
             marks=pytest.mark.xfail(
-                reason="flup B19: setDaemon() warns, and threads start in the constructor",
+                reason=(
+                    "flup.rst#thread-constructor: setDaemon() warns, and threads start in "
+                    "the constructor"
+                ),
                 strict=True,
             ),
         ),
@@ -62,7 +65,9 @@ def test_constructor_neither_warns_nor_starts_threads(server_class: type) -> Non
     assert threading.active_count() == before
 
 
-@ours_and_flup("B4: a burst is queued onto threads that are already busy", race=True)
+@ours_and_flup(
+    "flup.rst#thread-burst: a burst is queued onto threads that are already busy", race=True
+)
 def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None:
     server = servers.start(model, "maxThreads=50")
 
@@ -177,7 +182,8 @@ def test_stop_signals_and_what_run_returns(servers: Servers, signum: int, hup: b
 
 
 def test_sigterm_waits_for_the_request_in_progress(servers: Servers) -> None:
-    """B21: run() returns only after the running request has finished."""
+    """run() returns only after the running request has finished
+    (flup.rst#threaded-shutdown)."""
     server = servers.start("threaded")
     with connect(server.path) as client:
         client.sendall(b"sleep 1\n")
@@ -190,7 +196,9 @@ def test_sigterm_waits_for_the_request_in_progress(servers: Servers) -> None:
     assert_stopped_cleanly(server)
 
 
-@ours_and_flup("B5: shutdown() joins a persistent connection's thread forever")
+@ours_and_flup(
+    "flup.rst#persistent-shutdown: shutdown() joins a persistent connection's thread forever"
+)
 def test_sigterm_ends_an_idle_persistent_connection(servers: Servers, model: str) -> None:
     server = servers.start(model, "job=persistent")
     with connect(server.path) as client:

@@ -149,8 +149,10 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
         pkt = ajp_base.Packet()
         (pkt.length,) = struct.unpack(">H", header[2:])
         pkt.data = recv_exactly(self._sock, pkt.length, "a packet") if pkt.length else b""
+        # lighttpd's mod_ajp13 follows a request without a body with an empty packet;
+        # flup took it for an error (flup.rst#ajp-empty-packet).
         if not pkt.length:
-            return  # lighttpd's mod_ajp13 follows a request without a body with one (B22)
+            return
         elif pkt.data[0] == ajp_base.PKTTYPE_FWD_REQ:
             self._forwardRequest(pkt)
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
@@ -246,7 +248,10 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
         self._sock.sendall(data)
 
     def writePacket(self, pkt: Any) -> None:
-        """Header and data in one send (B10: two sends plus Nagle cost 40 ms a packet)."""
+        """Header and data in one send: two sends plus Nagle cost 40 ms a packet.
+
+        flup.rst#ajp-nagle.
+        """
         self._send(_container_packet(pkt.data))
 
     def send_body(self, data: bytes) -> None:
@@ -273,7 +278,7 @@ class AJPServer(LoopbackServer, ajp_base.BaseAJPServer):  # type: ignore[misc]
     protocol_name = "AJP"
 
     def error(self, request: Any) -> None:
-        """500, not flup's 200 (B9)."""
+        """500, not flup's 200 (flup.rst#ajp-error-status)."""
         content_type, body = error_page(self.debug)
         request.startResponse(
             500,

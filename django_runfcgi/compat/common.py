@@ -90,7 +90,8 @@ def allow_loopback(addr: ClientAddress, protocol: str) -> bool:
 
 
 def set_nodelay(sock: socket.socket, addr: ClientAddress) -> None:
-    """Send small packets at once: with Nagle, every request body chunk waits 40 ms (B10).
+    """Send small packets at once: with Nagle, every request body chunk waits 40 ms
+    (flup.rst#ajp-nagle).
 
     A TCP client's address is a tuple, a unix-socket client's a string: that tells the
     family without reading ``sock.family``, which costs an enum lookup per connection.
@@ -126,14 +127,15 @@ def _below(path: str, prefix: str) -> str:
 
 
 def fill_script_and_path(environ: Environ, mount: str | None = None) -> None:
-    """Set SCRIPT_NAME, PATH_INFO and QUERY_STRING the way WSGI expects (B8, B11, B12).
+    """Set SCRIPT_NAME, PATH_INFO and QUERY_STRING the way WSGI expects.
 
     Without PATH_INFO, flup cut the still percent-encoded REQUEST_URI by the length of
     the decoded SCRIPT_NAME ('3%A9'). Here PATH_INFO comes from REQUEST_URI's path,
     percent-decoded, minus SCRIPT_NAME when that is its start. `mount`, from the
     scriptname option or the deprecated WSGI_SCRIPT_NAME a front end may send, replaces
     SCRIPT_NAME and is cut from the full path; flup warned on every such request and
-    raised KeyError without SCRIPT_NAME.
+    raised KeyError without SCRIPT_NAME. See flup.rst#ajp-path-info,
+    flup.rst#path-info-encoded and flup.rst#scgi-mount-prefix.
     """
     uri_path = None
     query = ""
@@ -160,8 +162,9 @@ def fill_script_and_path(environ: Environ, mount: str | None = None) -> None:
 def error_page(debug: bool) -> tuple[bytes, bytes]:
     """Content type and body of the 500 page; call it inside the `except` block.
 
-    flup imported cgitb for debug, which is gone in Python 3.13 (B6): the error page
-    itself raised, so FastCGI requests never ended, SCGI gave 502 and AJP 503.
+    flup imported cgitb for debug, which is gone in Python 3.13: the error page itself
+    raised, so FastCGI requests never ended, SCGI gave 502 and AJP 503
+    (flup.rst#debug-cgitb).
     """
     if debug:
         return b"text/plain; charset=utf-8", traceback.format_exc().encode("utf-8", "replace")
@@ -300,7 +303,8 @@ class LoopbackServer:
     ) -> None:
         self._scriptname = scriptname
         # flup logs each request at INFO: WARNING keeps errors and drops the
-        # per-request lines. No bind address is needed (B23).
+        # per-request lines. No bind address is needed: the socket comes
+        # bound (flup.rst#bind-address).
         super().__init__(  # type: ignore[call-arg]
             application,
             environ=environ,
@@ -317,6 +321,6 @@ class LoopbackServer:
         return allow_loopback(addr, self.protocol_name)
 
     def _sanitizeEnv(self, environ: Environ) -> None:
-        """PATH_INFO percent-decoded (B8: flup's AJP took req_uri raw)."""
+        """PATH_INFO percent-decoded (flup's AJP took req_uri raw: flup.rst#ajp-path-info)."""
         mount = self._scriptname
         fill_script_and_path(environ, environ.get("WSGI_SCRIPT_NAME") if mount is None else mount)

@@ -386,7 +386,7 @@ class FCGIConnection(ProtocolConnection, fcgi_base.Connection):  # type: ignore[
     close_wait_seconds: ClassVar[float] = 10.0
     """With input left unread after the last request, how long to wait for the front end
     to close its side. flup waited forever, pinning a worker to a front end that never
-    closed (B2)."""
+    closed (flup.rst#stop-signals)."""
 
     protocol_name = "FastCGI"
 
@@ -678,7 +678,8 @@ class FCGIServer(fcgi_base.BaseFCGIServer):  # type: ignore[misc]
         return host.strip() if ip is None else str(ip)
 
     def _isClientAllowed(self, addr: ClientAddress) -> bool:
-        """FCGI_WEB_SERVER_ADDRS limits TCP clients; unix-socket clients always pass (B16)."""
+        """FCGI_WEB_SERVER_ADDRS limits TCP clients; unix-socket clients always pass
+        (flup.rst#unix-web-server-addrs)."""
         if not isinstance(addr, tuple) or self._web_server_addrs is None:
             return True
         if self._normalize(addr[0]) in self._web_server_addrs:

@@ -52,7 +52,8 @@ class _SCGIInput(LineReading):
         """Read and drop the unread body, within `seconds`.
 
         Closing a socket with unread input sends a reset, and the front end loses the
-        response (B13: Apache 503 always, nginx 502 often, on a 50 MB POST).
+        response (Apache 503 always, nginx 502 often, on a 50 MB POST:
+        flup.rst#scgi-unread-body).
         """
         deadline = time.monotonic() + seconds
         try:
@@ -129,7 +130,8 @@ class SCGIConnection(ProtocolConnection, scgi_base.Connection):  # type: ignore[
     """One SCGI connection: one request, then close."""
 
     drain_seconds: ClassVar[float] = 10.0
-    """How long to spend reading a request body the application left unread (B13)."""
+    """How long to spend reading a request body the application left unread
+    (flup.rst#scgi-unread-body)."""
     max_header_bytes: ClassVar[int] = 1 << 20
     """Larger SCGI headers are refused: front ends send a few kilobytes."""
 
