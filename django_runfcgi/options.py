@@ -91,18 +91,24 @@ def parse_port(name: str, value: object) -> int:
     return _parse_int(name, value, 1, 65535)
 
 
+def _octal(value: object) -> int | None:
+    """Octal digits as the shell writes them (``022``, ``0660``, ``0o660``); an int is
+    taken as the number itself. None when the text is not octal."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value).strip().lower().removeprefix("0o"), 8)
+    except ValueError:
+        return None
+
+
 def parse_umask(name: str, value: object) -> int:
     """Octal as in the shell (``022``); a Python int is taken as the mode itself."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    else:
-        text = str(value).strip().lower().removeprefix("0o")
-        try:
-            number = int(text, 8)
-        except ValueError:
-            raise OptionError(
-                f"{name}={value!r} is not an octal umask; use three octal digits such as 022."
-            ) from None
+    number = _octal(value)
+    if number is None:
+        raise OptionError(
+            f"{name}={value!r} is not an octal umask; use three octal digits such as 022."
+        )
     if not 0 <= number <= 0o777:
         raise OptionError(f"{name}={value!r} is out of range; use 000 to 777 (octal).")
     return number
@@ -110,15 +116,8 @@ def parse_umask(name: str, value: object) -> int:
 
 def parse_mode(name: str, value: object) -> int:
     """A file mode in octal as ``chmod`` takes it (``660``, ``0660``); an int is the mode."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    else:
-        text = str(value).strip().lower().removeprefix("0o")
-        try:
-            number = int(text, 8)
-        except ValueError:
-            number = -1
-    if not 0 <= number <= 0o777:
+    number = _octal(value)
+    if number is None or not 0 <= number <= 0o777:
         raise OptionError(
             f"{name}={value!r} is not an octal file mode; use three octal digits such as 660."
         )
