@@ -5,6 +5,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -142,6 +143,9 @@ def ignore_body(request: HttpRequest) -> HttpResponse:
 def slow(request: HttpRequest) -> JsonResponse:
     seconds = min(float(request.GET.get("s", "1")), 30.0)
     started = time.monotonic()
+    if marks := os.environ.get("TESTPROJECT_MARK_DIR"):
+        # Tests that signal a server while a request is in progress wait for this file.
+        Path(marks, "slow-started").touch()
     time.sleep(seconds)
     return JsonResponse({"pid": os.getpid(), "slept": time.monotonic() - started})
 

@@ -83,7 +83,9 @@ def test_sigterm_on_an_idle_server_stops_it_at_once(runner: Runner, method: str)
 
 @pytest.mark.parametrize("method", ["prefork", "threaded"])
 def test_sigterm_lets_a_request_in_progress_finish(runner: Runner, method: str) -> None:
-    address, _ = serve_unix(runner, f"method={method}")
+    marks = runner.tmp / "marks"
+    marks.mkdir()
+    address, _ = serve_unix(runner, f"method={method}", env={"TESTPROJECT_MARK_DIR": str(marks)})
     run = runner.runs[-1]
     result: dict[str, object] = {}
 
@@ -92,7 +94,10 @@ def test_sigterm_lets_a_request_in_progress_finish(runner: Runner, method: str) 
 
     thread = threading.Thread(target=slow)
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not (marks / "slow-started").exists():
+        assert time.monotonic() < deadline, "the request never reached the view"
+        time.sleep(0.01)
     run.signal(signal.SIGTERM)
     thread.join(timeout=30)
     assert run.wait(10) == 0, run.describe()
