@@ -27,8 +27,8 @@ import threading
 import time
 from contextlib import suppress
 
-from django_runfcgi.control import start_thread
 from django_runfcgi.options import TCP, Bind, Unix
+from django_runfcgi.workers.signals import start_thread
 
 logger = logging.getLogger(__name__)
 

@@ -39,14 +39,17 @@ from django_runfcgi import (
     sockets,
     systemd,
 )
-from django_runfcgi.compat.common import peer
 from django_runfcgi.options import DEFAULT_LOG, Config, Inherited, Unix
 from django_runfcgi.prefix import forget_prefixed_urls
-from django_runfcgi.server import PROTOCOL_NAMES, make_server
+from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
+from django_runfcgi.protocols.base import peer
+from django_runfcgi.server import make_protocol, make_server
+from django_runfcgi.workers.hooks import Hooks
+from django_runfcgi.workers.signals import SERVER_SIGNALS
 
-# Signals the servers handle. From the moment the pidfile or the announcement can be
-# seen until run() has its handlers in place, they wait instead of killing the process.
-SERVER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
+# From the moment the pidfile or the announcement can be seen until run() has its
+# handlers in place, the signals the servers handle (SERVER_SIGNALS) wait instead of
+# killing the process.
 
 logger = logging.getLogger(__name__)
 
@@ -258,15 +261,15 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
                 raise StartupError(str(err)) from err
         _become_user(config)
         application = load_application()
-        server: Any = make_server(config, application)
+        protocol = make_protocol(config, application)
         addr = sock.getpeername()
-        if not server._isClientAllowed(addr):
+        if not protocol.allows(addr):
             raise StartupError(f"Refused the connection from {peer(addr)}.")
-        job = server.connection_class(sock, addr, server, None)
+        connection = protocol.connection(sock, addr)
         notifier.ready(
             f"Serving one {PROTOCOL_NAMES[config.protocol]} connection, PID {os.getpid()}."
         )
-        job.run()
+        connection.run()
 
 
 def _notifying_reload_check(
@@ -361,11 +364,12 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             f"{where}, PID {owner}"
         )
         status += f"; logging to {paths.errlog}." if daemonize and paths.errlog else "."
-        server = make_server(config, application)
-        server.reload_check = _notifying_reload_check(
-            functools.partial(reload.check_new_code, start_dir), notifier, status
+        hooks = Hooks(
+            reload_check=_notifying_reload_check(
+                functools.partial(reload.check_new_code, start_dir), notifier, status
+            ),
+            on_usr1=functools.partial(daemon.reopen_logs, paths.outlog, paths.errlog),
         )
-        server.on_usr1 = functools.partial(daemon.reopen_logs, paths.outlog, paths.errlog)
 
         def stop_begins(graceful: bool) -> None:
             nonlocal offer
@@ -377,7 +381,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             else:
                 listener.remove_socket_file()
 
-        server.on_stop = stop_begins
+        hooks.on_stop = stop_begins
+        server = make_server(config, application, hooks)
         if state is not None:
             server.adopt_workers(state.retiring)
         if by_systemd or not isinstance(config.bind, Inherited):

@@ -51,6 +51,9 @@ class LineJob:
             if line:
                 self.handle(line.decode())
 
+    def stop_when_idle(self) -> None:
+        """Nothing to do: the connection ends after its one line anyway."""
+
     def handle(self, line: str) -> None:
         command, _, argument = line.strip().partition(" ")
         self.sock.sendall(f"{os.getpid()} {threading.get_ident()}\n".encode())
@@ -94,27 +97,61 @@ class PersistentJob(LineJob):
                 self.handle(line.decode())
 
 
+class Jobs:
+    """A protocol for the process models that serves test jobs: every client may connect."""
+
+    name = "test jobs"
+
+    def __init__(self, job: type[LineJob]) -> None:
+        self._job = job
+
+    def allows(self, addr: Any) -> bool:
+        return True
+
+    def connection(self, sock: socket.socket, addr: Any) -> LineJob:
+        return self._job(sock, addr)
+
+    def watch_requests(self, watch: Any) -> None:
+        raise AssertionError("test jobs are not timed")
+
+
+# Our process models' limits under the names flup's constructors take, so that one
+# command line starts either.
+LIMITS = {
+    "minSpare": "minspare",
+    "maxSpare": "maxspare",
+    "maxChildren": "maxchildren",
+    "maxThreads": "maxchildren",
+    "maxRequests": "maxrequests",
+    "shutdownTimeout": "shutdowntimeout",
+}
+
+
 def build_server(model: str, job: type[LineJob], options: dict[str, str]) -> Any:
     from flup.server import preforkserver, threadedserver
 
-    from django_runfcgi import prefork, threaded
+    from django_runfcgi.workers import Limits
+    from django_runfcgi.workers.hooks import Hooks
+    from django_runfcgi.workers.prefork import PreforkMaster
+    from django_runfcgi.workers.threaded import ThreadedServer
 
     kwargs: dict[str, Any] = {
         name: float(value) if name == "shutdownTimeout" else int(value)
         for name, value in options.items()
     }
+    if model.startswith("flup-"):
+        flup_class = {"flup-prefork": preforkserver.PreforkServer}.get(
+            model, threadedserver.ThreadedServer
+        )
+        return flup_class(jobClass=job, jobArgs=(), **kwargs)
 
-    def report_usr1(self: Any) -> None:
+    def report_usr1() -> None:
         sys.stdout.write(f"usr1 in {os.getpid()}\n")
         sys.stdout.flush()
 
-    classes: dict[str, Any] = {
-        "prefork": type("Prefork", (prefork.PreforkServer,), {"_handle_usr1": report_usr1}),
-        "threaded": type("Threaded", (threaded.ThreadedServer,), {"_handle_usr1": report_usr1}),
-        "flup-prefork": preforkserver.PreforkServer,
-        "flup-threaded": threadedserver.ThreadedServer,
-    }
-    return classes[model](jobClass=job, jobArgs=(), **kwargs)
+    limits = Limits(**{LIMITS[name]: value for name, value in kwargs.items()})
+    model_class = PreforkMaster if model == "prefork" else ThreadedServer
+    return model_class(Jobs(job), limits, Hooks(on_usr1=report_usr1))
 
 
 def main(argv: list[str]) -> None:
@@ -129,6 +166,9 @@ def main(argv: list[str]) -> None:
         result = server.run(sock)
         if model == "flup-threaded":
             server.shutdown()  # What flup's fcgi.py and scgi.py do after run().
+        for pid in getattr(server, "retiring", ()):
+            # After a reload the next master waits for the workers; here this process does.
+            os.waitpid(pid, 0)
         sys.stdout.write(f"run returned {result} in {os.getpid()}\n")
     finally:
         sys.stdout.write(f"cleanup in {os.getpid()}\n")

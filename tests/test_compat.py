@@ -1,4 +1,4 @@
-"""One test per fix in django_runfcgi.compat, each run in-process through tests/clients.py.
+"""One test per fix in django_runfcgi.protocols, each run in-process through tests/clients.py.
 
 Where plain flup can be run through the same scenario, the test is also run against
 flup's own class as a strict xfail: that is the evidence the fix is needed, and the
@@ -7,6 +7,7 @@ xfail turns into a failure if a flup release stops misbehaving.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -26,8 +27,11 @@ from typing import Any
 import pytest
 from flup.server import ajp_base, fcgi_base, fcgi_fork, scgi_base
 
-from django_runfcgi import compat, options, prefork
+from django_runfcgi import options, protocols
 from django_runfcgi import server as runfcgi_server
+from django_runfcgi.protocols.base import FIRST_REQUEST_SECONDS
+from django_runfcgi.protocols.fastcgi import FCGIConnection
+from django_runfcgi.workers.prefork.worker import REQUEST_BEGINS, REQUEST_ENDS, RequestTimer
 from tests.clients import (
     Address,
     Response,
@@ -46,12 +50,13 @@ REQUESTS: dict[str, Callable[..., Response]] = {
     "scgi": scgi_request,
     "ajp": ajp_request,
 }
-OURS: dict[str, type[Any]] = {
-    "fcgi": compat.FCGIServer,
-    "scgi": compat.SCGIServer,
-    "ajp": compat.AJPServer,
-}
+OURS: dict[str, type[Any]] = protocols.GATEWAYS
 PROTOCOLS = list(OURS)
+CONNECTIONS: dict[str, type[Any]] = {
+    "fcgi": FCGIConnection,
+    "scgi": protocols.scgi.SCGIConnection,
+    "ajp": protocols.ajp.AJPConnection,
+}
 
 
 def flup_fails(bug: str, *protocols: str, strict: bool = True) -> list[Any]:
@@ -123,13 +128,13 @@ class Harness:
     def __init__(
         self,
         server: Any,
-        connection_class: type[Any],
+        connect: Callable[[Any, Any], Any],
         *,
         tcp: bool,
         wrap: Callable[[socket.socket], Any] | None = None,
     ) -> None:
         self.server = server
-        self.connection_class = connection_class
+        self.connect = connect
         self.wrap = wrap
         self.connections: list[Any] = []
         self.sockets: list[Any] = []
@@ -156,7 +161,7 @@ class Harness:
                 continue
             sock, addr = self._listener.accept()
             wrapped = self.wrap(sock) if self.wrap else sock
-            conn = self.connection_class(wrapped, addr, self.server, None)
+            conn = self.connect(wrapped, addr)
             self.sockets.append(wrapped)
             self.connections.append(conn)
             thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
@@ -200,37 +205,47 @@ class Harness:
         return done
 
 
+Connect = Callable[[Any, Any], Any]
+"""Makes the connection object that serves an accepted socket (and its address)."""
+
+
 def make_server(
     protocol: str, impl: str, app: Any, debug: bool, scriptname: str | None = None
-) -> tuple[Any, type[Any]]:
+) -> tuple[Any, Connect]:
+    """A protocol's server side and how it makes a connection: ours, or plain flup's."""
     if impl == "ours":
         server = OURS[protocol](
             app, multithreaded=True, multiprocess=False, debug=debug, scriptname=scriptname
         )
-        return server, server.connection_class
+        return server, server.connection
     if protocol == "fcgi":
-        flup_fcgi = fcgi_base.BaseFCGIServer(app, multithreaded=True, debug=debug)
-        return flup_fcgi, flup_fcgi._connectionClass
-    if protocol == "scgi":
-        return scgi_base.BaseSCGIServer(app, multithreaded=True, debug=debug), scgi_base.Connection
-    return ajp_base.BaseAJPServer(app, multithreaded=True, debug=debug), ajp_base.Connection
+        flup_server: Any = fcgi_base.BaseFCGIServer(app, multithreaded=True, debug=debug)
+        connection_class = flup_server._connectionClass
+    elif protocol == "scgi":
+        flup_server = scgi_base.BaseSCGIServer(app, multithreaded=True, debug=debug)
+        connection_class = scgi_base.Connection
+    else:
+        flup_server = ajp_base.BaseAJPServer(app, multithreaded=True, debug=debug)
+        connection_class = ajp_base.Connection
+    return flup_server, lambda sock, addr: connection_class(sock, addr, flup_server, None)
 
 
-def make_prefork_server(protocol: str, app: Any, requesttimeout: float) -> tuple[Any, type[Any]]:
-    """The server runfcgi builds for method=prefork; the harness serves its connections and
-    binds its own socket, whatever the address in the options."""
-    values = {"protocol": protocol, "requesttimeout": requesttimeout}
+def make_prefork_protocol(protocol: str, app: Any) -> Any:
+    """The protocol runfcgi builds for method=prefork; the harness serves its connections
+    and binds its own socket, whatever the address in the options."""
+    values = {"protocol": protocol, "requesttimeout": 30}
     values |= {"host": "127.0.0.1", "port": 8009}
     config = options.resolve(options.merge(values), cwd=Path("/"))
-    built: Any = runfcgi_server.make_server(config, app)
-    return built, built.connection_class
+    return runfcgi_server.make_protocol(config, app)
 
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Harness]]:
     """serve(protocol, app, impl="ours", ...) -> a running Harness; AJP always over TCP.
 
-    With ``requesttimeout``, the server is the one runfcgi builds for method=prefork.
+    With ``timed_to``, the protocol is the one runfcgi builds for method=prefork, and
+    tells that socket when each request begins and ends, as a worker timing its
+    requests (requesttimeout) tells its master.
     """
     harnesses: list[tuple[str, Harness]] = []
 
@@ -244,15 +259,19 @@ def serve() -> Iterator[Callable[..., Harness]]:
         connection_class: type[Any] | None = None,
         wrap: Callable[[socket.socket], Any] | None = None,
         scriptname: str | None = None,
-        requesttimeout: float | None = None,
+        timed_to: socket.socket | None = None,
     ) -> Harness:
-        if requesttimeout is None:
-            server, default_class = make_server(protocol, impl, app, debug, scriptname)
+        if timed_to is None:
+            server, connect = make_server(protocol, impl, app, debug, scriptname)
         else:
-            server, default_class = make_prefork_server(protocol, app, requesttimeout)
+            server = make_prefork_protocol(protocol, app)
+            server.watch_requests(RequestTimer(timed_to))
+            connect = server.connection
+        if connection_class is not None:
+            connect = functools.partial(connection_class, server=server)
         harness = Harness(
             server,
-            connection_class or default_class,
+            connect,
             tcp=tcp or protocol == "ajp",
             wrap=wrap,
         )
@@ -415,10 +434,10 @@ def hello_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
     return [b"hello"]
 
 
-@pytest.mark.parametrize("requesttimeout", [0, 30], ids=["untimed", "requesttimeout"])
+@pytest.mark.parametrize("timed", [False, True], ids=["untimed", "requesttimeout"])
 @pytest.mark.parametrize(("protocol", "sends"), [("fcgi", 1), ("scgi", None), ("ajp", 2)])
 def test_a_listed_response_gets_its_length_and_few_sends_with_or_without_requesttimeout(
-    serve: Callable[..., Harness], protocol: str, sends: int | None, requesttimeout: float
+    serve: Callable[..., Harness], protocol: str, sends: int | None, timed: bool
 ) -> None:
     """A one-item list is a whole response: it gets a Content-Length and goes out in as
     few sends as the protocol allows, whether the prefork master times requests or not.
@@ -426,9 +445,13 @@ def test_a_listed_response_gets_its_length_and_few_sends_with_or_without_request
     The timing used to wrap the application, which hid the list from the protocol:
     FastCGI sent the response without Content-Length, in two sends.
     """
-    harness = serve(protocol, hello_app, requesttimeout=requesttimeout, wrap=RecordingSocket)
-    with connect(harness.address) as sock:
-        response = persistent_requests(protocol, harness.address, sock)
+    worker_end, master_end = socket.socketpair()
+    with worker_end, master_end:
+        harness = serve(
+            protocol, hello_app, timed_to=worker_end if timed else None, wrap=RecordingSocket
+        )
+        with connect(harness.address) as sock:
+            response = persistent_requests(protocol, harness.address, sock)
         assert (response.status, response.body) == (200, b"hello")
         assert response.header("Content-Length") == "5"
         if sends is not None:
@@ -451,9 +474,8 @@ def test_requesttimeout_times_each_request_of_a_persistent_connection(
     """Each request tells the master when it begins and ends, also one that fails: the
     time between requests on a kept connection is not time in a request. (SCGI has one
     request per connection.)"""
-    harness = serve(protocol, hello_app, requesttimeout=30)
     worker_end, master_end = socket.socketpair()
-    harness.server._link = worker_end
+    harness = serve(protocol, hello_app, timed_to=worker_end)
     paths = ["/", "/fail/", "/"]
     with worker_end, master_end:
         if protocol == "scgi":
@@ -466,7 +488,7 @@ def test_requesttimeout_times_each_request_of_a_persistent_connection(
                 ]
         assert statuses == [200, 500, 200]
         told = told_master(master_end, len(paths) * 2)
-    assert told == (prefork.REQUEST_BEGINS + prefork.REQUEST_ENDS) * len(paths)
+    assert told == (REQUEST_BEGINS + REQUEST_ENDS) * len(paths)
     assert len(harness.connections) == (len(paths) if protocol == "scgi" else 1)
 
 
@@ -484,12 +506,11 @@ def test_requesttimeout_counts_a_streamed_response_until_its_end(
         told_mid_stream.append(master_end.recv(64, socket.MSG_DONTWAIT))
         yield b"last"
 
-    harness = serve(protocol, stream, requesttimeout=30)
-    harness.server._link = worker_end
+    harness = serve(protocol, stream, timed_to=worker_end)
     with worker_end, master_end:
         assert REQUESTS[protocol](harness.address, timeout=5).body == b"firstlast"
-        assert told_mid_stream == [prefork.REQUEST_BEGINS]
-        assert told_master(master_end, 1) == prefork.REQUEST_ENDS
+        assert told_mid_stream == [REQUEST_BEGINS]
+        assert told_master(master_end, 1) == REQUEST_ENDS
 
 
 @pytest.mark.parametrize(("protocol", "impl"), flup_fails("sends the body for HEAD", *PROTOCOLS))
@@ -801,7 +822,7 @@ def test_a_failing_connection_costs_one_log_line_not_the_worker(
     """A connection that fails in an unforeseen way is logged (with its traceback if it
     is not an OS error) and closed; the worker goes on serving."""
 
-    class Failing(OURS[protocol].connection_class):  # type: ignore[name-defined,misc]
+    class Failing(CONNECTIONS[protocol]):  # type: ignore[valid-type,misc]
         def _wait_for_request(self) -> bool:
             raise error
 
@@ -849,7 +870,7 @@ def test_fcgi_get_values(serve: Callable[..., Harness], protocol: str, impl: str
     assert "OTHER" not in values
 
 
-class QuickCloseConnection(compat.FCGIConnection):
+class QuickCloseConnection(FCGIConnection):
     close_wait_seconds = 0.3
 
 
@@ -909,7 +930,7 @@ def test_stop_when_idle_closes_a_silent_scgi_connection(serve: Callable[..., Har
     harness = serve("scgi", ignoring_app)
     with connect(harness.address):
         harness.wait_for_connection().stop_when_idle()
-        assert harness.connections_done(compat.FIRST_REQUEST_SECONDS + 1.5)
+        assert harness.connections_done(FIRST_REQUEST_SECONDS + 1.5)
 
 
 class Gate:
@@ -1018,12 +1039,13 @@ def test_scgi_ajp_allow_loopback_and_unix_clients(
     if impl == "flup" and flup_wrong:
         request.applymarker(pytest.mark.xfail(strict=True, reason="plain flup"))
     server, _ = make_server(protocol, impl, ignoring_app, debug=False)
-    assert server._isClientAllowed(addr) is allowed
+    is_allowed = server.allows if impl == "ours" else server._isClientAllowed
+    assert is_allowed(addr) is allowed
 
 
 def test_refused_client_gets_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
-    server = compat.AJPServer(ignoring_app, multithreaded=True, multiprocess=False)
-    assert not server._isClientAllowed(("192.0.2.7", 40000))
+    server = protocols.AJP(ignoring_app, multithreaded=True, multiprocess=False)
+    assert not server.allows(("192.0.2.7", 40000))
     [record] = problems(caplog)
     assert "192.0.2.7" in record.getMessage()
 
@@ -1051,8 +1073,8 @@ def test_fcgi_web_server_addrs(
     """With FCGI_WEB_SERVER_ADDRS set, flup refused every unix-socket client."""
     monkeypatch.setenv("FCGI_WEB_SERVER_ADDRS", "127.0.0.1, 10.0.0.2")
     if impl == "ours":
-        server: Any = compat.FCGIServer(ignoring_app, multithreaded=False, multiprocess=True)
-        is_allowed = server._isClientAllowed
+        server: Any = protocols.FastCGI(ignoring_app, multithreaded=False, multiprocess=True)
+        is_allowed = server.allows
     else:
         if flup_wrong:
             request.applymarker(
@@ -1067,14 +1089,14 @@ def test_fcgi_web_server_addrs(
 
 def test_fcgi_without_web_server_addrs_allows_everyone(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FCGI_WEB_SERVER_ADDRS", raising=False)
-    server = compat.FCGIServer(ignoring_app, multithreaded=False, multiprocess=True)
-    assert server._isClientAllowed(("192.0.2.7", 40000))
+    server = protocols.FastCGI(ignoring_app, multithreaded=False, multiprocess=True)
+    assert server.allows(("192.0.2.7", 40000))
 
 
 @pytest.mark.parametrize("name", ["scgi-wsgi", "ajp-wsgi"])
 def test_flup_loggers_follow_the_projects_logging(name: str) -> None:
     """flup's own stderr handler printed each SCGI/AJP error a second time."""
-    import django_runfcgi.compat  # noqa: F401 - importing it is the fix
+    import django_runfcgi.protocols  # noqa: F401 - importing it is the fix
 
     assert logging.getLogger(name).handlers == []
 
@@ -1082,10 +1104,10 @@ def test_flup_loggers_follow_the_projects_logging(name: str) -> None:
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_connection_accepted_during_a_stop_serves_its_first_request(protocol: str) -> None:
     """A worker told to stop just after accept() dropped the connection: nginx said 502."""
-    server, connection_class = make_server(protocol, "ours", environ_app, debug=False)
+    _, connection = make_server(protocol, "ours", environ_app, debug=False)
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        conn = connection_class(ours, "", server, None)
+        conn = connection(ours, "")
         conn.stop_when_idle()
         thread = threading.Thread(target=conn.run)
         thread.start()

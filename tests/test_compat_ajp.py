@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from django_runfcgi import compat
+from django_runfcgi import protocols
 from tests.clients import ajp_request, connect
 from tests.test_compat import Harness
 
@@ -216,8 +216,8 @@ def serve() -> Iterator[Callable[..., Harness]]:
     harnesses: list[Harness] = []
 
     def start(app: Any = body_app) -> Harness:
-        server = compat.AJPServer(app, multithreaded=True, multiprocess=False)
-        harness = Harness(server, server.connection_class, tcp=True)
+        server = protocols.AJP(app, multithreaded=True, multiprocess=False)
+        harness = Harness(server, server.connection, tcp=True)
         harnesses.append(harness)
         return harness
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from django_runfcgi.compat import fcgi
+from django_runfcgi.protocols.fastcgi import FastCGI, request
 from testproject.bigfile import payload
 from tests.clients import connect, fcgi_request
 from tests.conftest import Address, Runner, free_port
@@ -281,7 +281,7 @@ class FeedingConnection:
 
     def __init__(self, pieces: list[bytes]) -> None:
         self.pieces = pieces
-        self.stream = fcgi._Input(self)  # type: ignore[arg-type]
+        self.stream = request.Input(self)  # type: ignore[arg-type]
 
     def process_input(self) -> None:
         self.stream.add_data(self.pieces.pop(0) if self.pieces else b"")
@@ -321,7 +321,7 @@ def missing_file_app(environ: dict[str, object], start_response: object) -> list
 def test_an_applications_oserror_gets_the_error_page(short_tmp: Path) -> None:
     """An OSError from the application (a missing file) is the application's failure:
     the web server gets the 500 page and the traceback, not a dropped connection."""
-    server = fcgi.FCGIServer(missing_file_app, multithreaded=True, multiprocess=False)
+    server = FastCGI(missing_file_app, multithreaded=True, multiprocess=False)
     path = str(short_tmp / "app.sock")
     with socket.socket(socket.AF_UNIX) as listening:
         listening.bind(path)
@@ -331,7 +331,7 @@ def test_an_applications_oserror_gets_the_error_page(short_tmp: Path) -> None:
             client.sendall(fcgi_stream(1, "GET", "/", "", b"", keep_conn=False))
             accepted, addr = listening.accept()
             with accepted:
-                fcgi.FCGIConnection(accepted, addr, server, None).run()
+                server.connection(accepted, addr).run()
             records = read_records(client)
     stdout = b"".join(content for kind, content in records if kind == STDOUT)
     stderr = b"".join(content for kind, content in records if kind == STDERR)

@@ -12,11 +12,10 @@ import time
 import pytest
 from flup.server import preforkserver
 
-from django_runfcgi.control import SignalQueue
-from django_runfcgi.prefork import PreforkServer
+from django_runfcgi.workers import Limits
+from django_runfcgi.workers.signals import SignalQueue
 from tests import process_jobs
 from tests.process_jobs import (
-    LineJob,
     ServerProcess,
     Servers,
     ask_all,
@@ -30,8 +29,8 @@ from tests.process_jobs import (
 )
 
 
-def ours_and_flup(bug: str) -> pytest.MarkDecorator:
-    return process_jobs.ours_and_flup("prefork", bug)
+def ours_and_flup(bug: str, *, race: bool = False) -> pytest.MarkDecorator:
+    return process_jobs.ours_and_flup("prefork", bug, race=race)
 
 
 def cleanups(server: ServerProcess) -> list[str]:
@@ -298,12 +297,7 @@ def test_sock_timeout_is_not_an_option() -> None:
     preforkserver.PreforkServer(sockTimeout=5)
 
     with pytest.raises(TypeError):
-        PreforkServer(sockTimeout=5)  # type: ignore[call-arg]
-
-
-def test_rejects_a_negative_shutdown_timeout() -> None:
-    with pytest.raises(ValueError, match="shutdownTimeout"):
-        PreforkServer(jobClass=LineJob, shutdownTimeout=-1)
+        Limits(sockTimeout=5)  # type: ignore[call-arg]
 
 
 def test_a_signal_sent_before_the_handlers_exist_is_queued_not_lost() -> None:
@@ -375,11 +369,6 @@ def test_a_signal_taken_by_another_thread_wakes_the_main_loop() -> None:
         queue.close()
         signal.sigtimedwait([signal.SIGUSR1], 0)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
-
-
-def test_rejects_a_negative_request_timeout() -> None:
-    with pytest.raises(ValueError, match="requestTimeout"):
-        PreforkServer(jobClass=LineJob, requestTimeout=-1)
 
 
 def test_a_worker_out_of_file_descriptors_waits_and_serves_on(servers: Servers) -> None:

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from django_runfcgi.compat import fcgi
+from django_runfcgi.protocols.fastcgi import FastCGI
+from django_runfcgi.protocols.fastcgi import connection as fcgi
 
 _speedups = fcgi._speedups
 """The built accelerator, whether or not RUNFCGI_PURE_PYTHON turned servers off it."""
@@ -175,9 +176,9 @@ class CountingReader:
 
 def exchange(stream: bytes) -> bytes:
     """What a web server gets back for `stream`, sent whole and then its side closed."""
-    server = fcgi.FCGIServer(reporting_app, multithreaded=False, multiprocess=True)
+    server = FastCGI(reporting_app, multithreaded=False, multiprocess=True)
     client, served = socket.socketpair()
-    conn = fcgi.FCGIConnection(served, "", server, None)
+    conn = server.connection(served, "")
     conn.close_wait_seconds = 2.0
     worker = threading.Thread(target=conn.run)
     worker.start()
@@ -256,7 +257,7 @@ def test_the_accelerator_is_built_where_the_tests_run_in_ci() -> None:
     """A compiler fault must not leave CI measuring and testing only the Python path."""
     if not os.environ.get("CI"):
         pytest.skip("only CI requires the accelerator")
-    assert _speedups is not None, "django_runfcgi._speedups was not built"
+    assert _speedups is not None, "django_runfcgi.protocols.fastcgi._speedups was not built"
 
 
 def test_servers_use_the_accelerator_unless_told_not_to() -> None:

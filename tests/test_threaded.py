@@ -7,11 +7,13 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 from flup.server import threadedserver
 
-from django_runfcgi.threaded import ThreadedServer
+from django_runfcgi.workers import Limits
+from django_runfcgi.workers.threaded import ThreadedServer
 from tests import process_jobs
 from tests.process_jobs import (
     LineJob,
@@ -40,11 +42,14 @@ def assert_stopped_cleanly(server: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize(
-    "server_class",
+    "build",
     [
-        pytest.param(ThreadedServer, id="threaded"),
         pytest.param(
-            threadedserver.ThreadedServer,
+            lambda: ThreadedServer(process_jobs.Jobs(LineJob), Limits(maxchildren=5)),
+            id="threaded",
+        ),
+        pytest.param(
+            lambda: threadedserver.ThreadedServer(jobClass=LineJob, maxThreads=5),
             id="flup-threaded",
             marks=pytest.mark.xfail(
                 reason=(
@@ -56,11 +61,11 @@ def assert_stopped_cleanly(server: ServerProcess) -> None:
         ),
     ],
 )
-def test_constructor_neither_warns_nor_starts_threads(server_class: type) -> None:
+def test_constructor_neither_warns_nor_starts_threads(build: Callable[[], object]) -> None:
     """Warnings are errors here; a thread started before a fork would warn on 3.12+."""
     before = threading.active_count()
 
-    server_class(jobClass=LineJob, maxThreads=5)
+    build()
 
     assert threading.active_count() == before
 
@@ -294,8 +299,10 @@ def test_a_job_that_raises_is_logged_and_the_server_serves_on(
     assert_stopped_cleanly(server)
 
 
-def test_rejects_impossible_limits() -> None:
-    with pytest.raises(ValueError, match="maxThreads"):
-        ThreadedServer(jobClass=LineJob, maxThreads=0)
-    with pytest.raises(ValueError, match="shutdownTimeout"):
-        ThreadedServer(jobClass=LineJob, shutdownTimeout=-1)
+@pytest.mark.parametrize(
+    ("limit", "value"),
+    [("maxchildren", 0), ("shutdowntimeout", -1), ("requesttimeout", -1)],
+)
+def test_rejects_impossible_limits(limit: str, value: int) -> None:
+    with pytest.raises(ValueError, match=limit):
+        Limits(**{limit: value})

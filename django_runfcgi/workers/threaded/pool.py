@@ -1,9 +1,10 @@
-"""The threaded process model: one process, a pool of threads that accept and serve.
+"""The threaded model's pool: threads that accept connections themselves and serve them.
 
-flup's pool starts threads in its constructor with deprecated calls
-(flup.rst#thread-constructor), queues a burst onto threads that are already busy
-(flup.rst#thread-burst), and is not waited for on shutdown (flup.rst#threaded-shutdown),
-or is waited for forever when a connection is persistent (flup.rst#persistent-shutdown).
+flup's pool started threads in its constructor with deprecated calls
+(flup.rst#thread-constructor), queued a burst onto threads that were already busy
+(flup.rst#thread-burst), and was not waited for on shutdown (flup.rst#threaded-shutdown),
+or was waited for forever when a connection was persistent
+(flup.rst#persistent-shutdown). None of its code runs here.
 """
 
 from __future__ import annotations
@@ -11,36 +12,25 @@ from __future__ import annotations
 import logging
 import os
 import selectors
-import signal
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from flup.server import threadedserver, threadpool
-
-from django_runfcgi.control import (
-    GRACEFUL,
-    INT_GRACE,
-    NOW,
-    Hooks,
-    Job,
-    SignalQueue,
-    reload_allowed,
-    start_thread,
-    stop_when_idle,
-)
+from django_runfcgi.protocols import Connection
 from django_runfcgi.sockets import Acceptor
+from django_runfcgi.workers import stop_when_idle
+from django_runfcgi.workers.signals import start_thread
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("django_runfcgi.workers")
 
 
-class _Accepted:
+class Accepted:
     """A job and the client socket it serves; the socket is closed even if the job raises."""
 
-    def __init__(self, job: Job, sock: socket.socket) -> None:
+    def __init__(self, job: Connection, sock: socket.socket) -> None:
         self.job = job
         self.sock = sock
 
@@ -68,7 +58,7 @@ BUSY_WEIGHT = 0.25
 IDLE_INTERVALS = 200
 
 
-class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
+class ThreadPool:
     """Threads that accept connections themselves: between minSpare and maxSpare idle,
     up to maxThreads in all.
 
@@ -93,8 +83,6 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
     def __init__(
         self, minSpare: int = 1, maxSpare: int = 5, maxThreads: int = sys.maxsize
     ) -> None:
-        # flup's constructor starts threads, with the deprecated setDaemon()
-        # (flup.rst#thread-constructor).
         self._minSpare = minSpare
         self._maxSpare = maxSpare
         self._maxThreads = max(minSpare, maxThreads)
@@ -103,7 +91,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._watch = threading.Condition(self._lock)
         self._workerCount = 0
         self._threads: list[threading.Thread] = []
-        self._running: list[_Accepted] = []
+        self._running: list[Accepted] = []
         self._leading = False
         self._watching = False
         self._watch_idle = False
@@ -112,14 +100,14 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
         self._stop = False
         self._wake: Callable[[], None] | None = None
         self._acceptor: Acceptor | None = None
-        self._make_job: Callable[[socket.socket, Any], _Accepted | None] | None = None
+        self._make_job: Callable[[socket.socket, Any], Accepted | None] | None = None
         self._selector: selectors.BaseSelector | None = None
         self._stop_fds: tuple[int, int] | None = None
 
     def start(
         self,
         sock: socket.socket,
-        make_job: Callable[[socket.socket, Any], _Accepted | None],
+        make_job: Callable[[socket.socket, Any], Accepted | None],
         wake: Callable[[], None],
     ) -> None:
         """Start the spare threads on a non-blocking listening socket.
@@ -198,7 +186,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
             if wake is not None:
                 wake()
 
-    def _run(self, job: _Accepted) -> None:
+    def _run(self, job: Accepted) -> None:
         with self._lock:
             self._running.append(job)
             stopping = self._stop
@@ -220,7 +208,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
             with self._lock:
                 self._running.remove(job)
 
-    def _next_job(self) -> _Accepted | None:
+    def _next_job(self) -> Accepted | None:
         """After a request: a connection that is already waiting, taken here while another
         thread leads, unless other requests in progress keep the processor busy. With no
         leader, None: this thread leads next, and finds a waiting connection at once."""
@@ -231,7 +219,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
                 return None
         return self._accept()
 
-    def _wait_for_job(self) -> _Accepted | None:
+    def _wait_for_job(self) -> Accepted | None:
         """Lead, watch or follow until there is a connection to serve; None to exit."""
         with self._lock:
             while not self._stop:
@@ -280,7 +268,7 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
             # An idle thread takes over watching.
             self._followers.notify()
 
-    def _lead(self) -> _Accepted | None:
+    def _lead(self) -> Accepted | None:
         """Wait on the socket until a connection is accepted; None on stop."""
         assert self._selector is not None, "start() made the selector"
         assert self._stop_fds is not None, "start() made the pipe"
@@ -296,146 +284,8 @@ class ThreadPool(threadpool.ThreadPool):  # type: ignore[misc]
             with self._lock:
                 self._leading = False
 
-    def _accept(self) -> _Accepted | None:
+    def _accept(self) -> Accepted | None:
         assert self._acceptor is not None, "set by start()"
         assert self._make_job is not None, "set by start()"
         accepted = self._acceptor()
         return None if accepted is None else self._make_job(*accepted)
-
-
-class ThreadedServer(Hooks, threadedserver.ThreadedServer):  # type: ignore[misc]
-    """flup's threaded server, which waits for its threads and stops when told to.
-
-    TERM and HUP stop gracefully: no new connection is accepted, persistent
-    connections are told ``stop_when_idle()`` and running requests get
-    ``shutdownTimeout`` seconds to finish. INT does the same with one second.
-    USR1 calls :meth:`_handle_usr1`. With ``reload_check`` set, HUP first calls it and
-    is ignored, with the error logged, when it returns one.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
-
-    def __init__(
-        self,
-        jobClass: Callable[..., Job] | None = None,
-        jobArgs: Sequence[Any] = (),
-        *,
-        minSpare: int = 1,
-        maxSpare: int = 5,
-        maxThreads: int = 50,
-        shutdownTimeout: float = 30.0,
-    ) -> None:
-        # flup's constructor builds flup's pool, which starts threads at once
-        # (flup.rst#thread-constructor).
-        if maxThreads < 1:
-            raise ValueError("maxThreads must be at least 1.")
-        if shutdownTimeout < 0:
-            raise ValueError("shutdownTimeout must be 0 or more.")
-        self._jobClass = jobClass
-        self._jobArgs = jobArgs
-        self._threadPool = ThreadPool(minSpare, maxSpare, maxThreads)
-        self._shutdownTimeout = shutdownTimeout
-        self._hupReceived = False
-        self._stopping: str | None = None
-
-    def adopt_workers(self, pids: Iterable[int]) -> None:
-        """Nothing to wait for: a threaded server's threads end before it reloads."""
-        if list(pids):
-            raise ValueError("A threaded server has no worker processes to adopt.")
-
-    def shutdown(self) -> None:
-        """Nothing to do: run() has waited for the threads (flup's callers still call this)."""
-
-    def run(self, sock: socket.socket) -> bool:
-        """Serve on a bound, listening socket until TERM, INT or HUP; True after HUP.
-
-        Returns once the worker threads have finished, or the stop signal's time limit
-        has passed. The socket stays open.
-        """
-        if self._jobClass is None:
-            raise TypeError("ThreadedServer.run() needs a jobClass.")
-        self._hupReceived = False
-        self._stopping = None
-        # Threads race for each connection; the losers go back to waiting.
-        sock.setblocking(False)
-        pool = self._threadPool
-        self._signals = SignalQueue(self.SIGNALS)
-        try:
-            with selectors.DefaultSelector() as selector:
-                selector.register(self._signals.fd, selectors.EVENT_READ)
-                pool.start(sock, self._make_job, self._signals.wake)
-                try:
-                    self._serve(selector)
-                finally:
-                    # No thread accepts once the socket may be offered to a new server.
-                    pool.stop()
-                if not self._hupReceived:
-                    self._stop_begins(self._stopping == GRACEFUL)
-                self._wait_for_threads(selector)
-        finally:
-            pool.detach()
-            self._signals.close()
-        return self._hupReceived
-
-    def _handle_signals(self) -> None:
-        for signum in self._signals.pop():
-            if signum == signal.SIGUSR1:
-                self._usr1_received()
-            elif signum == signal.SIGINT:
-                self._stopping = NOW
-            elif signum == signal.SIGHUP and not self._reload_allowed():
-                continue
-            else:
-                self._hupReceived = self._hupReceived or signum == signal.SIGHUP
-                self._stopping = self._stopping or GRACEFUL
-
-    def _reload_allowed(self) -> bool:
-        """With ``reload_check`` set, HUP stops only if the check finds no error."""
-        if self.reload_check is None:
-            return True
-        return self._stopping is None and reload_allowed(self.reload_check)
-
-    def _serve(self, selector: selectors.BaseSelector) -> None:
-        """Until a stop: the pool's threads accept, this thread hears signals."""
-        while True:
-            self._handle_signals()
-            if self._stopping is not None:
-                return
-            selector.select()
-
-    def _make_job(self, client: socket.socket, addr: Any) -> _Accepted | None:
-        if not self._isClientAllowed(addr):
-            client.close()
-            return None
-        assert self._jobClass is not None, "checked in run()"
-        try:
-            return _Accepted(self._jobClass(client, addr, *self._jobArgs), client)
-        except Exception:
-            logger.exception("Error while setting up a connection.")
-            client.close()
-            return None
-
-    def _wait_for_threads(self, selector: selectors.BaseSelector) -> None:
-        """Wait for running jobs, up to the stop signal's time limit.
-
-        flup.rst#threaded-shutdown and #persistent-shutdown.
-        """
-        mode = self._stopping
-        limit = INT_GRACE if mode == NOW else self._shutdownTimeout
-        deadline = time.monotonic() + limit
-        pool = self._threadPool
-        while pool.alive():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                logger.warning(
-                    "%d worker thread(s) still running %.1f s after the stop signal; "
-                    "leaving them.",
-                    pool.alive(),
-                    limit,
-                )
-                return
-            selector.select(remaining)
-            self._handle_signals()
-            if self._stopping != mode:
-                mode = self._stopping
-                deadline = min(deadline, time.monotonic() + INT_GRACE)

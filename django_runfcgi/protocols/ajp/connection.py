@@ -1,52 +1,62 @@
-"""AJP 1.3: flup's ajp_base classes, fixed (B-numbers: the project's notes on flup)."""
+"""An AJP 1.3 connection: requests one after another until the front end closes.
+
+flup's request decoder (ajp_base.Connection._forwardRequest) and request class
+(ajp_base.Request, for its setters) run here, called openly; reading packets, the
+request body, the response framing and HEAD are ours.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import socket
 import struct
 import tempfile
-from typing import IO, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any
 
 from flup.server import ajp_base
 
-from django_runfcgi.compat.common import (
-    ClientAddress,
-    LoopbackServer,
-    ProtocolConnection,
-    ProtocolError,
-    error_page,
-    recv_exactly,
+from django_runfcgi.protocols.ajp.packets import (
+    BODY_IN_MEMORY,
+    MAX_BODY_CHUNK,
+    MAX_REQUEST_CHUNK,
+    body_chunk,
+    container_packet,
+    content_length,
 )
+from django_runfcgi.protocols.base import ProtocolConnection, ProtocolError, recv_exactly
+from django_runfcgi.protocols.clients import ClientAddress
+from django_runfcgi.protocols.wsgi import has_body
 
-_AJP_MAX_BODY_CHUNK = 8184
-"""Data per SEND_BODY_CHUNK: 8192 minus the packet header, type, length and NUL."""
-
-_AJP_MAX_REQUEST_CHUNK = 8186
-"""Request body bytes asked for per GET_BODY_CHUNK, as Tomcat asks: what one 8192-byte
-body packet holds after its header and data length."""
+if TYPE_CHECKING:
+    from django_runfcgi.protocols.ajp import AJP
 
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
-_BODY_IN_MEMORY = 2621440
-"""Request bodies up to this size stay in memory, larger ones go to a temporary file
-(Django's FILE_UPLOAD_MAX_MEMORY_SIZE default)."""
 
+class _BodyUnread:
+    """The request's input until run() reads the body: flup's decoder asks it whether body
+    packets are due before the request runs, and none are."""
 
-def _container_packet(data: bytes | memoryview) -> bytes:
-    return b"".join((ajp_base.CONTAINER_PREFIX, struct.pack(">H", len(data)), data))
+    def bytesAvailForAdd(self) -> int:
+        return 0
 
-
-def _body_chunk(chunk: memoryview) -> bytes:
-    # flup ends the chunk with a NUL the AJP spec does not mention; front ends accept it.
-    return _container_packet(
-        b"".join((ajp_base.PKTTYPE_SEND_BODY, struct.pack(">H", len(chunk)), chunk, b"\0"))
-    )
+    def close(self) -> None:
+        pass
 
 
 class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
-    _headersSent: bool
+    """flup's request, for the setters its decoder calls; the body, the response and HEAD
+    are ours."""
+
+    def __init__(self, conn: AJPConnection) -> None:
+        # Not flup's constructor: its input stream is never read (run() reads the body).
+        self._conn = conn
+        self.environ: dict[str, Any] = {}
+        self.input: IO[bytes] | _BodyUnread = _BodyUnread()
+        self._headersSent = False
+        self.logger = conn.logger
 
     def addHeader(self, name: bytes, value: bytes) -> None:
         """Headers into environ; unlike flup's, the body is left to run()."""
@@ -81,7 +91,7 @@ class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
         """Hold SEND_HEADERS back so it goes out with the first body chunk."""
         assert not self._headersSent, "Headers already sent!"
         self._conn.hold(
-            _container_packet(
+            container_packet(
                 ajp_base.PKTTYPE_SEND_HEADERS
                 + struct.pack(">H", statusCode)
                 + ajp_base.encodeString(statusMsg)
@@ -93,7 +103,7 @@ class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
 
     def write(self, data: bytes) -> None:
         """SEND_BODY_CHUNK packets; none for HEAD (flup sent the body)."""
-        if self.environ["REQUEST_METHOD"] != "HEAD":
+        if has_body(self.environ):
             self._conn.send_body(data)
 
 
@@ -109,25 +119,20 @@ def _acknowledge_at_once(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
 
 
-def _content_length(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not value.isascii() or not value.isdigit():
-        raise ProtocolError(f"Content-Length {value!r} is not a number of bytes")
-    return int(value)
-
-
-class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[misc]
+class AJPConnection(ProtocolConnection):
     """One AJP connection; the front end may send many requests over it."""
 
-    protocol_name = "AJP"
     # flup parses FORWARD_REQUEST by indexing: garbage raises IndexError and co.
     protocol_errors = (ProtocolError, ajp_base.ProtocolError, IndexError, ValueError, struct.error)
 
-    def __init__(
-        self, sock: socket.socket, addr: ClientAddress, server: Any, timeout: Any
-    ) -> None:
-        super().__init__(sock, addr, server, timeout)
+    server: AJP
+
+    def __init__(self, sock: socket.socket, addr: ClientAddress, server: AJP) -> None:
+        super().__init__(sock, addr, server)
+        # Read by flup's request decoder, which runs as this connection's own code.
+        self._request: _AJPRequest | None = None
+        self._timeout = None
+        self.logger = logging.getLogger(ajp_base.LoggerName)
         self._held: list[bytes] = []
         self._framing: str | None = None
         """How this request's body packets are framed: "spec" or "bare" (lighttpd)."""
@@ -154,9 +159,9 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
         if not pkt.length:
             return
         elif pkt.data[0] == ajp_base.PKTTYPE_FWD_REQ:
-            self._forwardRequest(pkt)
+            ajp_base.Connection._forwardRequest(self, pkt)
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
-            self._cping(pkt)
+            ajp_base.Connection._cping(self, pkt)
         elif pkt.data[0] not in (ajp_base.PKTTYPE_SHUTDOWN, ajp_base.PKTTYPE_PING):
             raise ProtocolError(f"unknown packet type {pkt.data[0]:#04x}")
 
@@ -167,23 +172,23 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
         body (Apache forwards Transfer-Encoding and no length) comes only when asked
         for, one packet per GET_BODY_CHUNK, until a packet without data, as Tomcat reads it.
         """
-        length = _content_length(environ.get("CONTENT_LENGTH"))
+        length = content_length(environ.get("CONTENT_LENGTH"))
         if length is None and "HTTP_TRANSFER_ENCODING" not in environ:
             length = 0
         if length == 0:
             return io.BytesIO()
         with contextlib.ExitStack() as on_error:
-            body = on_error.enter_context(tempfile.SpooledTemporaryFile(_BODY_IN_MEMORY))
+            body = on_error.enter_context(tempfile.SpooledTemporaryFile(BODY_IN_MEMORY))
             received = 0
             self._framing = None
             ask = length is None  # the first packet of a body with a length comes unasked
             while length is None or received < length:
                 if ask:
-                    wanted = _AJP_MAX_REQUEST_CHUNK
+                    wanted = MAX_REQUEST_CHUNK
                     if length is not None:
                         wanted = min(wanted, length - received)
                     self._send(
-                        _container_packet(ajp_base.PKTTYPE_GET_BODY + struct.pack(">H", wanted))
+                        container_packet(ajp_base.PKTTYPE_GET_BODY + struct.pack(">H", wanted))
                     )
                 ask = True
                 data = self._body_packet(None if length is None else length - received)
@@ -252,37 +257,19 @@ class AJPConnection(ProtocolConnection, ajp_base.Connection):  # type: ignore[mi
 
         flup.rst#ajp-nagle.
         """
-        self._send(_container_packet(pkt.data))
+        self._send(container_packet(pkt.data))
 
     def send_body(self, data: bytes) -> None:
         """SEND_BODY_CHUNK packets, a batch per send."""
         view = memoryview(data)
-        step = _AJP_MAX_BODY_CHUNK
+        step = MAX_BODY_CHUNK
         for start in range(0, len(view), 32 * step):
             piece = view[start : start + 32 * step]
             self._send(
-                b"".join(_body_chunk(piece[i : i + step]) for i in range(0, len(piece), step))
+                b"".join(body_chunk(piece[i : i + step]) for i in range(0, len(piece), step))
             )
 
     def end_response(self) -> None:
         """END_RESPONSE; reuse is off once the connection is stopping."""
         reuse = b"\x00" if self._stopping else b"\x01"
-        self._send(_container_packet(ajp_base.PKTTYPE_END_RESPONSE + reuse))
-
-
-class AJPServer(LoopbackServer, ajp_base.BaseAJPServer):  # type: ignore[misc]
-    """AJP 1.3 protocol half; combine it with a process class."""
-
-    connection_class: ClassVar[type[AJPConnection]] = AJPConnection
-    requestClass = _AJPRequest
-    protocol_name = "AJP"
-
-    def error(self, request: Any) -> None:
-        """500, not flup's 200 (flup.rst#ajp-error-status)."""
-        content_type, body = error_page(self.debug)
-        request.startResponse(
-            500,
-            b"Internal Server Error",
-            [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())],
-        )
-        request.write(body)
+        self._send(container_packet(ajp_base.PKTTYPE_END_RESPONSE + reuse))

@@ -1,4 +1,4 @@
-/* FastCGI request parsing in C, for django_runfcgi.compat.fcgi.
+/* FastCGI request parsing in C, for django_runfcgi.protocols.fastcgi.
 
    Optional: without it (no compiler at install, or RUNFCGI_PURE_PYTHON=1) the same
    work is done in Python, record by record. read_request() only takes the common,
@@ -221,7 +221,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "django_runfcgi._speedups",
+    .m_name = "django_runfcgi.protocols.fastcgi._speedups",
     .m_doc = "FastCGI request parsing in C; see django_runfcgi.compat.fcgi.",
     .m_size = 0,
     .m_methods = methods,

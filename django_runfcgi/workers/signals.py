@@ -1,63 +1,108 @@
-"""What the prefork and threaded servers share: how they hear signals and what runfcgi
-plugs into them.
+"""Signals: what each one asks of a server, and how the main loop hears them.
 
-Both process models stop, reload and reopen logs on the same signals with the same
-meanings; the queue, the stop modes and the hooks live here once.
+One table says what TERM, INT, HUP and USR1 mean, for the prefork master and the
+threaded server alike and for a prefork worker; handlers only queue the signal and wake
+the main loop, which acts (flup.rst#stop-signals).
 """
 
 from __future__ import annotations
 
-import logging
+import enum
 import os
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import suppress
+from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
-logger = logging.getLogger(__name__)
+from django_runfcgi.workers.hooks import Hooks
 
-# Workers told to stop now (SIGINT) are killed if they are still there after this.
 INT_GRACE = 1.0
-
-# How a server is stopping, if it is.
-GRACEFUL = "graceful"
-NOW = "now"
-RELOAD = "reload"
+"""Workers told to stop now (SIGINT) are killed if they are still there after this."""
 
 SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
-class Job(Protocol):
-    """A protocol connection: serves one client socket, then returns."""
+class Intent(enum.Enum):
+    """What a signal asks for."""
 
-    def run(self) -> object: ...
-
-
-def stop_when_idle(job: object) -> None:
-    """Tell a persistent connection to return after its request in progress, if it can."""
-    stop = getattr(job, "stop_when_idle", None)
-    if stop is None:
-        return
-    try:
-        stop()
-    except Exception:
-        logger.exception("Could not tell a connection to stop")
+    STOP = "stop gracefully"
+    STOP_NOW = "stop now"
+    RELOAD = "reload the code"
+    REOPEN_LOGS = "reopen the log files"
+    CHILD_EXITED = "reap a worker"
 
 
-def reload_allowed(check: Callable[[], str | None]) -> bool:
-    """Run a reload's check of the new code; a failure is logged and cancels the reload."""
-    try:
-        error = check()
-    except Exception:
-        logger.exception("Reload cancelled: the check failed; still serving the old code.")
-        return False
-    if error is not None:
-        logger.error("Reload cancelled, still serving the old code: %s", error)
-        return False
-    return True
+INTENTS: dict[signal.Signals, tuple[Intent, Intent | None]] = {
+    # signal: (to the prefork master or the threaded server, to a prefork worker)
+    signal.SIGTERM: (Intent.STOP, Intent.STOP),
+    signal.SIGINT: (Intent.STOP_NOW, None),  # a worker: KeyboardInterrupt, from here
+    signal.SIGHUP: (Intent.RELOAD, Intent.STOP),  # a worker: the master reloads
+    signal.SIGUSR1: (Intent.REOPEN_LOGS, Intent.REOPEN_LOGS),
+    signal.SIGCHLD: (Intent.CHILD_EXITED, None),
+}
+SERVER_SIGNALS = tuple(signum for signum in INTENTS if signum != signal.SIGCHLD)
+"""What a server handles; the prefork master also SIGCHLD."""
+WORKER_SIGNALS = tuple(signum for signum, (_, intent) in INTENTS.items() if intent is not None)
+
+
+class Stop(enum.Enum):
+    """How a server is stopping."""
+
+    GRACEFUL = "graceful"
+    NOW = "now"
+    RELOAD = "reload"
+
+
+@dataclass
+class Orders:
+    """What the signals received so far ask of a server: the same rules for both models.
+
+    TERM stops gracefully, INT stops now (also during a graceful stop), HUP reloads
+    unless a stop is under way or the reload check finds an error, USR1 reopens the logs.
+    """
+
+    hooks: Hooks
+    stop: Stop | None = None
+
+    def take(self, signums: Iterable[int]) -> None:
+        for signum in signums:
+            intent = INTENTS[signal.Signals(signum)][0]
+            if intent is Intent.REOPEN_LOGS:
+                self.hooks.usr1()
+            elif intent is Intent.STOP_NOW:
+                self.stop = Stop.NOW
+            elif intent is Intent.STOP:
+                self.stop = self.stop or Stop.GRACEFUL
+            elif intent is Intent.RELOAD and self.stop is None and self.hooks.reload_allowed():
+                self.stop = Stop.RELOAD
+            # CHILD_EXITED only wakes the loop, which reaps.
+
+
+class StopDeadline:
+    """When a stop must be over: ``shutdowntimeout`` after a graceful stop begins, or
+    INT_GRACE after INT, also when INT comes during a graceful stop."""
+
+    def __init__(self, orders: Orders, shutdowntimeout: float) -> None:
+        self._orders = orders
+        self.mode = orders.stop
+        self.limit = INT_GRACE if self.mode is Stop.NOW else shutdowntimeout
+        self._deadline = time.monotonic() + self.limit
+
+    def remaining(self) -> float:
+        return self._deadline - time.monotonic()
+
+    def hurried(self) -> bool:
+        """Whether INT came since the last look: the stop is now one of INT_GRACE."""
+        if self._orders.stop is self.mode:
+            return False
+        self.mode = self._orders.stop
+        self._deadline = min(self._deadline, time.monotonic() + INT_GRACE)
+        return True
 
 
 # The signals a helper thread blocks. The kernel gives a signal sent to the process to
@@ -154,42 +199,3 @@ class SignalQueue:
             signal.set_wakeup_fd(self._previous_wakeup_fd)
         os.close(self.fd)
         os.close(self._write_fd)
-
-
-class Hooks:
-    """What runfcgi sets on either server: the reload check and the USR1 and stop actions.
-
-    ``reload_check`` returns an error to cancel a HUP reload. ``on_usr1`` runs after
-    SIGUSR1 (runfcgi reopens its log files). ``on_stop`` runs once when TERM
-    (graceful: True) or INT starts a stop: runfcgi offers its socket to a new server
-    there, or removes its socket file, so that a new server can start while this one
-    finishes its requests. ``retiring`` holds the pids of workers
-    left to finish their requests after a reload.
-    """
-
-    reload_check: Callable[[], str | None] | None = None
-    on_usr1: Callable[[], None] | None = None
-    on_stop: Callable[[bool], None] | None = None
-    retiring: Sequence[int] = ()
-
-    def _handle_usr1(self) -> None:
-        """Called from the main loop after SIGUSR1 (flup's handler killed the master:
-        flup.rst#sigusr1).
-
-        In a prefork worker, between requests. Calls ``on_usr1`` when set.
-        """
-        if self.on_usr1 is not None:
-            self.on_usr1()
-
-    def _usr1_received(self) -> None:
-        try:
-            self._handle_usr1()
-        except Exception:
-            logger.exception("Error while handling SIGUSR1.")
-
-    def _stop_begins(self, graceful: bool) -> None:
-        if self.on_stop is not None:
-            try:
-                self.on_stop(graceful)
-            except Exception:
-                logger.exception("Error while starting to stop.")

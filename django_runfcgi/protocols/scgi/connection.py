@@ -1,21 +1,21 @@
-"""SCGI: flup's scgi_base classes, fixed (B-numbers: the project's notes on flup)."""
+"""An SCGI connection: one request, then close.
+
+flup's request class (scgi_base.Request) runs the request, and flup's WSGI handler the
+application (see the gateway); the reading of the request, the body as wsgi.input, HEAD
+and the close without a reset are ours.
+"""
 
 from __future__ import annotations
 
 import socket
 import time
-from typing import IO, Any, ClassVar
+from typing import IO, ClassVar
 
 from flup.server import scgi_base
 
-from django_runfcgi.compat.common import (
-    Environ,
-    LineReading,
-    LoopbackServer,
-    ProtocolConnection,
-    ProtocolError,
-    write_cgi_error,
-)
+from django_runfcgi.protocols.base import ProtocolConnection
+from django_runfcgi.protocols.scgi.headers import parse_headers, read_netstring
+from django_runfcgi.protocols.wsgi import LineReading, has_body
 
 
 class _SCGIInput(LineReading):
@@ -84,49 +84,7 @@ class _HeadersOnly:
         self._wfile.flush()
 
 
-def _read_netstring(rfile: IO[bytes], limit: int) -> bytes:
-    digits = b""
-    while True:
-        char = rfile.read(1)
-        if not char:
-            if digits:
-                raise ProtocolError("connection closed inside the netstring length")
-            raise EOFError
-        if char == b":" and digits:
-            break
-        if not char.isdigit() or len(digits) > len(str(limit)):
-            raise ProtocolError(
-                f"request does not start with a netstring length: {digits + char!r}"
-            )
-        digits += char
-    size = int(digits)
-    if size > limit:
-        raise ProtocolError(f"headers netstring of {size} bytes is over the {limit}-byte limit")
-    data = rfile.read(size + 1)
-    if len(data) < size + 1:
-        raise ProtocolError(f"connection closed inside the {size}-byte headers netstring")
-    if data[-1:] != b",":
-        raise ProtocolError(f"headers netstring ends with {data[-1:]!r}, not ','")
-    return data[:-1]
-
-
-def _parse_scgi_headers(data: bytes) -> Environ:
-    strings = data.split(b"\0")
-    if strings[-1] or len(strings) % 2 == 0:
-        raise ProtocolError("headers are not NUL-terminated name/value pairs")
-    environ: Environ = {
-        name.decode("latin-1"): value.decode("latin-1")
-        for name, value in zip(strings[:-1:2], strings[1::2], strict=True)
-    }
-    length = environ.get("CONTENT_LENGTH", "")
-    if not length.isdigit():
-        raise ProtocolError(f"CONTENT_LENGTH is {length!r}, not a number of bytes")
-    if "REQUEST_METHOD" not in environ:
-        raise ProtocolError("REQUEST_METHOD is missing")
-    return environ
-
-
-class SCGIConnection(ProtocolConnection, scgi_base.Connection):  # type: ignore[misc]
+class SCGIConnection(ProtocolConnection):
     """One SCGI connection: one request, then close."""
 
     drain_seconds: ClassVar[float] = 10.0
@@ -134,8 +92,6 @@ class SCGIConnection(ProtocolConnection, scgi_base.Connection):  # type: ignore[
     (flup.rst#scgi-unread-body)."""
     max_header_bytes: ClassVar[int] = 1 << 20
     """Larger SCGI headers are refused: front ends send a few kilobytes."""
-
-    protocol_name = "SCGI"
 
     def run(self) -> None:
         try:
@@ -147,21 +103,11 @@ class SCGIConnection(ProtocolConnection, scgi_base.Connection):  # type: ignore[
 
     def processInput(self) -> None:
         with self._sock.makefile("rb") as rfile, self._sock.makefile("wb") as wfile:
-            environ = _parse_scgi_headers(_read_netstring(rfile, self.max_header_bytes))
+            environ = parse_headers(read_netstring(rfile, self.max_header_bytes))
             stdin = _SCGIInput(rfile, int(environ["CONTENT_LENGTH"]))
-            output = _HeadersOnly(wfile) if environ["REQUEST_METHOD"] == "HEAD" else wfile
+            output = wfile if has_body(environ) else _HeadersOnly(wfile)
             scgi_base.Request(self, environ, stdin, output).run()
             wfile.flush()
             # The response ends at EOF: send it now, even while the unread body drains.
             self._sock.shutdown(socket.SHUT_WR)
             stdin.discard_rest(self._sock, self.drain_seconds)
-
-
-class SCGIServer(LoopbackServer, scgi_base.BaseSCGIServer):  # type: ignore[misc]
-    """SCGI protocol half; combine it with a process class."""
-
-    connection_class: ClassVar[type[SCGIConnection]] = SCGIConnection
-    protocol_name = "SCGI"
-
-    def error(self, request: Any) -> None:
-        write_cgi_error(request.stdout, self.debug)

@@ -1,0 +1,116 @@
+"""The threaded process model: one process, whose main thread hears signals while a pool
+of threads accepts and serves.
+
+flup's threaded server was not waited for on shutdown (flup.rst#threaded-shutdown); this
+one is ours.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from django_runfcgi.protocols import ServedProtocol
+from django_runfcgi.workers import Limits
+from django_runfcgi.workers.hooks import Hooks
+from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
+from django_runfcgi.workers.threaded.pool import Accepted, ThreadPool
+
+logger = logging.getLogger("django_runfcgi.workers")
+
+
+class ThreadedServer:
+    """One process whose threads accept and serve, and stop when told to.
+
+    TERM stops gracefully: no new connection is accepted, persistent connections are
+    told ``stop_when_idle()`` and running requests get ``shutdowntimeout`` seconds to
+    finish. INT does the same with one second. USR1 runs the hooks' ``usr1()``. HUP
+    reloads unless the hooks' reload check finds an error: the threads finish their
+    requests as for TERM, then ``run()`` returns True.
+    """
+
+    def __init__(
+        self, protocol: ServedProtocol, limits: Limits, hooks: Hooks | None = None
+    ) -> None:
+        self._protocol = protocol
+        self._limits = limits
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.retiring: list[int] = []
+        self._pool = ThreadPool(limits.minspare, limits.maxspare, limits.maxchildren)
+        self._orders = Orders(self.hooks)
+
+    def adopt_workers(self, pids: Iterable[int]) -> None:
+        """Nothing to wait for: a threaded server's threads end before it reloads."""
+        if list(pids):
+            raise ValueError("A threaded server has no worker processes to adopt.")
+
+    def run(self, sock: socket.socket) -> bool:
+        """Serve on a bound, listening socket until TERM, INT or HUP; True after HUP.
+
+        Returns once the worker threads have finished, or the stop signal's time limit
+        has passed. The socket stays open.
+        """
+        self._orders = Orders(self.hooks)
+        # Threads race for each connection; the losers go back to waiting.
+        sock.setblocking(False)
+        pool = self._pool
+        self._signals = SignalQueue(SERVER_SIGNALS)
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self._signals.fd, selectors.EVENT_READ)
+                pool.start(sock, self._make_job, self._signals.wake)
+                try:
+                    self._serve(selector)
+                finally:
+                    # No thread accepts once the socket may be offered to a new server.
+                    pool.stop()
+                if self._orders.stop is not Stop.RELOAD:
+                    self.hooks.stop_begins(self._orders.stop is Stop.GRACEFUL)
+                self._wait_for_threads(selector)
+        finally:
+            pool.detach()
+            self._signals.close()
+        return self._orders.stop is Stop.RELOAD
+
+    def _serve(self, selector: selectors.BaseSelector) -> None:
+        """Until a stop: the pool's threads accept, this thread hears signals."""
+        while True:
+            self._orders.take(self._signals.pop())
+            if self._orders.stop is not None:
+                return
+            selector.select()
+
+    def _make_job(self, client: socket.socket, addr: Any) -> Accepted | None:
+        if not self._protocol.allows(addr):
+            client.close()
+            return None
+        try:
+            return Accepted(self._protocol.connection(client, addr), client)
+        except Exception:
+            logger.exception("Error while setting up a connection.")
+            client.close()
+            return None
+
+    def _wait_for_threads(self, selector: selectors.BaseSelector) -> None:
+        """Wait for running jobs, up to the stop signal's time limit.
+
+        flup.rst#threaded-shutdown and #persistent-shutdown.
+        """
+        deadline = StopDeadline(self._orders, self._limits.shutdowntimeout)
+        pool = self._pool
+        while pool.alive():
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                logger.warning(
+                    "%d worker thread(s) still running %.1f s after the stop signal; "
+                    "leaving them.",
+                    pool.alive(),
+                    deadline.limit,
+                )
+                return
+            selector.select(remaining)
+            self._orders.take(self._signals.pop())
+            deadline.hurried()
