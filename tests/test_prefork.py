@@ -249,7 +249,7 @@ def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers, mode
     assert wakeups(server.pid) - before < requests / 10
 
 
-@ours_and_flup("every idle worker wakes for each connection; all but one find nothing")
+@ours_and_flup("every idle worker wakes for each connection; all but one find nothing", race=True)
 def test_a_connection_wakes_one_idle_worker(servers: Servers, model: str) -> None:
     server = servers.start(model, "minSpare=1", "maxSpare=8", "maxChildren=8")
     assert wait_for(lambda: len(server.workers()) == 8, timeout=5.0)

@@ -257,7 +257,10 @@ class ThreadPool:
                     share = (cpu - last_cpu) / (now - last_time)
                     self._busy += (share - self._busy) * BUSY_WEIGHT
                 last_time, last_cpu = now, cpu
-                if not self._leading and (not self._running or self._busy < SPARE_CPU):
+                # With no request in progress and no leader, the thread that has just
+                # accepted a connection or finished a request is about to serve or lead:
+                # leading here would hand the next queued connection to a second thread.
+                if not self._leading and self._running and self._busy < SPARE_CPU:
                     self._leading = True
                     return True
                 quiet = 0 if self._running else quiet + 1
