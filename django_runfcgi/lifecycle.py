@@ -44,6 +44,7 @@ from django_runfcgi.prefix import forget_prefixed_urls
 from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
 from django_runfcgi.protocols.base import peer
 from django_runfcgi.server import make_protocol, make_server
+from django_runfcgi.workers import ProcessModel
 from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.signals import SERVER_SIGNALS
 
@@ -291,132 +292,203 @@ def _notifying_reload_check(
     return run
 
 
+@dataclass
+class Start:
+    """What serving begins with, fresh or after a reload: the listening socket, where the
+    logs go, whether to detach, and the application when it was loaded before detaching."""
+
+    listener: sockets.Listener
+    paths: LogPaths
+    logs: daemon.Logs
+    daemonize: bool
+    by_systemd: bool
+    start_dir: str
+    application: Any | None
+    reloaded: reload.State | None = None
+
+
+def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
+    """Everything before detaching, for a server started by its command. None when the
+    process was given one accepted connection (inetd) and has served it."""
+    start_dir = os.getcwd()
+    handed = _handed(config)
+    if handed is not None and not sockets.is_listening(handed.sock):
+        _serve_connection(config, handed, notifier)
+        return None
+    _warn_if_root(config)
+    # systemd supervises the process it started: detaching would lose it.
+    by_systemd = handed is not None and handed.by_systemd
+    daemonize = config.daemonize and not by_systemd
+    paths = log_paths(config, daemonize, Path(start_dir))
+    try:
+        # With user=, the project is loaded once root is dropped, in _settle().
+        application = load_application() if config.user is None else None
+        listener, logs = _prepare(config, handed, paths)
+    except BaseException:
+        if handed is not None:
+            handed.sock.close()
+        raise
+    return Start(listener, paths, logs, daemonize, by_systemd, start_dir, application)
+
+
+def _reloaded_start(config: Config, state: reload.State) -> Start:
+    """The socket and workers of the server this process replaced, which had detached and
+    written the pidfile already."""
+    by_systemd = systemd.was_activated()
+    listener = sockets.take_over(state.fd, config.bind, state.created)
+    daemonize = config.daemonize and not by_systemd
+    paths = log_paths(config, daemonize, Path(state.start_dir))
+    return Start(listener, paths, {}, daemonize, by_systemd, state.start_dir, None, reloaded=state)
+
+
+def _detach(config: Config, start: Start) -> daemon.Readiness:
+    """Detach, or keep the terminal and take the logs; the readiness pipe tells the
+    terminal how the start ended."""
+    if start.reloaded is None and start.daemonize:
+        assert config.workdir is not None, "resolve() sets workdir when daemonizing"
+        return daemon.detach(
+            workdir=config.workdir,
+            umask=config.umask,
+            logs=start.logs,
+            keep={start.listener.sock.fileno()},
+        )
+    if start.reloaded is None:
+        daemon.use_logs(start.logs)
+    return daemon.Readiness()
+
+
+def _settle(config: Config, start: Start, owner: int) -> Any:
+    """In the process that serves: the working directory, the pidfile, the account, and
+    the application, loaded last when user= drops root. A reloaded server is already
+    detached, named in the pidfile and running as user=: it loads the new code first."""
+    application = load_application() if start.reloaded is not None else start.application
+    if config.workdir is not None:
+        os.chdir(config.workdir)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
+    if config.pidfile is not None and start.reloaded is None:
+        pidfile.write(config.pidfile, owner)
+    if application is None:
+        _become_user(config)
+        application = load_application()
+    return application
+
+
+def _status(config: Config, start: Start, owner: int) -> str:
+    """The line the terminal, the log and systemd show once the server serves."""
+    if start.by_systemd:
+        where = f"{sockets.address_of(start.listener.sock)} (passed by systemd)"
+    elif isinstance(config.bind, Inherited):
+        where = sockets.address_of(start.listener.sock)
+    else:
+        where = str(config.bind)
+    what = "Reloaded; serving" if start.reloaded is not None else "Serving"
+    status = (
+        f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on {where}, PID {owner}"
+    )
+    errlog = start.paths.errlog
+    return status + (f"; logging to {errlog}." if start.daemonize and errlog else ".")
+
+
+class _Stop:
+    """What stopping does to what the server owns: the socket, offered to a restarting
+    successor or removed, and the pidfile; cleaned up by the owner only, never by a
+    forked worker that unwinds through the same code."""
+
+    def __init__(self, config: Config, start: Start) -> None:
+        self._config = config
+        self._listener = start.listener
+        # A socket passed by systemd or by a web server stays theirs across restarts.
+        self._ours = not start.by_systemd and not isinstance(config.bind, Inherited)
+        self._offer: handover.Offer | None = None
+        self.owner = os.getpid()
+
+    def begins(self, graceful: bool) -> None:
+        if graceful and self._ours and self._config.handover > 0:
+            self._offer = handover.Offer(
+                self._listener.sock, self._config.bind, self._config.handover
+            )
+        else:
+            self._listener.remove_socket_file()
+
+    def clean_up(self) -> None:
+        if os.getpid() != self.owner:
+            return
+        path = self._config.pidfile
+        restarting = (
+            functools.partial(_restart_under_way, path, self.owner) if path is not None else None
+        )
+        if self._offer is not None and _linger(self._offer, restarting):
+            self._listener.created = None  # The socket file is the new server's now.
+        self._listener.close()
+        self._listener.remove_socket_file()
+        if path is not None:
+            with suppress(OSError):
+                pidfile.remove_if_ours(path, self.owner)
+        logger.info("Stopped, PID %d.", self.owner)
+        sys.stdout.flush()
+
+
+def _hooks(start: Start, notifier: systemd.Notifier, status: str, stop: _Stop) -> Hooks:
+    """What the process model calls back: the reload check (HUP), reopening the logs
+    (USR1) and the beginning of a stop."""
+
+    def stop_begins(graceful: bool) -> None:
+        notifier.stopping()
+        stop.begins(graceful)
+
+    return Hooks(
+        reload_check=_notifying_reload_check(
+            functools.partial(reload.check_new_code, start.start_dir), notifier, status
+        ),
+        on_usr1=functools.partial(daemon.reopen_logs, start.paths.outlog, start.paths.errlog),
+        on_stop=stop_begins,
+    )
+
+
+def _reexec(start: Start, server: ProcessModel, notifier: systemd.Notifier) -> None:
+    """Reload: run the command again in this process, handing it the socket and the
+    workers that are still finishing their requests."""
+    successor = reload.State(
+        fd=start.listener.sock.fileno(),
+        created=start.listener.created,
+        retiring=tuple(server.retiring),
+        start_dir=start.start_dir,
+    )
+    notifier.restore_environment()
+    if start.by_systemd:
+        systemd.keep_activated()
+    reload.reexec(successor, SERVER_SIGNALS)
+
+
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Run until stopped by TERM or INT; HUP reloads the code in place (see reload)."""
     if reload.checking():
         load_application()
         return
     log.configure()
-    start_dir = os.getcwd()
     notifier = systemd.Notifier.from_environment()
     state = reload.take_state()
-    by_systemd = systemd.was_activated() and state is not None
-    daemonize = config.daemonize
-    if state is None:
-        handed = _handed(config)
-        if handed is not None and not sockets.is_listening(handed.sock):
-            _serve_connection(config, handed, notifier)
-            return
-        _warn_if_root(config)
-        # systemd supervises the process it started: detaching would lose it.
-        by_systemd = handed is not None and handed.by_systemd
-        daemonize = daemonize and not by_systemd
-        paths = log_paths(config, daemonize, Path(start_dir))
-        try:
-            # With user=, the project is loaded once root is dropped, below.
-            application = load_application() if config.user is None else None
-            listener, logs = _prepare(config, handed, paths)
-        except BaseException:
-            if handed is not None:
-                handed.sock.close()
-            raise
-    else:
-        listener = sockets.take_over(state.fd, config.bind, state.created)
-        daemonize = daemonize and not by_systemd
-        paths = log_paths(config, daemonize, Path(state.start_dir))
-
+    start = _fresh_start(config, notifier) if state is None else _reloaded_start(config, state)
+    if start is None:
+        return
     readiness = daemon.Readiness()
-    owner = os.getpid()
-    offer: handover.Offer | None = None
+    stop = _Stop(config, start)
     try:
-        if state is not None:
-            # Reloaded: already detached, logging, and named in the pidfile.
-            application = load_application()
-        elif daemonize:
-            assert config.workdir is not None, "resolve() sets workdir when daemonizing"
-            readiness = daemon.detach(
-                workdir=config.workdir,
-                umask=config.umask,
-                logs=logs,
-                keep={listener.sock.fileno()},
-            )
-            owner = os.getpid()
-            notifier.owner = owner
-        else:
-            daemon.use_logs(logs)
-        if config.workdir is not None:
-            os.chdir(config.workdir)
-        signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
-        if config.pidfile is not None and state is None:
-            pidfile.write(config.pidfile, owner)
-        if application is None:
-            _become_user(config)
-            application = load_application()
-        if by_systemd:
-            where = f"{sockets.address_of(listener.sock)} (passed by systemd)"
-        elif isinstance(config.bind, Inherited):
-            where = sockets.address_of(listener.sock)
-        else:
-            where = str(config.bind)
-        what = "Reloaded; serving" if state is not None else "Serving"
-        status = (
-            f"{what} over {PROTOCOL_NAMES[config.protocol]} ({config.method}) on "
-            f"{where}, PID {owner}"
-        )
-        status += f"; logging to {paths.errlog}." if daemonize and paths.errlog else "."
-        hooks = Hooks(
-            reload_check=_notifying_reload_check(
-                functools.partial(reload.check_new_code, start_dir), notifier, status
-            ),
-            on_usr1=functools.partial(daemon.reopen_logs, paths.outlog, paths.errlog),
-        )
-
-        def stop_begins(graceful: bool) -> None:
-            nonlocal offer
-            notifier.stopping()
-            # A socket passed by systemd or by a web server stays theirs across restarts.
-            ours = not by_systemd and not isinstance(config.bind, Inherited)
-            if graceful and ours and config.handover > 0:
-                offer = handover.Offer(listener.sock, config.bind, config.handover)
-            else:
-                listener.remove_socket_file()
-
-        hooks.on_stop = stop_begins
-        server = make_server(config, application, hooks)
-        if state is not None:
-            server.adopt_workers(state.retiring)
-        if by_systemd or not isinstance(config.bind, Inherited):
+        readiness = _detach(config, start)
+        stop.owner = notifier.owner = os.getpid()
+        application = _settle(config, start, stop.owner)
+        status = _status(config, start, stop.owner)
+        server = make_server(config, application, _hooks(start, notifier, status, stop))
+        if start.reloaded is not None:
+            server.adopt_workers(start.reloaded.retiring)
+        if start.by_systemd or not isinstance(config.bind, Inherited):
             announce(log.stamp(status))
         readiness.ready(log.stamp(status))
         notifier.ready(status)
-        if server.run(listener.sock):
-            successor = reload.State(
-                fd=listener.sock.fileno(),
-                created=listener.created,
-                retiring=tuple(server.retiring),
-                start_dir=start_dir,
-            )
-            notifier.restore_environment()
-            if by_systemd:
-                systemd.keep_activated()
-            reload.reexec(successor, SERVER_SIGNALS)
+        if server.run(start.listener.sock):
+            _reexec(start, server, notifier)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)
         raise
     finally:
-        # A forked worker that got here must not remove what belongs to the master.
-        if os.getpid() == owner:
-            restarting = (
-                functools.partial(_restart_under_way, config.pidfile, owner)
-                if config.pidfile is not None
-                else None
-            )
-            if offer is not None and _linger(offer, restarting):
-                listener.created = None  # The socket file is the new server's now.
-            listener.close()
-            listener.remove_socket_file()
-            if config.pidfile is not None:
-                with suppress(OSError):
-                    pidfile.remove_if_ours(config.pidfile, owner)
-            logger.info("Stopped, PID %d.", owner)
-            sys.stdout.flush()
+        stop.clean_up()
