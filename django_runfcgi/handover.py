@@ -27,7 +27,7 @@ import threading
 import time
 from contextlib import suppress
 
-from django_runfcgi.options import TCP, Bind, Unix
+from django_runfcgi.addresses import TCP, Bind, Unix
 from django_runfcgi.workers.signals import start_thread
 
 logger = logging.getLogger(__name__)

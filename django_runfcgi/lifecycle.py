@@ -39,7 +39,8 @@ from django_runfcgi import (
     sockets,
     systemd,
 )
-from django_runfcgi.options import DEFAULT_LOG, Config, Inherited, Unix
+from django_runfcgi.addresses import Inherited, Unix
+from django_runfcgi.options import DEFAULT_LOG, Config
 from django_runfcgi.prefix import forget_prefixed_urls
 from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
 from django_runfcgi.protocols.base import peer

@@ -13,11 +13,12 @@ import difflib
 import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from django_runfcgi import privileges
+from django_runfcgi.addresses import TCP, Bind, Inherited, Unix
 
 Protocol = Literal["fcgi", "scgi", "ajp"]
 Method = Literal["prefork", "threaded"]
@@ -493,39 +494,13 @@ def merge(*sources: Mapping[str, object]) -> dict[str, object]:
 
 
 @dataclass(frozen=True)
-class TCP:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Unix:
-    path: Path
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}"
-
-
-@dataclass(frozen=True)
-class Inherited:
-    """The listening socket a web server hands over on a file descriptor."""
-
-    fd: int = 0
-
-    def __str__(self) -> str:
-        return f"fd {self.fd}"
-
-
-Bind = TCP | Unix | Inherited
-
-
-@dataclass(frozen=True)
 class Config:
-    """Options after parsing and cross-checking: what the server will actually do."""
+    """Options after parsing and cross-checking: what the server will actually do.
+
+    Every field is named after its option. Those set below from several options, or
+    made absolute, are computed in resolve(); the others are the option's parsed value,
+    with its default from the option table, copied by name.
+    """
 
     protocol: Protocol
     method: Method
@@ -541,15 +516,15 @@ class Config:
     minspare: int
     maxchildren: int
     debug: bool
-    scriptname: str | None = None
-    shutdowntimeout: float = 30.0
-    requesttimeout: float = 0.0
-    handover: float = 10.0
-    socketmode: int | None = None
-    socketowner: int | None = None
-    socketgroup: int | None = None
-    mkdir: bool = False
-    user: privileges.Account | None = None
+    scriptname: str | None
+    shutdowntimeout: float
+    requesttimeout: float
+    handover: float
+    socketmode: int | None
+    socketowner: int | None
+    socketgroup: int | None
+    mkdir: bool
+    user: privileges.Account | None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -566,9 +541,37 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     base = cwd or Path.cwd()
     given = {name: BY_NAME[name].parse(name, value) for name, value in raw.items()}
     values = {option.name: option.default for option in OPTIONS} | given
+    bind = _bind(values, raw, base)
+    daemonize = _daemonize(values["daemonize"], bind)
+    maxspare, minspare = _spares(values, given)
+    _check_method(values, given)
+    socketmode, socketowner, socketgroup, user = _permissions(values, given, bind)
+    paths = {
+        name: (_absolute(values[name], base) if values[name] is not None else None)
+        for name in ("pidfile", "outlog", "errlog", "workdir")
+    }
+    if paths["workdir"] is None and daemonize:
+        paths["workdir"] = Path("/")
+    computed: dict[str, Any] = {
+        "bind": bind,
+        "daemonize": daemonize,
+        "maxspare": maxspare,
+        "minspare": minspare,
+        "socketmode": socketmode,
+        "socketowner": socketowner,
+        "socketgroup": socketgroup,
+        "user": user,
+        **paths,
+    }
+    as_parsed = {
+        field.name: values[field.name] for field in fields(Config) if field.name not in computed
+    }
+    return Config(**as_parsed, **computed)
 
+
+def _bind(values: Mapping[str, Any], raw: Mapping[str, object], base: Path) -> Bind:
+    """Where to listen: host= and port=, socket=, or the socket on fd 0."""
     host, port, sock = values["host"], values["port"], values["socket"]
-    bind: Bind
     if sock is not None and (host is not None or port is not None):
         raise OptionError("Use either socket= or host=/port=, not both.")
     if sock is not None:
@@ -577,30 +580,35 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
                 "AJP needs host= and port=; it cannot listen on a unix socket "
                 f"(socket={raw['socket']!r})."
             )
-        bind = Unix(_absolute(sock, base))
-    elif host is not None or port is not None:
+        return Unix(_absolute(sock, base))
+    if host is not None or port is not None:
         if port is None:
             raise OptionError(f"host={host!r} needs port= too.")
         if host is None:
             raise OptionError(f"port={port!r} needs host= too (for example host=127.0.0.1).")
-        bind = TCP(host, port)
-    else:
-        if values["protocol"] == "ajp":
-            raise OptionError(
-                "AJP needs host= and port=; a socket inherited from the web server "
-                "works only with protocol=fcgi or protocol=scgi."
-            )
-        bind = Inherited()
+        return TCP(host, port)
+    if values["protocol"] == "ajp":
+        raise OptionError(
+            "AJP needs host= and port=; a socket inherited from the web server "
+            "works only with protocol=fcgi or protocol=scgi."
+        )
+    return Inherited()
 
-    daemonize = values["daemonize"]
+
+def _daemonize(daemonize: bool | None, bind: Bind) -> bool:
+    """Unset, a server detaches unless the web server started it on an inherited socket."""
     if daemonize is None:
-        daemonize = not isinstance(bind, Inherited)
-    elif daemonize and isinstance(bind, Inherited):
+        return not isinstance(bind, Inherited)
+    if daemonize and isinstance(bind, Inherited):
         raise OptionError(
             "daemonize=true needs host=/port= or socket=: a server started by the web "
             "server on an inherited socket must stay in the foreground."
         )
+    return daemonize
 
+
+def _spares(values: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[int, int]:
+    """maxspare and minspare, within maxchildren."""
     maxspare, minspare, maxchildren = values["maxspare"], values["minspare"], values["maxchildren"]
     if maxchildren < maxspare:
         if "maxspare" in given:
@@ -615,6 +623,11 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         raise OptionError(
             f"minspare={minspare} is above maxspare={maxspare}; minspare must be at most maxspare."
         )
+    return maxspare, minspare
+
+
+def _check_method(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Options that only a prefork worker can honour."""
     if values["method"] == "threaded" and "maxrequests" in given:
         raise OptionError("maxrequests= applies to method=prefork only; threads are not recycled.")
     if values["method"] == "threaded" and values["requesttimeout"] > 0:
@@ -622,42 +635,6 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
             "requesttimeout= applies to method=prefork only; a thread cannot be stopped "
             "in the middle of a request."
         )
-
-    socketmode, socketowner, socketgroup, user = _permissions(values, given, bind)
-
-    paths = {
-        name: (_absolute(values[name], base) if values[name] is not None else None)
-        for name in ("pidfile", "outlog", "errlog", "workdir")
-    }
-    workdir = paths["workdir"]
-    if workdir is None and daemonize:
-        workdir = Path("/")
-
-    return Config(
-        protocol=values["protocol"],
-        method=values["method"],
-        bind=bind,
-        daemonize=daemonize,
-        pidfile=paths["pidfile"],
-        workdir=workdir,
-        outlog=paths["outlog"],
-        errlog=paths["errlog"],
-        umask=values["umask"],
-        maxrequests=values["maxrequests"],
-        maxspare=maxspare,
-        minspare=minspare,
-        maxchildren=maxchildren,
-        debug=values["debug"],
-        scriptname=values["scriptname"],
-        shutdowntimeout=values["shutdowntimeout"],
-        requesttimeout=values["requesttimeout"],
-        handover=values["handover"],
-        socketmode=socketmode,
-        socketowner=socketowner,
-        socketgroup=socketgroup,
-        mkdir=values["mkdir"],
-        user=user,
-    )
 
 
 def _permissions(

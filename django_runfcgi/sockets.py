@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from django_runfcgi.options import TCP, Bind, Inherited, Unix
+from django_runfcgi.addresses import TCP, Bind, Inherited, Unix
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi import options
-from django_runfcgi.options import TCP, Inherited, OptionError, Unix, parse_words, resolve
+from django_runfcgi.addresses import TCP, Inherited, Unix
+from django_runfcgi.options import OptionError, parse_words, resolve
 
 
 def config_from(*words: str, cwd: Path = Path("/srv/start")) -> options.Config:

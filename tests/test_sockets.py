@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi import sockets
-from django_runfcgi.options import Unix
+from django_runfcgi.addresses import Unix
 
 
 @pytest.fixture

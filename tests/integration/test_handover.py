@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi import handover
-from django_runfcgi.options import Unix
+from django_runfcgi.addresses import Unix
 from tests.clients import Response, fcgi_request
 from tests.conftest import Run, Runner, free_port
 from tests.process_jobs import children_of, wait_for
