@@ -1,8 +1,8 @@
 """AJP 1.3: the gateway that runs the application for AJP requests.
 
 flup's WSGI handler (ajp_base.BaseAJPServer.handler) runs the application, called
-openly as ``respond``; flup decodes each request (see the connection). Who may connect,
-the path, the 500 status and the connection are ours (docs/flup.rst).
+openly as ``respond``. Decoding the request (forward.py), who may connect, the path,
+the 500 status and the connection are ours (docs/flup.rst).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from flup.server import ajp_base
 
-from django_runfcgi.protocols.ajp.connection import AJPConnection, _AJPRequest
+from django_runfcgi.protocols.ajp.connection import AJPConnection
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.wsgi import Gateway, error_page
 
@@ -24,8 +24,6 @@ class AJP(Gateway):
 
     name = "AJP"
     respond = ajp_base.BaseAJPServer.handler
-    requestClass = _AJPRequest
-    """The request class flup's decoder builds."""
 
     def connection(self, sock: socket.socket, addr: ClientAddress) -> AJPConnection:
         return AJPConnection(sock, addr, self)
