@@ -166,6 +166,21 @@ def parse_scriptname(name: str, value: object) -> str:
     return prefix.rstrip("/")
 
 
+def parse_secret(name: str, value: object) -> str:
+    """A shared secret as Apache's ``secret=`` takes it: printable ASCII, no spaces."""
+    text = str(value)
+    if isinstance(value, bool) or not text:
+        raise OptionError(
+            f"{name}= needs a value, such as a random string from 'openssl rand -hex 32'."
+        )
+    if not all("!" <= char <= "~" for char in text):
+        raise OptionError(
+            f"{name}= takes printable ASCII characters without spaces (letters, digits, "
+            "punctuation), such as a random string from 'openssl rand -hex 32'."
+        )
+    return text
+
+
 def parse_text(name: str, value: object) -> str:
     text = str(value)
     if not text:
@@ -375,6 +390,16 @@ OPTIONS: tuple[Option, ...] = (
         default_text="unset: use what the web server sends",
     ),
     Option(
+        "secret",
+        parse_secret,
+        None,
+        "AJP only: the secret the web server must send with every request (Apache's "
+        "ProxyPass or BalancerMember secret=); a request without it, or with another, is "
+        "answered 403 Forbidden. Like every option it shows in the process list.",
+        "SECRET",
+        default_text="unset: requests are served with or without a secret",
+    ),
+    Option(
         "handover",
         parse_seconds,
         10.0,
@@ -550,6 +575,7 @@ class Config:
     socketgroup: int | None = None
     mkdir: bool = False
     user: privileges.Account | None = None
+    secret: str | None = None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -623,6 +649,11 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
             "in the middle of a request."
         )
 
+    if "secret" in given and values["protocol"] != "ajp":
+        raise OptionError(
+            f"secret= applies to protocol=ajp only; protocol={values['protocol']} has no secret."
+        )
+
     socketmode, socketowner, socketgroup, user = _permissions(values, given, bind)
 
     paths = {
@@ -657,6 +688,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         socketgroup=socketgroup,
         mkdir=values["mkdir"],
         user=user,
+        secret=values["secret"],
     )
 
 

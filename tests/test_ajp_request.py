@@ -65,16 +65,18 @@ def ran() -> list[Environ]:
 
 @pytest.fixture
 def serve(ran: list[Environ]) -> Iterator[Serve]:
-    """serve(impl="ours"|"flup") -> a Harness over TCP running environ_app."""
+    """serve(impl="ours"|"flup", secret=None) -> a Harness over TCP running environ_app."""
     harnesses: list[tuple[str, Harness]] = []
 
     def recording(environ: Environ, start_response: StartResponse) -> list[bytes]:
         ran.append(environ)
         return environ_app(environ, start_response)
 
-    def start(impl: str = "ours") -> Harness:
+    def start(impl: str = "ours", secret: str | None = None) -> Harness:
         if impl == "ours":
             server: Any = protocols.AJP(recording, multithreaded=True, multiprocess=False)
+            if secret is not None:
+                server.require_secret(secret)
             harness = Harness(server, server.connection, tcp=True)
         else:
             server = ajp_base.BaseAJPServer(recording, multithreaded=True)
@@ -241,7 +243,7 @@ def test_methods_outside_and_inside_the_table(serve: Serve, impl: str, method: s
     assert (response.json()["REQUEST_METHOD"], response.json()["body length"]) == (method, "8")
 
 
-# 4. The secret Apache sends
+# 4. The secret
 
 
 @pytest.mark.parametrize("impl", ours_and_flup("ajp-secret"))
@@ -251,6 +253,67 @@ def test_a_secret_is_served_when_none_is_required(serve: Serve, impl: str) -> No
     response = ajp_request(harness.address, secret=SECRET)
     assert response.status == 200
     assert not [value for value in response.json().values() if SECRET in value]
+
+
+def test_the_matching_secret_is_served(serve: Serve, caplog: pytest.LogCaptureFixture) -> None:
+    harness = serve(secret=SECRET)
+    with connect(harness.address) as sock:
+        for method in ("GET", "POST"):
+            response = ajp_request(harness.address, method, secret=SECRET, body=b"x", sock=sock)
+            assert (response.status, response.reuse) == (200, True)
+    assert not [value for value in response.json().values() if SECRET in value]
+    assert problems(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "reason"),
+    [
+        (None, "it carries no secret"),
+        (SECRET + "x", "its secret does not match"),
+        ("", "its secret does not match"),
+        (SECRET[:-1], "its secret does not match"),
+    ],
+    ids=["missing", "longer", "empty", "shorter"],
+)
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("GET", b""), ("HEAD", b""), ("POST", b"x" * 20_000)],
+    ids=["GET", "HEAD", "POST-20kB"],
+)
+def test_without_the_secret_403_and_the_connection_closes(
+    *,
+    serve: Serve,
+    ran: list[Environ],
+    caplog: pytest.LogCaptureFixture,
+    sent: str | None,
+    reason: str,
+    method: str,
+    body: bytes,
+) -> None:
+    harness = serve(secret=SECRET)
+    with connect(harness.address, timeout=10) as sock:
+        port = sock.getsockname()[1]
+        response = ajp_request(harness.address, method, secret=sent, body=body, sock=sock)
+        assert response.status == 403
+        assert response.body == (b"" if method == "HEAD" else b"Forbidden\n")
+        assert response.reuse is False
+        assert sock.recv(1) == b""  # closed by the server
+    assert harness.connections_done(5)
+    assert ran == []
+    [record] = problems(caplog)
+    assert record.getMessage() == (
+        f"AJP request from 127.0.0.1:{port} refused with 403: {reason}, and secret= is set"
+    )
+    assert SECRET not in record.getMessage()
+    assert ajp_request(harness.address, secret=SECRET, timeout=5).status == 200
+
+
+def test_cping_needs_no_secret(serve: Serve) -> None:
+    """Apache's ping= checks a backend with CPING, which carries no attributes."""
+    harness = serve(secret=SECRET)
+    with connect(harness.address, timeout=5) as sock:
+        sock.sendall(b"\x12\x34\x00\x01\x0a")
+        assert sock.recv(5) == b"AB\x00\x01\x09"
 
 
 # 5. Malformed request heads

@@ -1,8 +1,8 @@
 """An AJP 1.3 connection: requests one after another until the front end closes.
 
 flup's CPING answer (ajp_base.Connection._cping) runs here, called openly; reading
-packets, decoding the request head (forward.py), the request body, the response
-framing and HEAD are ours.
+packets, decoding the request head (forward.py), the secret, the request body, the
+response framing and HEAD are ours.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from django_runfcgi.protocols.ajp.packets import (
     container_packet,
     content_length,
 )
-from django_runfcgi.protocols.base import ProtocolConnection, ProtocolError, recv_exactly
+from django_runfcgi.protocols.base import (
+    ProtocolConnection,
+    ProtocolError,
+    logger,
+    peer,
+    recv_exactly,
+)
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.wsgi import has_body
 
@@ -135,11 +141,45 @@ class AJPConnection(ProtocolConnection):
         if not pkt.length:
             return
         elif pkt.data[0] == ajp_base.PKTTYPE_FWD_REQ:
-            _AJPRequest(self, forward.decode(pkt.data).environ).run()
+            self._forward(forward.decode(pkt.data))
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
             ajp_base.Connection._cping(self, pkt)
         elif pkt.data[0] not in (ajp_base.PKTTYPE_SHUTDOWN, ajp_base.PKTTYPE_PING):
             raise ProtocolError(f"unknown packet type {pkt.data[0]:#04x}")
+
+    def _forward(self, head: forward.ForwardRequest) -> None:
+        """Run the request, or answer 403 if it lacks the secret this server requires."""
+        if not self.server.secret_matches(head.secret):
+            self._refuse(head)
+            return
+        _AJPRequest(self, head.environ).run()
+
+    def _refuse(self, head: forward.ForwardRequest) -> None:
+        """403, then the connection closes, as Tomcat answers; the application never runs.
+
+        With a Content-Length the front end sent the first body packet unasked: it is
+        read, so that closing does not reset the connection under the answer; the rest
+        of the body is never asked for.
+        """
+        logger.warning(
+            "AJP request from %s refused with 403: %s, and secret= is set",
+            peer(self._addr),
+            "its secret does not match" if head.secret is not None else "it carries no secret",
+        )
+        if content_length(head.environ.get("CONTENT_LENGTH")):
+            self._framing = None
+            self._body_packet(None)
+        # The connection ends after this answer, as after one during a stop.
+        self._stopping = True
+        body = b"Forbidden\n"
+        request = _AJPRequest(self, head.environ)
+        request.startResponse(
+            403,
+            b"Forbidden",
+            [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(body)).encode())],
+        )
+        request.write(body)
+        self.end_response()
 
     def read_body(self, environ: dict[str, Any]) -> IO[bytes]:
         """The request body, read to its end; CONTENT_LENGTH is set for a chunked one.
