@@ -43,6 +43,7 @@ from django_runfcgi.addresses import Inherited, Unix
 from django_runfcgi.options import DEFAULT_LOG, Config
 from django_runfcgi.prefix import forget_prefixed_urls
 from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
+from django_runfcgi.protocols.ajp import open_without_secret
 from django_runfcgi.protocols.base import peer
 from django_runfcgi.server import make_protocol, make_server
 from django_runfcgi.workers import ProcessModel
@@ -194,6 +195,14 @@ def _warn_if_root(config: Config) -> None:
         logger.warning(privileges.ROOT_WARNING)
 
 
+def _warn_if_ajp_is_open(config: Config, sock: socket.socket) -> None:
+    """Before detaching, so that it reaches the terminal."""
+    if config.protocol == "ajp" and config.secret is None:
+        warning = open_without_secret(sock)
+        if warning is not None:
+            logger.warning(warning)
+
+
 def _become_user(config: Config) -> None:
     """Drop root for the account user= names; before it, only root's work is done."""
     if config.user is None:
@@ -329,6 +338,7 @@ def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
         if handed is not None:
             handed.sock.close()
         raise
+    _warn_if_ajp_is_open(config, listener.sock)
     return Start(listener, paths, logs, daemonize, by_systemd, start_dir, application)
 
 

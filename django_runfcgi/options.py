@@ -167,6 +167,21 @@ def parse_scriptname(name: str, value: object) -> str:
     return prefix.rstrip("/")
 
 
+def parse_secret(name: str, value: object) -> str:
+    """A shared secret as Apache's ``secret=`` takes it: printable ASCII, no spaces."""
+    text = str(value)
+    if isinstance(value, bool) or not text:
+        raise OptionError(
+            f"{name}= needs a value, such as a random string from 'openssl rand -hex 32'."
+        )
+    if not all("!" <= char <= "~" for char in text):
+        raise OptionError(
+            f"{name}= takes printable ASCII characters without spaces (letters, digits, "
+            "punctuation), such as a random string from 'openssl rand -hex 32'."
+        )
+    return text
+
+
 def parse_text(name: str, value: object) -> str:
     text = str(value)
     if not text:
@@ -376,6 +391,16 @@ OPTIONS: tuple[Option, ...] = (
         default_text="unset: use what the web server sends",
     ),
     Option(
+        "secret",
+        parse_secret,
+        None,
+        "AJP only: the secret the web server must send with every request (Apache's "
+        "ProxyPass or BalancerMember secret=); a request without it, or with another, is "
+        "answered 403 Forbidden. Like every option it shows in the process list.",
+        "SECRET",
+        default_text="unset: requests are served with or without a secret",
+    ),
+    Option(
         "handover",
         parse_seconds,
         10.0,
@@ -525,6 +550,7 @@ class Config:
     socketgroup: int | None
     mkdir: bool
     user: privileges.Account | None
+    secret: str | None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -545,6 +571,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     daemonize = _daemonize(values["daemonize"], bind)
     maxspare, minspare = _spares(values, given)
     _check_method(values, given)
+    _check_protocol(values, given)
     socketmode, socketowner, socketgroup, user = _permissions(values, given, bind)
     paths = {
         name: (_absolute(values[name], base) if values[name] is not None else None)
@@ -634,6 +661,14 @@ def _check_method(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
         raise OptionError(
             "requesttimeout= applies to method=prefork only; a thread cannot be stopped "
             "in the middle of a request."
+        )
+
+
+def _check_protocol(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Options that only one protocol has."""
+    if "secret" in given and values["protocol"] != "ajp":
+        raise OptionError(
+            f"secret= applies to protocol=ajp only; protocol={values['protocol']} has no secret."
         )
 
 

@@ -40,6 +40,7 @@ def make_protocol(config: Config, application: WSGIApplication) -> protocols.Gat
         multiprocess=config.method == "prefork",
         debug=config.debug,
         scriptname=config.scriptname,
+        secret=config.secret,
     )
 
 

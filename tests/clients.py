@@ -80,6 +80,10 @@ AJP_METHODS = {
         start=1,
     )
 }
+AJP_STORED_METHOD = 0xFF
+"""The method code Apache sends for a method outside the table, such as PATCH."""
+AJP_ATTRIBUTE_SECRET = 0x0C
+AJP_ATTRIBUTE_STORED_METHOD = 0x0D
 AJP_REQUEST_HEADERS = {
     name: 0xA000 + code
     for code, name in enumerate(
@@ -615,6 +619,14 @@ def _ajp_string(value: str | bytes | None) -> bytes:
     return struct.pack(">H", len(data)) + data + b"\0"
 
 
+def ajp_attribute(code: int, value: str | bytes | int | None) -> tuple[int, bytes]:
+    """A coded request attribute for ajp_request(attributes=...): an int (the SSL key
+    size) as 2 bytes, as Apache sends it, anything else as an AJP string."""
+    if isinstance(value, int):
+        return code, struct.pack(">H", value)
+    return code, _ajp_string(value)
+
+
 def _ajp_packet(data: bytes) -> bytes:
     if len(data) > 0xFFFF:
         raise ValueError(f"AJP packet of {len(data)} bytes is too long")
@@ -635,10 +647,13 @@ def _ajp_forward_request(
     content_length: int,
     params: Params | None,
     is_ssl: bool,
+    secret: str | None = None,
+    attributes: Iterable[tuple[int, bytes]] = (),
 ) -> bytes:
-    """FORWARD_REQUEST as Apache mod_proxy_ajp builds it."""
-    if method not in AJP_METHODS:
-        raise ValueError(f"AJP cannot carry the method {method!r}")
+    """FORWARD_REQUEST as Apache mod_proxy_ajp builds it: a method outside AJP's table
+    (PATCH) as code 0xFF and a stored_method attribute; `attributes` are (code, encoded
+    value) pairs sent as they are, before the named ones."""
+    method_code = AJP_METHODS.get(method, AJP_STORED_METHOD)
     items = _header_items(headers)
     names = {name.lower() for name, _ in items}
     if "host" not in names:
@@ -654,15 +669,19 @@ def _ajp_forward_request(
         + _ajp_string(value)
         for name, value in items
     )
-    attributes = b""
+    encoded = b"".join(bytes([code]) + value for code, value in attributes)
     if query:
-        attributes += b"\x05" + _ajp_string(query)
+        encoded += b"\x05" + _ajp_string(query)
+    if secret is not None:
+        encoded += bytes([AJP_ATTRIBUTE_SECRET]) + _ajp_string(secret)
+    if method_code == AJP_STORED_METHOD:
+        encoded += bytes([AJP_ATTRIBUTE_STORED_METHOD]) + _ajp_string(method)
     extra: dict[str, str | bytes | None] = {"AJP_REMOTE_PORT": "50000", **(params or {})}
     for name, value in extra.items():
         if value is not None:
-            attributes += b"\x0a" + _ajp_string(name) + _ajp_string(value)
+            encoded += b"\x0a" + _ajp_string(name) + _ajp_string(value)
     return _ajp_packet(
-        bytes([2, AJP_METHODS[method]])
+        bytes([2, method_code])
         + _ajp_string("HTTP/1.1")
         + _ajp_string(path)
         + _ajp_string("127.0.0.1")
@@ -670,7 +689,7 @@ def _ajp_forward_request(
         + _ajp_string("localhost")
         + struct.pack(">HBH", 80, is_ssl, len(items))
         + encoded_headers
-        + attributes
+        + encoded
         + b"\xff"
     )
 
@@ -726,10 +745,13 @@ def ajp_request(
     headers: Headers = (),
     params: Params | None = None,
     is_ssl: bool = False,
+    secret: str | None = None,
+    attributes: Iterable[tuple[int, bytes]] = (),
     timeout: float = 30.0,
     sock: socket.socket | None = None,
 ) -> Response:
-    """One AJP 1.3 request, sent like Apache does; `params` become request attributes.
+    """One AJP 1.3 request, sent like Apache does; `params` become named request
+    attributes, `attributes` are coded ones, `secret` is ProxyPass's secret=.
 
     The first body chunk follows the request at once; later chunks go when the server
     asks (GET_BODY_CHUNK). With `sock` the connection is reused and left open.
@@ -745,6 +767,8 @@ def ajp_request(
             content_length=length,
             params=params,
             is_ssl=is_ssl,
+            secret=secret,
+            attributes=attributes,
         )
         first = [request]
         if length:

@@ -119,8 +119,9 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def _ask(client: Callable[..., Response], address: Address, path: str) -> None:
-    response = client(address, "GET", path, timeout=30)
+def _ask(client: Callable[..., Response], address: Address, path: str, **extra: Any) -> None:
+    """GET `path`; `extra` is what the web server adds, such as AJP's secret."""
+    response = client(address, "GET", path, timeout=30, **extra)
     if response.status != 200 or b"The install worked successfully" not in response.body:
         raise Failed(f"GET {path} answered {response.status}: {response.body[:300]!r}")
     print(f"GET {path} -> {response.status}")
@@ -157,7 +158,8 @@ def run_command(text: str, env: dict[str, str]) -> None:
             _wait(lambda: _accepting(address), "listening socket", proc)
             pid = proc.pid
         prefix = (config.scriptname or "").rstrip("/")
-        _ask(CLIENTS[config.protocol], address, prefix + "/")
+        extra = {} if config.secret is None else {"secret": config.secret}
+        _ask(CLIENTS[config.protocol], address, prefix + "/", **extra)
         os.kill(pid, signal.SIGTERM)
         _wait(lambda: _gone(pid), "stop after TERM", None)
         if proc.poll() is None and proc.wait(SECONDS) != 0:

@@ -66,13 +66,19 @@ def build(
     multiprocess: bool,
     debug: bool = False,
     scriptname: str | None = None,
+    secret: str | None = None,
 ) -> Gateway:
     """The gateway for protocol= `protocol`; a prefork worker serves one request at a time,
-    threads serve many at once."""
-    return GATEWAYS[protocol](
+    threads serve many at once. `secret` is AJP's (options.resolve() allows no other)."""
+    gateway = GATEWAYS[protocol](
         application,
         multithreaded=not multiprocess,
         multiprocess=multiprocess,
         debug=debug,
         scriptname=scriptname,
     )
+    if secret is not None:
+        if not isinstance(gateway, AJP):
+            raise ValueError(f"secret= applies to AJP, not to protocol={protocol!r}")
+        gateway.require_secret(secret)
+    return gateway

@@ -6,6 +6,7 @@ from testproject import views
 urlpatterns = [
     path("", views.index, name="index"),
     path("echo/", views.echo, name="echo"),
+    path("meta/", views.meta, name="meta"),
     path("café/ünïcode/", views.unicode_route, name="unicode"),
     path("upload/", views.upload, name="upload"),
     path("stream/", views.stream, name="stream"),

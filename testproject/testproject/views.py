@@ -65,12 +65,19 @@ def echo(request: HttpRequest) -> JsonResponse:
             "reverse_echo": reverse("echo"),
             "reverse_unicode": reverse("unicode"),
             "absolute_uri": request.build_absolute_uri(),
+            "is_secure": request.is_secure(),
             "cookies": dict(request.COOKIES),
             "pid": os.getpid(),
             "release": settings.RELEASE,
             "meta": {k: request.META[k] for k in ECHO_META if k in request.META},
         }
     )
+
+
+@csrf_exempt
+def meta(request: HttpRequest) -> JsonResponse:
+    """Every text value of the WSGI environ, to see what a front end put there."""
+    return JsonResponse({k: v for k, v in request.META.items() if isinstance(v, str)})
 
 
 def unicode_route(request: HttpRequest) -> JsonResponse:

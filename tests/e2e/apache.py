@@ -79,13 +79,15 @@ class Apache(Frontend):
     main: str = ""
     # Started as root, Apache serves as this user (User and Group), such as www-data.
     user: str | None = None
+    # Loaded after LOADED, such as ("socache_shmcb", "ssl") for an HTTPS site.
+    modules: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def config(self) -> str:
         d = self.directory
         modules = "\n".join(
             f"LoadModule {name}_module {MODULES}/mod_{name}.so"
-            for name in (f"mpm_{self.mpm}", *LOADED)
+            for name in (f"mpm_{self.mpm}", *LOADED, *self.modules)
         )
         account = f"User {self.user}\nGroup {self.user}" if self.user else ""
         return f"""

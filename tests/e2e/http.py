@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -60,8 +61,13 @@ def read_response(conn: http.client.HTTPConnection, method: str, started: float)
 class Client:
     """One client connection, kept open across requests as a browser does."""
 
-    def __init__(self, port: int, timeout: float = 60) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    def __init__(self, port: int, timeout: float = 60, tls: ssl.SSLContext | None = None) -> None:
+        """HTTPS when given `tls`, the context that trusts the server's certificate."""
+        self.conn = (
+            http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            if tls is None
+            else http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
+        )
         self.connections = 0
 
     def request(
@@ -101,9 +107,10 @@ def http_request(
     headers: dict[str, str] | None = None,
     chunked: bool = False,
     timeout: float = 60,
+    tls: ssl.SSLContext | None = None,
 ) -> HttpResponse:
-    """One request on a fresh connection."""
-    with Client(port, timeout) as client:
+    """One request on a fresh connection (HTTPS with `tls`)."""
+    with Client(port, timeout, tls) as client:
         return client.request(method, path, body=body, headers=headers, chunked=chunked)
 
 

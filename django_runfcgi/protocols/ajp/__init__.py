@@ -1,22 +1,23 @@
 """AJP 1.3: the gateway that runs the application for AJP requests.
 
 flup's WSGI handler (ajp_base.BaseAJPServer.handler) runs the application, called
-openly as ``respond``; flup decodes each request (see the connection). Who may connect,
+openly as ``respond``. Decoding the request (forward.py), the secret, who may connect,
 the path, the 500 status and the connection are ours (docs/flup.rst).
 """
 
 from __future__ import annotations
 
+import hmac
 import socket
 from typing import Any
 
 from flup.server import ajp_base
 
-from django_runfcgi.protocols.ajp.connection import AJPConnection, _AJPRequest
-from django_runfcgi.protocols.clients import ClientAddress
+from django_runfcgi.protocols.ajp.connection import AJPConnection
+from django_runfcgi.protocols.clients import ClientAddress, ip_address_of
 from django_runfcgi.protocols.wsgi import Gateway, error_page
 
-__all__ = ["AJP", "AJPConnection"]
+__all__ = ["AJP", "AJPConnection", "open_without_secret"]
 
 
 class AJP(Gateway):
@@ -24,8 +25,18 @@ class AJP(Gateway):
 
     name = "AJP"
     respond = ajp_base.BaseAJPServer.handler
-    requestClass = _AJPRequest
-    """The request class flup's decoder builds."""
+    _secret: bytes | None = None
+
+    def require_secret(self, secret: str) -> None:
+        """Answer 403 to every request that does not carry `secret` (Apache's
+        ``ProxyPass ... secret=``, Tomcat's ``secret``)."""
+        self._secret = secret.encode("ascii")
+
+    def secret_matches(self, sent: bytes | None) -> bool:
+        """Whether a request carrying `sent` may run: always when no secret is required."""
+        if self._secret is None:
+            return True
+        return sent is not None and hmac.compare_digest(sent, self._secret)
 
     def connection(self, sock: socket.socket, addr: ClientAddress) -> AJPConnection:
         return AJPConnection(sock, addr, self)
@@ -39,3 +50,18 @@ class AJP(Gateway):
             [(b"Content-Type", content_type), (b"Content-Length", str(len(body)).encode())],
         )
         request.write(body)
+
+
+def open_without_secret(sock: socket.socket) -> str | None:
+    """The start-up warning for an AJP socket bound beyond loopback with no secret=."""
+    host = sock.getsockname()[0]
+    ip = ip_address_of(host)
+    if ip is not None and ip.is_loopback:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    return (
+        f"AJP listens on {shown}:{sock.getsockname()[1]}, beyond loopback, without "
+        "secret=: whoever may connect can send requests as if they came through the web "
+        "server. Set secret= here and the same secret= in Apache's ProxyPass or "
+        "BalancerMember."
+    )

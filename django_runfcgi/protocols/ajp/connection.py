@@ -1,8 +1,8 @@
 """An AJP 1.3 connection: requests one after another until the front end closes.
 
-flup's request decoder (ajp_base.Connection._forwardRequest) and request class
-(ajp_base.Request, for its setters) run here, called openly; reading packets, the
-request body, the response framing and HEAD are ours.
+flup's CPING answer (ajp_base.Connection._cping) runs here, called openly; reading
+packets, decoding the request head (forward.py), the secret, the request body, the
+response framing and HEAD are ours.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from flup.server import ajp_base
 
+from django_runfcgi.protocols.ajp import forward
 from django_runfcgi.protocols.ajp.packets import (
     BODY_IN_MEMORY,
     MAX_BODY_CHUNK,
@@ -25,7 +26,13 @@ from django_runfcgi.protocols.ajp.packets import (
     container_packet,
     content_length,
 )
-from django_runfcgi.protocols.base import ProtocolConnection, ProtocolError, recv_exactly
+from django_runfcgi.protocols.base import (
+    ProtocolConnection,
+    ProtocolError,
+    logger,
+    peer,
+    recv_exactly,
+)
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.wsgi import has_body
 
@@ -35,35 +42,16 @@ if TYPE_CHECKING:
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
-class _BodyUnread:
-    """The request's input until run() reads the body: flup's decoder asks it whether body
-    packets are due before the request runs, and none are."""
+class _AJPRequest:
+    """One request for flup's WSGI handler: its environ and input, and the response
+    framed into AJP packets (headers held for the first body chunk, no body for HEAD)."""
 
-    def bytesAvailForAdd(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
-class _AJPRequest(ajp_base.Request):  # type: ignore[misc]
-    """flup's request, for the setters its decoder calls; the body, the response and HEAD
-    are ours."""
-
-    def __init__(self, conn: AJPConnection) -> None:
-        # Not flup's constructor: its input stream is never read (run() reads the body).
+    def __init__(self, conn: AJPConnection, environ: dict[str, Any]) -> None:
         self._conn = conn
-        self.environ: dict[str, Any] = {}
-        self.input: IO[bytes] | _BodyUnread = _BodyUnread()
+        self.environ: dict[str, Any] = environ
+        self.input: IO[bytes] = io.BytesIO()
         self._headersSent = False
         self.logger = conn.logger
-
-    def addHeader(self, name: bytes, value: bytes) -> None:
-        """Headers into environ; unlike flup's, the body is left to run()."""
-        key = name.replace(b"-", b"_").upper().decode("latin-1")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = "HTTP_" + key
-        self.environ[key] = value.decode("latin-1")
 
     def run(self) -> None:
         """The whole request body first, so a broken body costs its connection, not a 500.
@@ -122,16 +110,10 @@ def _acknowledge_at_once(sock: socket.socket) -> None:
 class AJPConnection(ProtocolConnection):
     """One AJP connection; the front end may send many requests over it."""
 
-    # flup parses FORWARD_REQUEST by indexing: garbage raises IndexError and co.
-    protocol_errors = (ProtocolError, ajp_base.ProtocolError, IndexError, ValueError, struct.error)
-
     server: AJP
 
     def __init__(self, sock: socket.socket, addr: ClientAddress, server: AJP) -> None:
         super().__init__(sock, addr, server)
-        # Read by flup's request decoder, which runs as this connection's own code.
-        self._request: _AJPRequest | None = None
-        self._timeout = None
         self.logger = logging.getLogger(ajp_base.LoggerName)
         self._held: list[bytes] = []
         self._framing: str | None = None
@@ -159,11 +141,45 @@ class AJPConnection(ProtocolConnection):
         if not pkt.length:
             return
         elif pkt.data[0] == ajp_base.PKTTYPE_FWD_REQ:
-            ajp_base.Connection._forwardRequest(self, pkt)
+            self._forward(forward.decode(pkt.data))
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
             ajp_base.Connection._cping(self, pkt)
         elif pkt.data[0] not in (ajp_base.PKTTYPE_SHUTDOWN, ajp_base.PKTTYPE_PING):
             raise ProtocolError(f"unknown packet type {pkt.data[0]:#04x}")
+
+    def _forward(self, head: forward.ForwardRequest) -> None:
+        """Run the request, or answer 403 if it lacks the secret this server requires."""
+        if not self.server.secret_matches(head.secret):
+            self._refuse(head)
+            return
+        _AJPRequest(self, head.environ).run()
+
+    def _refuse(self, head: forward.ForwardRequest) -> None:
+        """403, then the connection closes, as Tomcat answers; the application never runs.
+
+        With a Content-Length the front end sent the first body packet unasked: it is
+        read, so that closing does not reset the connection under the answer; the rest
+        of the body is never asked for.
+        """
+        logger.warning(
+            "AJP request from %s refused with 403: %s, and secret= is set",
+            peer(self._addr),
+            "its secret does not match" if head.secret is not None else "it carries no secret",
+        )
+        if content_length(head.environ.get("CONTENT_LENGTH")):
+            self._framing = None
+            self._body_packet(None)
+        # The connection ends after this answer, as after one during a stop.
+        self._stopping = True
+        body = b"Forbidden\n"
+        request = _AJPRequest(self, head.environ)
+        request.startResponse(
+            403,
+            b"Forbidden",
+            [(b"Content-Type", b"text/plain"), (b"Content-Length", str(len(body)).encode())],
+        )
+        request.write(body)
+        self.end_response()
 
     def read_body(self, environ: dict[str, Any]) -> IO[bytes]:
         """The request body, read to its end; CONTENT_LENGTH is set for a chunked one.
