@@ -17,7 +17,7 @@ from typing import Protocol
 
 from django_runfcgi.protocols.ajp import AJP
 from django_runfcgi.protocols.base import FIRST_REQUEST_SECONDS, ProtocolError
-from django_runfcgi.protocols.clients import ClientAddress
+from django_runfcgi.protocols.clients import AllowEntry, ClientAddress, allowed
 from django_runfcgi.protocols.fastcgi import FastCGI
 from django_runfcgi.protocols.scgi import SCGI
 from django_runfcgi.protocols.wsgi import Connection, Gateway, RequestWatch, WSGIApplication
@@ -66,13 +66,17 @@ def build(
     multiprocess: bool,
     debug: bool = False,
     scriptname: str | None = None,
+    allow: tuple[AllowEntry, ...] | None = None,
 ) -> Gateway:
     """The gateway for protocol= `protocol`; a prefork worker serves one request at a time,
-    threads serve many at once."""
-    return GATEWAYS[protocol](
+    threads serve many at once. `allow` (allow=) replaces the protocol's own client filter."""
+    gateway = GATEWAYS[protocol](
         application,
         multithreaded=not multiprocess,
         multiprocess=multiprocess,
         debug=debug,
         scriptname=scriptname,
     )
+    if allow is not None:
+        gateway.allows = allowed(gateway.name, allow)
+    return gateway
