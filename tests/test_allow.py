@@ -152,12 +152,16 @@ def test_allow_is_unset_by_default() -> None:
         ("2001:2::/48", ("2001:3::2", 40000, 0, 0), False),
         ("198.18.0.0/15", ("2001:2::2", 40000, 0, 0), False),
         # Scopes: by name (the host's %suffix) or index (the address's fourth item).
-        ("fe80::1", ("fe80::1%eth0", 40000, 0, 2), True),
-        ("fe80::1%eth0", ("fe80::1%eth0", 40000, 0, 2), True),
-        ("fe80::1%2", ("fe80::1%eth0", 40000, 0, 2), True),
-        ("fe80::1%eth1", ("fe80::1%eth0", 40000, 0, 2), False),
-        ("fe80::%eth0/64", ("fe80::abcd%eth0", 40000, 0, 2), True),
-        ("fe80::%3/64", ("fe80::abcd%eth0", 40000, 0, 2), False),
+        # (9999: an interface index this machine does not have, so no name is looked up.)
+        ("fe80::1", ("fe80::1", 40000, 0, 9999), True),
+        ("fe80::1%9999", ("fe80::1", 40000, 0, 9999), True),
+        ("fe80::1%9998", ("fe80::1", 40000, 0, 9999), False),
+        ("fe80::1%eth0", ("fe80::1%eth0", 40000, 0, 9999), True),
+        ("fe80::1%eth1", ("fe80::1%eth0", 40000, 0, 9999), False),
+        ("fe80::%eth0/64", ("fe80::abcd%eth0", 40000, 0, 9999), True),
+        ("fe80::%9998/64", ("fe80::abcd%eth0", 40000, 0, 9999), False),
+        ("fe80::1%lo", ("fe80::1", 40000, 0, socket.if_nametoindex("lo")), True),
+        ("fe80::1%lo", ("fe80::1", 40000, 0, 9999), False),
         # Unix-socket clients are not the option's business.
         ("198.18.0.2", "", True),
         ("198.18.0.2", b"", True),
@@ -272,13 +276,13 @@ def test_one_line_per_address_a_minute_with_the_count_left_out(
         assert not check(("198.18.0.9", 40000))
         clock.now += 1.0  # the next line is due 60 s after the first
     assert not check(("198.18.0.7", 40000))
-    assert not check(("fe80::9%eth0", 40000, 0, 2))
+    assert not check(("fe80::9", 40000, 0, socket.if_nametoindex("lo")))
     clock.now += 10.0
     assert not check(("198.18.0.9", 40000))
     assert refusal_lines(caplog) == [
         "Refused SCGI connection from 198.18.0.9: not in allow=",
         "Refused SCGI connection from 198.18.0.7: not in allow=",
-        "Refused SCGI connection from fe80::9%eth0: not in allow=",
+        "Refused SCGI connection from fe80::9%lo: not in allow=",
         "Refused SCGI connection from 198.18.0.9: not in allow= "
         "(not logged: 49 more from this address since its last line)",
     ]

@@ -22,6 +22,7 @@ import logging
 import math
 import mmap
 import os
+import socket
 import struct
 import tempfile
 import threading
@@ -227,6 +228,19 @@ class RefusalLog:
         logger.warning("%s", text)
 
 
+def _interfaces(addr: tuple[Any, ...]) -> set[str]:
+    """The interface a link-local client is on, by index and by name: accept() gives
+    the index (an IPv6 address's fourth item), the entries of allow= either."""
+    name = str(addr[0]).partition("%")[2]
+    names = {name} if name else set()
+    index = addr[3] if len(addr) >= 4 else 0
+    if isinstance(index, int) and index:
+        names.add(str(index))
+        with contextlib.suppress(OSError):
+            names.add(socket.if_indextoname(index))
+    return names
+
+
 class ClientFilter:
     """Every unix-socket client passes; a TCP client passes when ``admits`` says so, and
     is otherwise refused with a line in the log (see RefusalLog)."""
@@ -242,7 +256,11 @@ class ClientFilter:
             return True
         if self.admits(addr):
             return True
-        self.refusals.refused(self._what, str(addr[0]), self.reason)
+        host = str(addr[0])
+        interfaces = sorted(_interfaces(addr), key=str.isdigit)
+        if interfaces and "%" not in host:
+            host += f"%{interfaces[0]}"  # its name when it has one
+        self.refusals.refused(self._what, host, self.reason)
         return False
 
     def admits(self, addr: tuple[Any, ...]) -> bool:
@@ -298,16 +316,15 @@ class Allowed(ClientFilter):
     ) -> None:
         super().__init__(protocol_name, refusals)
         self.entries = entries
+        self._scoped = any(entry.scope is not None for entry in entries)
 
     def admits(self, addr: tuple[Any, ...]) -> bool:
-        host, _, scope = str(addr[0]).partition("%")
-        ip = ip_address_of(host)
+        ip = ip_address_of(str(addr[0]))
         if ip is None:
             return False
-        scopes = {scope} if scope else set()
-        if len(addr) >= 4 and addr[3]:
-            scopes.add(str(addr[3]))
-        return any(entry.admits(ip, scopes) for entry in self.entries)
+        if self._scoped and ip.is_link_local:
+            return any(entry.admits(ip, _interfaces(addr)) for entry in self.entries)
+        return any(entry.admits(ip, ()) for entry in self.entries)
 
 
 def allowed(protocol_name: str, entries: tuple[AllowEntry, ...]) -> Allowed:
