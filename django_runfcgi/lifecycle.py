@@ -39,12 +39,13 @@ from django_runfcgi import (
     sockets,
     systemd,
 )
-from django_runfcgi.addresses import Inherited, Unix
+from django_runfcgi.addresses import TCP, Inherited, Unix
 from django_runfcgi.options import DEFAULT_LOG, Config
 from django_runfcgi.prefix import forget_prefixed_urls
 from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
 from django_runfcgi.protocols.ajp import open_without_secret
 from django_runfcgi.protocols.base import peer
+from django_runfcgi.protocols.clients import ip_address_of
 from django_runfcgi.server import make_protocol, make_server
 from django_runfcgi.workers import ProcessModel
 from django_runfcgi.workers.hooks import Hooks
@@ -195,12 +196,26 @@ def _warn_if_root(config: Config) -> None:
         logger.warning(privileges.ROOT_WARNING)
 
 
-def _warn_if_ajp_is_open(config: Config, sock: socket.socket) -> None:
-    """Before detaching, so that it reaches the terminal."""
+def warn_if_open(config: Config, sock: socket.socket) -> None:
+    """A server that lets in more than this machine without a guard says so; before
+    detaching, so that it reaches the terminal."""
     if config.protocol == "ajp" and config.secret is None:
         warning = open_without_secret(sock)
         if warning is not None:
             logger.warning(warning)
+    if config.protocol != "fcgi" or config.allow is not None or not isinstance(config.bind, TCP):
+        return
+    # FastCGI lets every client in by default, as Django 1.8 did.
+    if "FCGI_WEB_SERVER_ADDRS" in os.environ:
+        return
+    ip = ip_address_of(config.bind.host)
+    if config.bind.host == "localhost" or (ip is not None and ip.is_loopback):
+        return
+    logger.warning(
+        "FastCGI on %s lets in every client that can reach it; "
+        "allow= names the web servers that may connect.",
+        config.bind,
+    )
 
 
 def _become_user(config: Config) -> None:
@@ -338,7 +353,7 @@ def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
         if handed is not None:
             handed.sock.close()
         raise
-    _warn_if_ajp_is_open(config, listener.sock)
+    warn_if_open(config, listener.sock)
     return Start(listener, paths, logs, daemonize, by_systemd, start_dir, application)
 
 

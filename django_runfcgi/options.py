@@ -15,10 +15,13 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from django_runfcgi import privileges
 from django_runfcgi.addresses import TCP, Bind, Inherited, Unix
+
+if TYPE_CHECKING:
+    from django_runfcgi.protocols.clients import AllowEntry
 
 Protocol = Literal["fcgi", "scgi", "ajp"]
 Method = Literal["prefork", "threaded"]
@@ -182,6 +185,22 @@ def parse_secret(name: str, value: object) -> str:
     return text
 
 
+def parse_allow(name: str, value: object) -> tuple[AllowEntry, ...]:
+    """Addresses and networks, comma-separated (from Python, a list of them too); the
+    filter that uses them is the protocols' (imported only when the option is given: it
+    brings in flup)."""
+    from django_runfcgi.protocols import clients  # noqa: PLC0415
+
+    if isinstance(value, (list, tuple)):
+        text = ",".join(str(item) for item in value)
+    else:
+        text = "" if isinstance(value, bool) else str(value)
+    try:
+        return clients.parse_allow(text)
+    except clients.AllowError as err:
+        raise OptionError(f"{name}={value!r}: {err}.") from None
+
+
 def parse_text(name: str, value: object) -> str:
     text = str(value)
     if not text:
@@ -227,6 +246,18 @@ OPTIONS: tuple[Option, ...] = (
         "Not for ajp. With no host, port or socket, the listening socket is inherited "
         "on file descriptor 0 from the web server that started the process.",
         "FILE",
+    ),
+    Option(
+        "allow",
+        parse_allow,
+        None,
+        "Comma-separated IP addresses and networks (CIDR) of the web servers that may "
+        "connect over TCP, such as 198.18.0.2,198.18.1.0/24,2001:db8::/32; any other "
+        "client is refused and logged. Takes the place of FCGI_WEB_SERVER_ADDRS. "
+        "Unix-socket clients are not affected.",
+        "ADDRESSES",
+        default_text="scgi and ajp: loopback clients only; fcgi: the addresses in "
+        "FCGI_WEB_SERVER_ADDRS when it is set, else every client",
     ),
     Option(
         "method",
@@ -551,6 +582,7 @@ class Config:
     mkdir: bool
     user: privileges.Account | None
     secret: str | None
+    allow: tuple[AllowEntry, ...] | None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -606,6 +638,11 @@ def _bind(values: Mapping[str, Any], raw: Mapping[str, object], base: Path) -> B
             raise OptionError(
                 "AJP needs host= and port=; it cannot listen on a unix socket "
                 f"(socket={raw['socket']!r})."
+            )
+        if values["allow"] is not None:
+            raise OptionError(
+                "allow= applies to TCP clients; who may connect to a unix socket is up to "
+                "its permissions (socketmode=, socketgroup=)."
             )
         return Unix(_absolute(sock, base))
     if host is not None or port is not None:

@@ -41,6 +41,7 @@ def make_protocol(config: Config, application: WSGIApplication) -> protocols.Gat
         debug=config.debug,
         scriptname=config.scriptname,
         secret=config.secret,
+        allow=config.allow,
     )
 
 

@@ -8,13 +8,16 @@ project SITE (a fresh ``django-admin startproject mysite``) is copied to /srv/my
 /home/mysite/mysite, where the pages put it, and the loopback interface is this run's
 alone. The page's own set-up commands that make directories run first, then the
 command, exactly as the page shows it, fixed ports and /run paths
-included, beside any other test. When this process ends the kernel ends every process
+included, beside any other test. A command for a web server on another machine
+(``host=`` its own address, ``allow=`` the web server's) finds both addresses on that
+loopback, and is asked from the web server's. When this process ends the kernel ends every process
 the command left, so nothing outlives the run. Exit status 0 means: it served a request
 over the protocol it names and stopped leaving no socket, pidfile or process behind.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shlex
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from django_runfcgi import options
+from django_runfcgi.protocols.clients import AllowEntry
 from tests import reachable
 from tests.clients import Address, Response, ajp_request, fcgi_request, scgi_request
 
@@ -119,9 +123,49 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def _ask(client: Callable[..., Response], address: Address, path: str, **extra: Any) -> None:
-    """GET `path`; `extra` is what the web server adds, such as AJP's secret."""
-    response = client(address, "GET", path, timeout=30, **extra)
+def _other_machines(
+    bind: options.TCP, allow: tuple[AllowEntry, ...] | None
+) -> tuple[Address, str | None]:
+    """A page's command for a web server on another machine listens on the application
+    server's address and lets in the web server's (allow=): this sandbox's loopback gets
+    both addresses, and the request comes from the first one allow= lets in. Returns
+    where to connect, and from which address."""
+    address: Address = (bind.host, bind.port)
+    try:
+        listening = ipaddress.ip_address(bind.host)
+    except ValueError:
+        listening = None
+    addresses = []
+    if listening is not None and not (listening.is_loopback or listening.is_unspecified):
+        addresses.append(listening)
+    source = None
+    if allow:
+        network = allow[0].network
+        source = network.network_address if network.num_addresses == 1 else next(network.hosts())
+        addresses.append(source)
+        if listening is not None and listening.is_unspecified:
+            address = (str(source), bind.port)
+    for added in addresses:
+        subprocess.run(
+            ["ip", "addr", "add", f"{added}/{added.max_prefixlen}", "dev", "lo"], check=True
+        )
+    return address, None if source is None else str(source)
+
+
+def _ask(
+    client: Callable[..., Response],
+    address: Address,
+    path: str,
+    source: str | None = None,
+    **extra: Any,
+) -> None:
+    """GET `path`, from `source` if given; `extra` is what the web server adds, such as
+    AJP's secret."""
+    if source is None:
+        response = client(address, "GET", path, timeout=30, **extra)
+    else:
+        with socket.create_connection(address, 30, source_address=(source, 0)) as sock:
+            response = client(address, "GET", path, timeout=30, sock=sock, **extra)
     if response.status != 200 or b"The install worked successfully" not in response.body:
         raise Failed(f"GET {path} answered {response.status}: {response.body[:300]!r}")
     print(f"GET {path} -> {response.status}")
@@ -141,8 +185,9 @@ def run_command(text: str, env: dict[str, str]) -> None:
             return
         raw, _ = options.parse_words(options.dashed_to_words(words, set()))
         config = options.resolve(raw, cwd=PROJECT)
+        source = None
         if isinstance(config.bind, options.TCP):
-            address: Address = (config.bind.host, config.bind.port)
+            address, source = _other_machines(config.bind, config.allow)
         elif isinstance(config.bind, options.Unix):
             address = str(config.bind.path)
         else:
@@ -159,7 +204,7 @@ def run_command(text: str, env: dict[str, str]) -> None:
             pid = proc.pid
         prefix = (config.scriptname or "").rstrip("/")
         extra = {} if config.secret is None else {"secret": config.secret}
-        _ask(CLIENTS[config.protocol], address, prefix + "/", **extra)
+        _ask(CLIENTS[config.protocol], address, prefix + "/", source, **extra)
         os.kill(pid, signal.SIGTERM)
         _wait(lambda: _gone(pid), "stop after TERM", None)
         if proc.poll() is None and proc.wait(SECONDS) != 0:

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from django_runfcgi.protocols.ajp import AJP
 from django_runfcgi.protocols.base import FIRST_REQUEST_SECONDS, ProtocolError
-from django_runfcgi.protocols.clients import ClientAddress
+from django_runfcgi.protocols.clients import AllowEntry, ClientAddress, allowed
 from django_runfcgi.protocols.fastcgi import FastCGI
 from django_runfcgi.protocols.scgi import SCGI
 from django_runfcgi.protocols.wsgi import Connection, Gateway, RequestWatch, WSGIApplication
@@ -67,9 +67,11 @@ def build(
     debug: bool = False,
     scriptname: str | None = None,
     secret: str | None = None,
+    allow: tuple[AllowEntry, ...] | None = None,
 ) -> Gateway:
     """The gateway for protocol= `protocol`; a prefork worker serves one request at a time,
-    threads serve many at once. `secret` is AJP's (options.resolve() allows no other)."""
+    threads serve many at once. `secret` is AJP's (options.resolve() allows no other);
+    `allow` (allow=) replaces the protocol's own client filter."""
     gateway = GATEWAYS[protocol](
         application,
         multithreaded=not multiprocess,
@@ -81,4 +83,6 @@ def build(
         if not isinstance(gateway, AJP):
             raise ValueError(f"secret= applies to AJP, not to protocol={protocol!r}")
         gateway.require_secret(secret)
+    if allow is not None:
+        gateway.allows = allowed(gateway.name, allow)
     return gateway
