@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,11 @@ WARNING = "AJP listens on"
 NAMESPACE_HOST = "198.18.0.1"
 
 
-def start(runner: Runner, *words: str) -> tuple[Run, tuple[str, int]]:
+def start(runner: Runner, *words: str, method: str = "threaded") -> tuple[Run, tuple[str, int]]:
     address = ("127.0.0.1", free_port())
     run = runner.serve(
         "protocol=ajp",
-        "method=threaded",
+        f"method={method}",
         "daemonize=false",
         f"host={address[0]}",
         f"port={address[1]}",
@@ -176,3 +178,20 @@ def test_warning_beyond_loopback_without_secret(
         "BalancerMember."
     )
     assert "Serving over AJP 1.3" in run.stdout
+
+
+def test_a_request_after_a_cping_is_served_during_a_stop(runner: Runner) -> None:
+    """Apache's ProxyPass ping= sends CPING, then the request: a worker that answered
+    the CPING of a connection accepted before a stop serves the request that follows,
+    instead of closing (Apache answered 500 to it)."""
+    run, address = start(runner, "maxchildren=1", "minspare=1", "maxspare=1", method="prefork")
+    with connect(address) as sock:
+        sock.sendall(b"\x12\x34\x00\x01\x0a")
+        assert sock.recv(5) == b"AB\x00\x01\x09"
+        run.signal(signal.SIGTERM)
+        time.sleep(0.5)
+
+        response = ajp_request(address, "GET", "/echo/", sock=sock)
+
+    assert response.status == 200
+    assert run.wait(10) == 0

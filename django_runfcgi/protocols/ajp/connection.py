@@ -144,6 +144,9 @@ class AJPConnection(ProtocolConnection):
             self._forward(forward.decode(pkt.data))
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
             ajp_base.Connection._cping(self, pkt)
+            # Apache pings before it sends the request (ProxyPass ping=): during a
+            # stop, the request that follows is still the first one to wait for.
+            self._first = True
         elif pkt.data[0] not in (ajp_base.PKTTYPE_SHUTDOWN, ajp_base.PKTTYPE_PING):
             raise ProtocolError(f"unknown packet type {pkt.data[0]:#04x}")
 
