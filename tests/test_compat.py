@@ -1,4 +1,5 @@
-"""One test per fix in django_runfcgi.protocols, each run in-process through tests/clients.py.
+"""One test per fix in django_runfcgi.protocols, each run in-process (tests/support/harness.py)
+through the clients in tests/support/clients.py.
 
 Where plain flup can be run through the same scenario, the test is also run against
 flup's own class as a strict xfail: that is the evidence the fix is needed, and the
@@ -11,11 +12,8 @@ import functools
 import json
 import logging
 import os
-import select
-import shutil
 import socket
 import struct
-import tempfile
 import threading
 import time
 import types
@@ -32,8 +30,7 @@ from django_runfcgi import server as runfcgi_server
 from django_runfcgi.protocols.base import FIRST_REQUEST_SECONDS
 from django_runfcgi.protocols.fastcgi import FCGIConnection
 from django_runfcgi.workers.prefork.worker import REQUEST_BEGINS, REQUEST_ENDS, RequestTimer
-from tests.clients import (
-    Address,
+from tests.support.clients import (
     Response,
     ajp_request,
     connect,
@@ -42,6 +39,8 @@ from tests.clients import (
     raw_exchange,
     scgi_request,
 )
+from tests.support.harness import Harness
+from tests.support.net import Address
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -120,89 +119,6 @@ class RecordingSocket:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
-
-
-class Harness:
-    """Serves a protocol class in-process: one thread accepts, one thread per connection."""
-
-    def __init__(
-        self,
-        server: Any,
-        connect: Callable[[Any, Any], Any],
-        *,
-        tcp: bool,
-        wrap: Callable[[socket.socket], Any] | None = None,
-    ) -> None:
-        self.server = server
-        self.connect = connect
-        self.wrap = wrap
-        self.connections: list[Any] = []
-        self.sockets: list[Any] = []
-        self.errors: list[BaseException] = []
-        self._threads: list[threading.Thread] = []
-        self._tempdir: str | None = None
-        if tcp:
-            self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._listener.bind(("127.0.0.1", 0))
-            self.address: Address = self._listener.getsockname()[:2]
-        else:
-            self._tempdir = tempfile.mkdtemp(dir="/tmp")
-            self.address = os.path.join(self._tempdir, "s")
-            self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._listener.bind(self.address)
-        self._listener.listen(16)
-        self._stop = threading.Event()
-        self._accepter = threading.Thread(target=self._accept, daemon=True)
-        self._accepter.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            if not select.select([self._listener], [], [], 0.05)[0]:
-                continue
-            sock, addr = self._listener.accept()
-            wrapped = self.wrap(sock) if self.wrap else sock
-            conn = self.connect(wrapped, addr)
-            self.sockets.append(wrapped)
-            self.connections.append(conn)
-            thread = threading.Thread(target=self._run, args=(conn, sock), daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def _run(self, conn: Any, sock: socket.socket) -> None:
-        try:
-            conn.run()
-        except BaseException as exc:
-            self.errors.append(exc)
-        finally:
-            sock.close()
-
-    def wait_for_connection(self, count: int = 1, timeout: float = 5.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while len(self.connections) < count:
-            assert time.monotonic() < deadline, "the server did not accept a connection"
-            time.sleep(0.01)
-        return self.connections[count - 1]
-
-    def connections_done(self, timeout: float) -> bool:
-        """Whether every connection's run() has returned within `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        # A connection is listed just before its thread starts.
-        while len(self._threads) < len(self.connections) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        for thread in list(self._threads):
-            thread.join(max(0.0, deadline - time.monotonic()))
-        threads = list(self._threads)
-        return len(threads) == len(self.connections) and not any(t.is_alive() for t in threads)
-
-    def close(self) -> bool:
-        """Stop accepting; True when every connection has finished."""
-        self._stop.set()
-        self._accepter.join(5)
-        self._listener.close()
-        done = self.connections_done(10)
-        if self._tempdir:
-            shutil.rmtree(self._tempdir, ignore_errors=True)
-        return done
 
 
 Connect = Callable[[Any, Any], Any]

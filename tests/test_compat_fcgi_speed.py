@@ -21,8 +21,9 @@ import pytest
 
 from django_runfcgi.protocols.fastcgi import FastCGI, request
 from testproject.bigfile import payload
-from tests.clients import connect, fcgi_request
-from tests.conftest import Address, Runner, free_port
+from tests.support.clients import connect, fcgi_request
+from tests.support.net import Address, free_port
+from tests.support.runner import Runner
 
 MB = 1024 * 1024
 RESPONSE_SECONDS = 30.0
@@ -199,7 +200,7 @@ def test_keep_conn_serves_requests_with_and_without_bodies(served: Served) -> No
         assert closed_by_server(sock)
 
 
-# Raw records, for exchanges the client in tests/clients.py does not make.
+# Raw records, for exchanges the client in tests/support/clients.py does not make.
 
 HEADER = struct.Struct("!BBHHBx")
 BEGIN_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 3, 4, 5, 6, 7

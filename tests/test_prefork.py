@@ -14,23 +14,21 @@ from flup.server import preforkserver
 
 from django_runfcgi.workers import Limits
 from django_runfcgi.workers.signals import SignalQueue
-from tests import process_jobs
-from tests.process_jobs import (
+from tests.support import jobs
+from tests.support.jobs import (
     ServerProcess,
     Servers,
     ask_all,
     connect,
-    leave_descriptors,
     pid_of,
     read_line,
     read_to_end,
-    wait_for,
-    wakeups,
 )
+from tests.support.processes import leave_descriptors, wait_for, wakeups
 
 
 def ours_and_flup(bug: str, *, race: bool = False) -> pytest.MarkDecorator:
-    return process_jobs.ours_and_flup("prefork", bug, race=race)
+    return jobs.ours_and_flup("prefork", bug, race=race)
 
 
 def cleanups(server: ServerProcess) -> list[str]:

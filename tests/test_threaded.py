@@ -14,24 +14,21 @@ from flup.server import threadedserver
 
 from django_runfcgi.workers import Limits
 from django_runfcgi.workers.threaded import ThreadedServer
-from tests import process_jobs
-from tests.process_jobs import (
+from tests.support import jobs
+from tests.support.jobs import (
     LineJob,
     ServerProcess,
     Servers,
     ask_all,
     connect,
-    leave_descriptors,
     read_line,
     read_to_end,
-    task_status,
-    wait_for,
-    wakeups,
 )
+from tests.support.processes import leave_descriptors, task_status, wait_for, wakeups
 
 
 def ours_and_flup(bug: str, *, race: bool = False) -> pytest.MarkDecorator:
-    return process_jobs.ours_and_flup("threaded", bug, race=race)
+    return jobs.ours_and_flup("threaded", bug, race=race)
 
 
 def assert_stopped_cleanly(server: ServerProcess) -> None:
@@ -45,7 +42,7 @@ def assert_stopped_cleanly(server: ServerProcess) -> None:
     "build",
     [
         pytest.param(
-            lambda: ThreadedServer(process_jobs.Jobs(LineJob), Limits(maxchildren=5)),
+            lambda: ThreadedServer(jobs.Jobs(LineJob), Limits(maxchildren=5)),
             id="threaded",
         ),
         pytest.param(

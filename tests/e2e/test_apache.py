@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner, free_port
-from tests.e2e.apache import (
+from tests.support.apache import (
     DOC_AJP_FIRST,
     DOC_AJP_SECOND,
     DOC_FCGI_TCP,
@@ -31,15 +30,15 @@ from tests.e2e.apache import (
     DOC_SCGI_TCP,
     DOC_SETTINGS,
     Apache,
-    apache_binary,
     vhost,
 )
-from tests.e2e.http import http_request
-from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_SOCKET, DOC_STATIC, recipe
-from tests.process_jobs import alive, parent_of
-
-__all__ = ["apache_binary"]
+from tests.support.frontends import DOC_SOCKET, DOC_STATIC, recipe
+from tests.support.http import http_request
+from tests.support.net import free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import alive, parent_of
+from tests.support.runner import Runner
+from tests.support.scenarios import SCENARIOS, Site
 
 pytestmark = pytest.mark.e2e
 

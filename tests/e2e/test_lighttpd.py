@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner, free_port
-from tests.e2e.http import http_request
-from tests.e2e.lighttpd import (
+from tests.support.frontends import DOC_SOCKET, DOC_STATIC, recipe
+from tests.support.http import http_request
+from tests.support.lighttpd import (
     DOC_AJP_PORT,
     DOC_MANAGE,
     DOC_PYTHON,
@@ -28,13 +28,12 @@ from tests.e2e.lighttpd import (
     DOC_SETTINGS,
     DOC_SPAWN_SOCKET,
     Lighttpd,
-    lighttpd_binary,
 )
-from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_SOCKET, DOC_STATIC, recipe
-from tests.process_jobs import alive
-
-__all__ = ["lighttpd_binary"]
+from tests.support.net import free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import alive
+from tests.support.runner import Runner
+from tests.support.scenarios import SCENARIOS, Site
 
 pytestmark = pytest.mark.e2e
 

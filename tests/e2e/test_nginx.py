@@ -20,10 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Address, Runner, free_port
-from tests.e2e.http import http_request
-from tests.e2e.scenarios import SCENARIOS, STREAM_PAUSE, Site, stream_lead
-from tests.frontends import (
+from tests.support.frontends import (
     DOC_LISTEN,
     DOC_SCGI_SOCKET,
     DOC_SOCKET,
@@ -32,7 +29,11 @@ from tests.frontends import (
     Nginx,
     recipe,
 )
-from tests.process_jobs import parent_of, wait_for
+from tests.support.http import http_request
+from tests.support.net import Address, free_port
+from tests.support.processes import parent_of, wait_for
+from tests.support.runner import Runner
+from tests.support.scenarios import SCENARIOS, STREAM_PAUSE, Site, stream_lead
 
 pytestmark = pytest.mark.e2e
 

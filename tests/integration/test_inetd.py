@@ -18,10 +18,12 @@ import sys
 
 import pytest
 
-from tests.clients import Response, fcgi_request, scgi_request
-from tests.conftest import TESTPROJECT, Run, Runner, can_connect, free_port
-from tests.frontends import DOC_SCGI_SOCKET, recipe
-from tests.process_jobs import wait_for
+from tests.support.clients import Response, fcgi_request, scgi_request
+from tests.support.frontends import DOC_SCGI_SOCKET, recipe
+from tests.support.net import can_connect, free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import wait_for
+from tests.support.runner import Run, Runner
 
 DOC_PYTHON = "/srv/mysite/venv/bin/python"
 DOC_MANAGE = "/srv/mysite/manage.py"

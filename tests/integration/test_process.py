@@ -10,8 +10,9 @@ from collections import Counter
 
 import pytest
 
-from tests.clients import fcgi_request
-from tests.conftest import Runner, tagged_pids
+from tests.support.clients import fcgi_request
+from tests.support.processes import tagged_pids
+from tests.support.runner import Runner
 
 
 def serve_unix(runner: Runner, *words: str, env: dict[str, str] | None = None) -> tuple[str, int]:

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from testproject.bigfile import payload
-from tests.clients import Response, ajp_request, fcgi_request, scgi_request
-from tests.conftest import Address, Runner, free_port
+from tests.support.clients import Response, ajp_request, fcgi_request, scgi_request
+from tests.support.net import Address, free_port
+from tests.support.runner import Runner
 
 CLIENTS: dict[str, Callable[..., Response]] = {
     "fcgi": fcgi_request,

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "docs" / "configs"
+from tests.support.paths import CONFIGS
+
 DOC_SOCKET = "/run/mysite/fcgi.sock"
 DOC_SCGI_SOCKET = "/run/mysite/scgi.sock"
 # Backends listening on TCP, in the order a recipe lists them.

@@ -25,7 +25,7 @@ import pytest
 
 from testproject.bigfile import SIZE as DOWNLOAD_SIZE
 from testproject.bigfile import payload
-from tests.e2e.http import Client, HttpResponse, http_request
+from tests.support.http import Client, HttpResponse, http_request
 
 MB = 1024 * 1024
 UNICODE_PATH = "/caf%C3%A9/%C3%BCn%C3%AFcode/"

@@ -1,0 +1,18 @@
+"""The programs the end-to-end tests drive: required in CI, skipped with a reason elsewhere."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.frontends import FrontendMissing, find
+
+
+def require(binary: str, package: str) -> str:
+    try:
+        return find(binary, package)
+    except FrontendMissing as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} CI must run every end-to-end test.")
+        pytest.skip(f"{missing} Install it to run this test.")
