@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.jobs import Servers
 from tests.support.paths import short_tmp_dir
-from tests.support.runner import Runner
+from tests.support.runner import Runner, runner_in_tmp
 
 
 @pytest.fixture
@@ -25,6 +25,14 @@ def runner(short_tmp: Path) -> Iterator[Runner]:
     runner = Runner(short_tmp)
     yield runner
     runner.cleanup()
+
+
+@pytest.fixture(scope="module")
+def module_runner() -> Iterator[Runner]:
+    """One runner for a module whose tests all use the same server: it is started once,
+    by a module-scoped fixture, and stopped after the module's last test."""
+    with runner_in_tmp() as runner:
+        yield runner
 
 
 @pytest.fixture

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from django_runfcgi.protocols.fastcgi import FastCGI, request
 from testproject.bigfile import payload
 from tests.support.clients import connect, fcgi_request
 from tests.support.net import Address, free_port
-from tests.support.runner import Runner
+from tests.support.runner import runner_in_tmp
 
 MB = 1024 * 1024
 RESPONSE_SECONDS = 30.0
@@ -43,8 +41,6 @@ COMBINATIONS = [(m, t) for m in ("prefork", "threaded") for t in ("unix", "tcp")
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     """One worker process or thread: a connection it does not let go of stalls the next."""
     method, transport = request.param
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    runner = Runner(tmp)
     words = [
         "protocol=fcgi",
         f"method={method}",
@@ -53,18 +49,15 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
         "maxspare=1",
         "maxchildren=1",
     ]
-    try:
+    with runner_in_tmp() as runner:
         if transport == "tcp":
             port = free_port()
             address: Address = ("127.0.0.1", port)
             runner.serve(*words, "host=127.0.0.1", f"port={port}", address=address)
         else:
-            address = str(tmp / "app.sock")
+            address = str(runner.tmp / "app.sock")
             runner.serve(*words, f"socket={address}", address=address)
         yield Served(method, transport, address)
-    finally:
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def closed_by_server(sock: socket.socket) -> bool:

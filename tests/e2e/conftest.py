@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import pytest
 from tests.support.binaries import require
 from tests.support.pass_table import TABLE_VARIABLE, Results, pass_table, record
 from tests.support.paths import TESTPROJECT
-from tests.support.runner import Runner
+from tests.support.runner import runner_in_tmp
 
 RESULTS = pytest.StashKey[Results]()
 
@@ -38,19 +36,14 @@ def lighttpd_binary() -> str:
 @pytest.fixture(scope="session")
 def static_root() -> Iterator[Path]:
     """The testproject's STATIC_ROOT, filled by ``manage.py collectstatic`` as a deploy does."""
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    root = tmp / "static"
-    runner = Runner(tmp)
-    try:
+    with runner_in_tmp() as runner:
+        root = runner.tmp / "static"
         collect = runner.run(
             command=[sys.executable, str(TESTPROJECT / "manage.py"), "collectstatic", "--noinput"],
             env={"TESTPROJECT_STATIC_ROOT": str(root)},
         )
         assert collect.proc.returncode == 0, collect.describe()
         yield root
-    finally:
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -62,8 +62,10 @@ def moved(word: str, tmp: Path) -> str:
     return word.replace(DOC_RUN_DIR, str(tmp / "run")).replace(DOC_LOG_DIR, str(tmp / "log"))
 
 
-@pytest.fixture
-def site(runner: Runner, nginx_binary: str) -> Iterator[Site]:
+@pytest.fixture(scope="module")
+def site(module_runner: Runner, nginx_binary: str) -> Iterator[Site]:
+    """The page followed once; every test of the module asks the same site."""
+    runner = module_runner
     tmp = runner.tmp
     static_root = tmp / "static"
     assets = tmp / "assets"

@@ -7,15 +7,12 @@ scenario a front end will send it.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +20,7 @@ import pytest
 from testproject.bigfile import payload
 from tests.support.clients import Response, ajp_request, fcgi_request, scgi_request
 from tests.support.net import Address, free_port
-from tests.support.runner import Runner
+from tests.support.runner import Runner, runner_in_tmp
 
 CLIENTS: dict[str, Callable[..., Response]] = {
     "fcgi": fcgi_request,
@@ -79,13 +76,8 @@ def start(runner: Runner, protocol: str, method: str, transport: str, *extra: st
     ids=["-".join(combination) for combination in COMBINATIONS],
 )
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    runner = Runner(tmp)
-    try:
+    with runner_in_tmp() as runner:
         yield start(runner, *request.param)
-    finally:
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_get_with_query_string(served: Served) -> None:

@@ -4,11 +4,14 @@ clean up after it: whatever carries the runner's tag is stopped (tests/support/p
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,3 +126,16 @@ def wait_until_accepting(run: Run | None, address: Address, timeout: float) -> N
         time.sleep(0.05)
     detail = run.describe() if run is not None else ""
     pytest.fail(f"nothing accepted on {address!r} within {timeout} s\n{detail}")
+
+
+@contextmanager
+def runner_in_tmp() -> Iterator[Runner]:
+    """A runner in a new short directory, for a fixture wider than one test: at the end
+    everything it started is stopped and the directory removed."""
+    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
+    runner = Runner(tmp)
+    try:
+        yield runner
+    finally:
+        runner.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
