@@ -355,21 +355,37 @@ class Servers:
             time.sleep(0.05)
 
 
-def ours_and_flup(ours: str, bug: str, *, race: bool = False) -> pytest.MarkDecorator:
-    """Run a test on our server, and on flup's, where it must fail.
+def assert_stopped_cleanly(server: ServerProcess) -> None:
+    """Exit status 0, the caller's cleanup ran once, in the server's own process (not in a
+    worker), no process left, no warning."""
+    cleanups = [line for line in server.stdout.splitlines() if line.startswith("cleanup in")]
+    assert server.proc.returncode == 0, server.describe()
+    assert cleanups == [f"cleanup in {server.pid}"], server.describe()
+    assert server.leftovers() == [], server.describe()
+    assert "Warning" not in server.stderr, server.describe()
+
+
+def flup_fails(model: str, bug: str, *, race: bool = False) -> Any:
+    """flup's own class for ``model`` as a test parameter, where the test must fail.
 
     ``race``: flup's bug shows only when the test outruns flup's threads, which is most
     runs but not every one on a loaded machine; flup passing then is not an error.
     """
-    return pytest.mark.parametrize(
-        "model",
-        [
-            ours,
-            pytest.param(
-                f"flup-{ours}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=not race)
-            ),
-        ],
+    return pytest.param(
+        f"flup-{model}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=not race)
     )
+
+
+def ours_and_flup(ours: str, bug: str, *, race: bool = False) -> pytest.MarkDecorator:
+    """Run a test on our server, and on flup's, where it must fail."""
+    return pytest.mark.parametrize("model", [ours, flup_fails(ours, bug, race=race)])
+
+
+def both_models(**flup_bugs: str) -> pytest.MarkDecorator:
+    """Run a test on both process models, and on flup's class for each model named
+    (``prefork=``, ``threaded=``: the bug it shows), where it must fail."""
+    flup = [flup_fails(model, bug) for model, bug in flup_bugs.items()]
+    return pytest.mark.parametrize("model", ["prefork", "threaded", *flup])
 
 
 if __name__ == "__main__":
