@@ -14,6 +14,8 @@ from tests.support.binaries import require
 from tests.support.pass_table import TABLE_VARIABLE, Results, pass_table, record
 from tests.support.paths import TESTPROJECT
 from tests.support.runner import runner_in_tmp
+from tests.support.scenarios import Site
+from tests.support.wiring import Served
 
 RESULTS = pytest.StashKey[Results]()
 
@@ -44,6 +46,12 @@ def static_root() -> Iterator[Path]:
         )
         assert collect.proc.returncode == 0, collect.describe()
         yield root
+
+
+@pytest.fixture(scope="module")
+def site(served: Served) -> Site:
+    """The site of the wiring a front-end module serves (tests/support/wiring.py)."""
+    return served.site
 
 
 def pytest_configure(config: pytest.Config) -> None:

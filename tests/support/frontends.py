@@ -70,6 +70,10 @@ class Frontend:
     port: int
     proc: subprocess.Popen[bytes] | None
 
+    def start(self) -> Frontend:
+        """Write the configuration and start the server; returns once it listens."""
+        raise NotImplementedError
+
     def stop(self) -> object:
         raise NotImplementedError
 
