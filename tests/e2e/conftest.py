@@ -54,6 +54,13 @@ def site(served: Served) -> Site:
     return served.site
 
 
+@pytest.fixture(scope="module")
+def scenario(request: pytest.FixtureRequest) -> str:
+    """The name of a scenario case (tests/support/wiring.py's scenario_cases)."""
+    name: str = request.param[0]
+    return name
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = {}
 

@@ -37,7 +37,15 @@ from tests.support.paths import TESTPROJECT
 from tests.support.processes import alive
 from tests.support.runner import Runner
 from tests.support.scenarios import SCENARIOS, Site
-from tests.support.wiring import Served, every_backend_answers, serving, start_backend, wiring_id
+from tests.support.wiring import (
+    Served,
+    every_backend_answers,
+    on_wirings,
+    scenario_cases,
+    serving,
+    start_backend,
+    wiring_id,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +56,7 @@ FCGID_BURST = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Wiring:
     recipe: str
     protocol: str
@@ -59,7 +67,6 @@ class Wiring:
     streams: bool = True
     cannot: Mapping[str, str] = field(default_factory=dict)
     host: str = ""  # main-server settings of a shared host (mod_fcgid)
-    needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
     mpm: str = "event"
 
 
@@ -206,26 +213,19 @@ def served(
         yield served
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(
-    served: Served, site: Site, scenario: str, request: pytest.FixtureRequest
-) -> None:
-    if scenario in served.wiring.needs:
-        need = served.wiring.needs[scenario]
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
+@scenario_cases(WIRINGS)
+def test_scenario(site: Site, scenario: str) -> None:
     SCENARIOS[scenario](site)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.backends > 1)
 def test_balancer_spreads_requests_over_backends(served: Served) -> None:
-    if len(served.backend_pids) < 2:
-        pytest.skip("one backend")
     every_backend_answers(served)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.variant == "fcgid")
 def test_fcgid_starts_a_new_script_after_kill(served: Served) -> None:
     """The shared-hosting restart: TERM the script, the next request starts a new one."""
-    if served.site.variant != "fcgid":
-        pytest.skip("mod_fcgid only")
     first = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=10)
     assert first.status == 200
     old = first.json()["pid"]

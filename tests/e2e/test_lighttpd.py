@@ -33,7 +33,9 @@ from tests.support.runner import Runner
 from tests.support.scenarios import SCENARIOS, Site
 from tests.support.wiring import (
     Served,
+    on_wirings,
     prefix_without_its_slash_redirects,
+    scenario_cases,
     serving,
     start_backend,
     wiring_id,
@@ -42,15 +44,13 @@ from tests.support.wiring import (
 pytestmark = pytest.mark.e2e
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Wiring:
     recipe: str
     protocol: str
     variant: str  # "unix", "tcp", or "bin-path" (lighttpd starts runfcgi itself)
     mount: str
     cannot: Mapping[str, str] = field(default_factory=dict)
-    # scenario -> the runfcgi change it needs; not run, as it can wait for the client's timeout
-    needs: Mapping[str, str] = field(default_factory=dict)
 
 
 WIRINGS = [
@@ -102,17 +102,13 @@ def served(
     assert served.left == [], f"still running after lighttpd stopped: {served.left}"
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(served: Served, site: Site, scenario: str) -> None:
-    if scenario in served.wiring.needs:
-        # runfcgi can wait for body bytes lighttpd never sends, until the client gives up.
-        pytest.xfail(f"needs: {served.wiring.needs[scenario]}")
+@scenario_cases(WIRINGS)
+def test_scenario(site: Site, scenario: str) -> None:
     SCENARIOS[scenario](site)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.mount)
 def test_prefix_without_its_slash_redirects(site: Site) -> None:
-    if not site.mount:
-        pytest.skip("mounted at /")
     prefix_without_its_slash_redirects(site)
 
 
@@ -131,10 +127,9 @@ def test_short_body_reaches_django(served: Served) -> None:
     assert response.json()["body_length"] == len(body)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.variant == "bin-path")
 def test_spawned_backends_stop_with_lighttpd(served: Served) -> None:
     """Runs last for each wiring: lighttpd's TERM ends the runfcgi processes it started."""
-    if served.site.variant != "bin-path":
-        pytest.skip("runfcgi started by the test")
     assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
     assert isinstance(served.frontend, Lighttpd)
     spawned = served.frontend.spawned()

@@ -35,7 +35,9 @@ from tests.support.scenarios import SCENARIOS, STREAM_PAUSE, Site, stream_lead
 from tests.support.wiring import (
     Served,
     every_backend_answers,
+    on_wirings,
     prefix_without_its_slash_redirects,
+    scenario_cases,
     serving,
     start_backend,
     wiring_id,
@@ -43,14 +45,8 @@ from tests.support.wiring import (
 
 pytestmark = pytest.mark.e2e
 
-# Measured with nginx 1.22: not a documented promise, so the docs say to send the header.
-KEPT_CONNECTIONS_STREAM = (
-    "over kept connections (fastcgi_keep_conn on) nginx passes a response on as it "
-    "arrives even with buffering on"
-)
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Wiring:
     recipe: str
     protocol: str
@@ -132,7 +128,7 @@ def served(
         yield served
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@scenario_cases(WIRINGS)
 def test_scenario(site: Site, scenario: str) -> None:
     SCENARIOS[scenario](site)
 
@@ -142,9 +138,8 @@ def test_every_backend_answers(served: Served) -> None:
     every_backend_answers(served)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.mount)
 def test_prefix_without_its_slash_redirects(site: Site) -> None:
-    if not site.mount:
-        pytest.skip("mounted at /")
     prefix_without_its_slash_redirects(site)
 
 
@@ -186,10 +181,14 @@ def test_connections_stay_open_only_with_keep_conn(served: Served) -> None:
         ), "connections left open"
 
 
+@on_wirings(wiring for wiring in WIRINGS if not wiring.keep_conn)
 def test_streamed_response_is_buffered_unless_the_view_asks(served: Served) -> None:
-    """The recipes keep nginx's buffering on, as the docs say."""
-    if served.wiring.keep_conn:
-        pytest.skip(KEPT_CONNECTIONS_STREAM)
+    """The recipes keep nginx's buffering on, as the docs say.
+
+    Not over kept connections (fastcgi_keep_conn on): there nginx 1.22 was measured to
+    pass a response on as it arrives even with buffering on. That is not a documented
+    promise, so the docs say to send the header.
+    """
     lead = stream_lead(served.site, accel=False)
     assert lead < STREAM_PAUSE, f"streamed ({lead:.2f} s) without X-Accel-Buffering: no"
 

@@ -198,9 +198,18 @@ def test_view_that_ignores_a_large_body(served: Served) -> None:
     assert served.request("GET", "/echo/").status == 200
 
 
+# AJP carries no SCRIPT_NAME: a mount prefix needs a setting on our side.
+WITH_SCRIPT_NAME = [combination for combination in COMBINATIONS if combination[0] != "ajp"]
+
+
+@pytest.mark.parametrize(
+    "served",
+    WITH_SCRIPT_NAME,
+    indirect=True,
+    scope="module",
+    ids=["-".join(combination) for combination in WITH_SCRIPT_NAME],
+)
 def test_script_name_as_the_client_sent_it(served: Served) -> None:
-    if served.protocol == "ajp":
-        pytest.skip("AJP carries no SCRIPT_NAME; a mount prefix needs a setting on our side")
     response = served.request("GET", "/app/echo/", script_name="/app")
     assert response.status == 200, response.body[:300]
     data = response.json()

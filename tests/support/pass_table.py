@@ -1,8 +1,9 @@
 """The end-to-end pass table: one row per site, one column per scenario.
 
 Every scenario test (a test with a ``site`` fixture holding a ``Site`` and a ``scenario``
-parameter) is recorded; tests/e2e/conftest.py prints the table at the end of the run,
-and writes it to the file named by RUNFCGI_E2E_TABLE if that is set.
+fixture naming the scenario) is recorded, and so are the scenarios its site cannot do by
+design. tests/e2e/conftest.py prints the table at the end of the run, and writes it to
+the file named by RUNFCGI_E2E_TABLE if that is set.
 """
 
 from __future__ import annotations
@@ -58,17 +59,14 @@ def cell_of(report: pytest.TestReport, site: Site, scenario: str) -> Cell:
         buffered = scenario == "streaming" and not site.streams
         return Cell("ok, buffered" if buffered else "ok")
     if report.skipped:
-        if scenario in site.cannot:
-            return Cell("cannot", site.cannot[scenario])
         return Cell("skip", skip_message(report))
     return Cell("FAIL", failure_message(report))
 
 
 def record(results: Results, item: pytest.Item, report: pytest.TestReport) -> None:
-    """Note a scenario test's outcome."""
-    site = getattr(item, "funcargs", {}).get("site")
-    callspec = getattr(item, "callspec", None)
-    scenario = callspec.params.get("scenario") if callspec else None
+    """Note a scenario test's outcome; the scenarios its site cannot do are noted too."""
+    funcargs = getattr(item, "funcargs", {})
+    site, scenario = funcargs.get("site"), funcargs.get("scenario")
     recorded = report.when == "call" or report.outcome != "passed"
     if recorded and isinstance(site, Site) and isinstance(scenario, str):
         key = (site.frontend, site.protocol, site.variant, site.mount or "/")
@@ -76,6 +74,8 @@ def record(results: Results, item: pytest.Item, report: pytest.TestReport) -> No
         # The first bad outcome of a test (setup, call, teardown) is the one shown.
         if scenario not in row or not row[scenario].bad:
             row[scenario] = cell_of(report, site, scenario)
+        for name, reason in site.cannot.items():
+            row.setdefault(name, Cell("cannot", reason))
 
 
 def pass_table(results: Results) -> list[str]:

@@ -8,21 +8,28 @@ stops the front end and every backend. Each wiring is served once per module: a
 module-scoped ``served`` fixture, parametrised over the wirings (ids from
 ``wiring_id``), yields what ``serving()`` gives; tests/e2e/conftest.py makes its
 ``site`` the fixture the scenario tests take.
+
+A test that applies to some wirings only is parametrised over those (``on_wirings``),
+and a scenario a front end cannot do by design is not run on it (``scenario_cases``):
+no test is generated only to be skipped. The wirings are compared by identity, so that
+pytest sees the same parameter in every test of a wiring and serves it once for them all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import pytest
 
 from tests.support.frontends import Frontend
 from tests.support.http import http_request
 from tests.support.net import Address, free_port
 from tests.support.processes import parent_of
 from tests.support.runner import Runner, runner_in_tmp
-from tests.support.scenarios import Site
+from tests.support.scenarios import SCENARIOS, Site
 
 # Enough workers for the eight concurrent requests of a scenario, plus the connections a
 # front end keeps open (each holds a prefork worker while it waits for the next request).
@@ -48,6 +55,31 @@ class Wiring(Protocol):
 
 def wiring_id(wiring: Wiring) -> str:
     return f"{wiring.protocol}-{wiring.variant}-{wiring.mount.strip('/') or 'root'}"
+
+
+def on_wirings(wirings: Iterable[Wiring]) -> pytest.MarkDecorator:
+    """Run a test on these of the module's wirings only."""
+    chosen = list(wirings)
+    return pytest.mark.parametrize(
+        "served", chosen, indirect=True, scope="module", ids=[wiring_id(w) for w in chosen]
+    )
+
+
+def scenario_cases(wirings: Iterable[Wiring]) -> pytest.MarkDecorator:
+    """Parametrise ``test_scenario(site, scenario)`` over every scenario each wiring's
+    front end can do.
+
+    Both parameters are module-scoped (the ``scenario`` fixture gives the name); each
+    scenario parameter is the pair (name, wiring), so that no two cases share it and pytest
+    groups the cases by wiring alone, rather than the same scenario of several wirings.
+    """
+    cases = [
+        pytest.param(wiring, (name, wiring), id=f"{wiring_id(wiring)}-{name}")
+        for wiring in wirings
+        for name in SCENARIOS
+        if name not in wiring.cannot
+    ]
+    return pytest.mark.parametrize(("served", "scenario"), cases, indirect=True, scope="module")
 
 
 def start_backend(runner: Runner, protocol: str, transport: str, *words: str) -> Address:
