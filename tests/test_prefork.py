@@ -96,9 +96,10 @@ def test_sigusr1_to_a_worker_calls_the_hook_between_requests(servers: Servers) -
     assert_stopped_cleanly(server)
 
 
-@ours_and_flup("workers leave through sys.exit(): the caller's finally runs in each")
-def test_max_requests_recycles_workers(servers: Servers, model: str) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=1", "maxChildren=1", "maxRequests=2")
+def test_max_requests_recycles_workers(servers: Servers) -> None:
+    """Workers leave without running the caller's code (flup's left through sys.exit(),
+    which ran the caller's finally blocks in each)."""
+    server = servers.start("prefork", "minSpare=1", "maxSpare=1", "maxChildren=1", "maxRequests=2")
 
     # Servers.start() has used the first worker's first request.
     pids = [pid_of(server.ask("pid")) for _ in range(5)]
@@ -109,14 +110,13 @@ def test_max_requests_recycles_workers(servers: Servers, model: str) -> None:
     assert_stopped_cleanly(server)
 
 
-@ours_and_flup("each worker wakes the master twice per request")
-def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers, model: str) -> None:
+def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers) -> None:
     """The master is woken only to grow or shrink the pool, never for a request as such.
 
     Waking it twice per request cost about a fifth of the server's CPU time per request
     on a small view.
     """
-    server = servers.start(model, "minSpare=1", "maxSpare=2", "maxChildren=2")
+    server = servers.start("prefork", "minSpare=1", "maxSpare=2", "maxChildren=2")
     requests = 100
     before = wakeups(server.pid)
 
@@ -126,9 +126,9 @@ def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers, mode
     assert wakeups(server.pid) - before < requests / 10
 
 
-@ours_and_flup("every idle worker wakes for each connection; all but one find nothing", race=True)
-def test_a_connection_wakes_one_idle_worker(servers: Servers, model: str) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=8", "maxChildren=8")
+def test_a_connection_wakes_one_idle_worker(servers: Servers) -> None:
+    """flup woke every idle worker for each connection; all but one found nothing."""
+    server = servers.start("prefork", "minSpare=1", "maxSpare=8", "maxChildren=8")
     assert wait_for(lambda: len(server.workers()) == 8, timeout=5.0)
     requests = 100
     before = sum(wakeups(pid) for pid in server.workers())

@@ -76,12 +76,12 @@ def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None
     assert elapsed < 1.5
 
 
-@ours_and_flup("hands every connection from its main thread to another thread", race=True)
-def test_queued_quick_requests_stay_on_one_thread(servers: Servers, model: str) -> None:
+def test_queued_quick_requests_stay_on_one_thread(servers: Servers) -> None:
     """Requests that only compute are served one after another by the thread that is
     already running: spread over threads they compete for the GIL, which cost the
-    one-process server about half its throughput."""
-    server = servers.start(model)
+    one-process server about half its throughput (flup handed every connection from its
+    main thread to another thread)."""
+    server = servers.start("threaded")
 
     for _ in range(3):
         _, replies = ask_all(server.path, ["pid"] * 30)
@@ -146,9 +146,9 @@ def test_only_the_main_thread_takes_stop_signals(servers: Servers) -> None:
             assert stop_signals <= blocked, f"thread {tid} blocks only {sorted(blocked)}"
 
 
-@ours_and_flup("closes connections it has no thread for")
-def test_connections_wait_while_every_thread_is_busy(servers: Servers, model: str) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=2", "maxThreads=2")
+def test_connections_wait_while_every_thread_is_busy(servers: Servers) -> None:
+    """flup closed the connections it had no thread for."""
+    server = servers.start("threaded", "minSpare=1", "maxSpare=2", "maxThreads=2")
     first = [connect(server.path) for _ in range(2)]
     try:
         for client in first:

@@ -36,8 +36,6 @@ import pytest
 from tests.support.paths import ROOT
 from tests.support.processes import Captured, children_of, session_members
 
-MODELS = ("prefork", "threaded", "flup-prefork", "flup-threaded")
-
 # Server side.
 
 
