@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import stat
 import sys
 
-import pytest
-
+from tests.support.binaries import require
 from tests.support.clients import Response, fcgi_request, scgi_request
 from tests.support.frontends import DOC_SCGI_SOCKET, recipe
 from tests.support.net import can_connect, free_port
@@ -31,16 +29,6 @@ DOC_USER = "\tmysite\t"
 DOC_FCGI_ADDRESS = "127.0.0.1:9000"
 # What inetd started by systemd or an init script has on PATH: no virtual environment.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def inetd_binary() -> str:
-    path = shutil.which("inetd") or shutil.which("inetd", path="/usr/sbin:/sbin")
-    if path is None:
-        message = "inetd is not installed (Debian package: openbsd-inetd)."
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def start_inetd(runner: Runner, port: int, scgi_socket: str) -> Run:
@@ -59,7 +47,9 @@ def start_inetd(runner: Runner, port: int, scgi_socket: str) -> Run:
             },
         )
     )
-    inetd = runner.start(command=[inetd_binary(), "-d", str(conf)], env={"PATH": SYSTEM_PATH})
+    inetd = runner.start(
+        command=[require("inetd", "openbsd-inetd"), "-d", str(conf)], env={"PATH": SYSTEM_PATH}
+    )
     assert wait_for(lambda: "ADD:" in inetd.stderr and os.path.exists(scgi_socket), timeout=10), (
         inetd.describe()
     )

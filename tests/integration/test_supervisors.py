@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi import systemd
+from tests.support.binaries import require
 from tests.support.clients import ProtocolError, Response, ajp_request, fcgi_request, scgi_request
 from tests.support.frontends import DOC_LISTEN, DOC_SOCKET, FrontendMissing, Nginx, recipe
 from tests.support.http import http_request
@@ -53,16 +54,6 @@ os.environ["LISTEN_FDS"] = str(count)
 os.environ["LISTEN_PID"] = sys.argv[2] or str(os.getpid())
 os.execv(sys.argv[3], sys.argv[3:])
 """
-
-
-def require(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        message = f"{binary} is not installed (Debian package: {package})."
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @dataclass(frozen=True)

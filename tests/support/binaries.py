@@ -1,4 +1,5 @@
-"""The programs the end-to-end tests drive: required in CI, skipped with a reason elsewhere."""
+"""The programs the tests drive (web servers, inetd, socat, systemd's tools): required in
+CI, the test skipped with a reason elsewhere."""
 
 from __future__ import annotations
 
@@ -14,5 +15,5 @@ def require(binary: str, package: str) -> str:
         return find(binary, package)
     except FrontendMissing as missing:
         if os.environ.get("CI"):
-            pytest.fail(f"{missing} CI must run every end-to-end test.")
+            pytest.fail(f"{missing} CI must run every test.")
         pytest.skip(f"{missing} Install it to run this test.")

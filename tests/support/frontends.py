@@ -33,7 +33,7 @@ class FrontendMissing(RuntimeError):
 
 
 def find(binary: str, package: str) -> str:
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin:/sbin")
     if path is None:
         raise FrontendMissing(f"{binary} is not installed (Debian package: {package}).")
     return path
