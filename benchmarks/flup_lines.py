@@ -25,7 +25,7 @@ import flup.server
 
 import django_runfcgi
 from django_runfcgi import protocols
-from tests.clients import ajp_request, fcgi_get_values, fcgi_request, scgi_request
+from tests.support.clients import ajp_request, fcgi_get_values, fcgi_request, scgi_request
 
 FLUP = Path(flup.server.__file__).parent
 

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.frontends import DOC_LISTEN, DOC_SOCKET, DOC_STATIC, Nginx, recipe  # noqa: E402
+from tests.support.frontends import DOC_LISTEN, DOC_SOCKET, DOC_STATIC, Nginx, recipe  # noqa: E402
 
 
 def wait_for_socket(path: Path, server: subprocess.Popen[bytes], timeout: float = 60) -> None:

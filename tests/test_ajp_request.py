@@ -1,5 +1,5 @@
 """The AJP request head, decoded in-process: attributes, TLS, stored methods, the secret
-and malformed packets, over a real socket from tests/clients.py's Apache-like client.
+and malformed packets, over a real socket from tests/support/clients.py's Apache-like client.
 
 Where plain flup can be run through the same request it is, as a strict xfail: the
 evidence that the fix is needed (docs/flup.rst, the AJP sections).
@@ -17,8 +17,8 @@ import pytest
 from flup.server import ajp_base
 
 from django_runfcgi import protocols
-from tests.clients import ajp_attribute, ajp_request, connect, raw_exchange
-from tests.test_compat import Harness
+from tests.support.clients import ajp_attribute, ajp_request, connect, raw_exchange
+from tests.support.harness import Harness
 from tests.test_compat_ajp import exchange
 
 StartResponse = Callable[..., Any]

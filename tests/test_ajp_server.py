@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import Response, ajp_request, connect
-from tests.conftest import TESTPROJECT, Run, Runner, free_port
+from tests.support.clients import Response, ajp_request, connect
+from tests.support.net import free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.runner import Run, Runner
 from tests.test_ajp_request import APACHE_TLS, APACHE_TLS_NAMED, MALFORMED, SECRET, SPOOFED
 from tests.test_compat_ajp import exchange
 

@@ -24,9 +24,11 @@ from django_runfcgi.protocols.clients import (
     WebServerAddrs,
     parse_allow,
 )
-from tests.clients import ajp_request, fcgi_request, scgi_request
-from tests.conftest import Runner, free_port, tagged_pids
-from tests.netns import refused_at_once
+from tests.support.clients import ajp_request, fcgi_request, scgi_request
+from tests.support.net import free_port
+from tests.support.netns import refused_at_once
+from tests.support.processes import tagged_pids
+from tests.support.runner import Runner
 
 REQUESTS = {"fcgi": fcgi_request, "scgi": scgi_request, "ajp": ajp_request}
 

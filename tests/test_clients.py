@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from flup.server import fcgi_base
 
-from tests.clients import (
+from tests.support.clients import (
     ProtocolError,
     ajp_request,
     fcgi_request,

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from django_runfcgi import protocols
-from tests.clients import ajp_request, connect
-from tests.test_compat import Harness
+from tests.support.clients import ajp_request, connect
+from tests.support.harness import Harness
 
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
@@ -273,7 +273,7 @@ def test_apache_chunked_body_in_small_pieces(serve: Callable[..., Harness]) -> N
 
 
 def test_chunked_body_ended_by_a_bare_empty_packet(serve: Callable[..., Harness]) -> None:
-    """A packet with no data at all ends a chunked body too (tests/clients.py sends it)."""
+    """A packet with no data at all ends a chunked body too (tests/support/clients.py sends it)."""
     harness = serve()
     body = b"hello, chunks"
     with connect(harness.address, timeout=10) as sock:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import shutil
 import socket
 import struct
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,8 +19,9 @@ import pytest
 
 from django_runfcgi.protocols.fastcgi import FastCGI, request
 from testproject.bigfile import payload
-from tests.clients import connect, fcgi_request
-from tests.conftest import Address, Runner, free_port
+from tests.support.clients import connect, fcgi_request
+from tests.support.net import Address, free_port
+from tests.support.runner import runner_in_tmp
 
 MB = 1024 * 1024
 RESPONSE_SECONDS = 30.0
@@ -42,8 +41,6 @@ COMBINATIONS = [(m, t) for m in ("prefork", "threaded") for t in ("unix", "tcp")
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     """One worker process or thread: a connection it does not let go of stalls the next."""
     method, transport = request.param
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    runner = Runner(tmp)
     words = [
         "protocol=fcgi",
         f"method={method}",
@@ -52,18 +49,15 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
         "maxspare=1",
         "maxchildren=1",
     ]
-    try:
+    with runner_in_tmp() as runner:
         if transport == "tcp":
             port = free_port()
             address: Address = ("127.0.0.1", port)
             runner.serve(*words, "host=127.0.0.1", f"port={port}", address=address)
         else:
-            address = str(tmp / "app.sock")
+            address = str(runner.tmp / "app.sock")
             runner.serve(*words, f"socket={address}", address=address)
         yield Served(method, transport, address)
-    finally:
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def closed_by_server(sock: socket.socket) -> bool:
@@ -199,7 +193,7 @@ def test_keep_conn_serves_requests_with_and_without_bodies(served: Served) -> No
         assert closed_by_server(sock)
 
 
-# Raw records, for exchanges the client in tests/clients.py does not make.
+# Raw records, for exchanges the client in tests/support/clients.py does not make.
 
 HEADER = struct.Struct("!BBHHBx")
 BEGIN_REQUEST, END_REQUEST, PARAMS, STDIN, STDOUT, STDERR = 1, 3, 4, 5, 6, 7

@@ -1,4 +1,7 @@
-"""The prefork server, run in a real process; flup's own class shows each bug it fixes."""
+"""The prefork server, run in a real process; flup's own class shows each bug it fixes.
+
+What both process models do alike is in tests/test_process_models.py.
+"""
 
 from __future__ import annotations
 
@@ -14,35 +17,22 @@ from flup.server import preforkserver
 
 from django_runfcgi.workers import Limits
 from django_runfcgi.workers.signals import SignalQueue
-from tests import process_jobs
-from tests.process_jobs import (
+from tests.support import jobs
+from tests.support.jobs import (
     ServerProcess,
     Servers,
     ask_all,
+    assert_stopped_cleanly,
     connect,
-    leave_descriptors,
     pid_of,
     read_line,
     read_to_end,
-    wait_for,
-    wakeups,
 )
+from tests.support.processes import leave_descriptors, wait_for, wakeups
 
 
 def ours_and_flup(bug: str, *, race: bool = False) -> pytest.MarkDecorator:
-    return process_jobs.ours_and_flup("prefork", bug, race=race)
-
-
-def cleanups(server: ServerProcess) -> list[str]:
-    return [line for line in server.stdout.splitlines() if line.startswith("cleanup in")]
-
-
-def assert_stopped_cleanly(server: ServerProcess) -> None:
-    """Exit status 0, the caller's cleanup ran once in the master, no process left."""
-    assert server.proc.returncode == 0, server.describe()
-    assert cleanups(server) == [f"cleanup in {server.pid}"], server.describe()
-    assert server.leftovers() == [], server.describe()
-    assert "Warning" not in server.stderr, server.describe()
+    return jobs.ours_and_flup("prefork", bug, race=race)
 
 
 def no_zombie_workers(server: ServerProcess) -> bool:
@@ -76,71 +66,6 @@ def test_sigterm_stops_an_idle_master(servers: Servers, model: str) -> None:
     assert_stopped_cleanly(server)
 
 
-@pytest.mark.parametrize(
-    ("signum", "hup"),
-    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGHUP, True)],
-)
-def test_stop_signals_and_what_run_returns(servers: Servers, signum: int, hup: bool) -> None:
-    server = servers.start("prefork")
-
-    elapsed = server.stop(signum, timeout=2.0)
-
-    assert elapsed < 2.0
-    assert f"run returned {hup} in {server.pid}" in server.stdout
-    assert_stopped_cleanly(server)
-
-
-@pytest.mark.parametrize("target", ["master", "process group"])
-def test_sigterm_lets_a_busy_worker_finish_its_request(servers: Servers, target: str) -> None:
-    """A process manager may signal the whole group; workers must stop gracefully too."""
-    server = servers.start("prefork")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 1\n")
-        assert read_line(client)  # The worker has started the request.
-
-        if target == "master":
-            elapsed = server.stop(signal.SIGTERM)
-        else:
-            os.killpg(server.pid, signal.SIGTERM)
-            elapsed = server.stop(signal.SIGTERM)
-
-        assert read_to_end(client) == ["done"]
-    assert elapsed < 2.5
-    assert_stopped_cleanly(server)
-
-
-@pytest.mark.parametrize("busy", [False, True])
-def test_sigterm_ends_persistent_connections(servers: Servers, busy: bool) -> None:
-    """stop_when_idle() lets the worker leave long before shutdownTimeout."""
-    server = servers.start("prefork", "job=persistent", "shutdownTimeout=30")
-    with connect(server.path) as client:
-        client.sendall(b"pid\n")
-        assert read_line(client)
-        if busy:
-            client.sendall(b"sleep 1\n")
-            assert read_line(client)
-
-        elapsed = server.stop(signal.SIGTERM)
-
-        assert read_to_end(client) == (["done"] if busy else [])
-    assert elapsed < 2.5
-    assert_stopped_cleanly(server)
-
-
-def test_shutdown_timeout_kills_a_worker_that_does_not_finish(servers: Servers) -> None:
-    server = servers.start("prefork", "shutdownTimeout=1")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 30\n")
-        assert read_line(client)
-
-        elapsed = server.stop(signal.SIGTERM)
-
-        assert read_to_end(client) == []
-    assert 1.0 <= elapsed < 3.0
-    assert "killing them" in server.stderr
-    assert_stopped_cleanly(server)
-
-
 @pytest.mark.parametrize("target", ["master", "process group"])
 @pytest.mark.parametrize("command", ["sleep 30", "stubborn 30"])
 def test_sigint_stops_busy_workers_now(servers: Servers, command: str, target: str) -> None:
@@ -159,38 +84,6 @@ def test_sigint_stops_busy_workers_now(servers: Servers, command: str, target: s
     assert_stopped_cleanly(server)
 
 
-def test_sigint_during_a_graceful_stop_stops_now(servers: Servers) -> None:
-    server = servers.start("prefork", "shutdownTimeout=30")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 30\n")
-        assert read_line(client)
-        server.proc.send_signal(signal.SIGTERM)
-        assert not wait_for(lambda: server.proc.poll() is not None, timeout=0.5)
-
-        elapsed = server.stop(signal.SIGINT)
-
-        assert read_to_end(client) == []
-    assert elapsed < 3.0
-    assert_stopped_cleanly(server)
-
-
-@ours_and_flup("flup.rst#sigusr1: SIGUSR1 sends a str on a socket; the TypeError kills the master")
-def test_sigusr1_leaves_the_master_serving(servers: Servers, model: str) -> None:
-    server = servers.start(model)
-
-    server.proc.send_signal(signal.SIGUSR1)
-    first = server.ask("pid")
-    second = server.ask("pid")
-
-    assert first
-    assert second
-    assert not wait_for(lambda: server.proc.poll() is not None, timeout=0.5)
-    assert wait_for(lambda: f"usr1 in {server.pid}" in server.stdout, timeout=2.0)
-    assert server.ask("sleep 0.1")[-1] == "done"
-    server.stop(signal.SIGTERM)
-    assert_stopped_cleanly(server)
-
-
 def test_sigusr1_to_a_worker_calls_the_hook_between_requests(servers: Servers) -> None:
     server = servers.start("prefork", "minSpare=1", "maxSpare=1", "maxChildren=1")
     worker = pid_of(server.ask("pid"))
@@ -203,25 +96,10 @@ def test_sigusr1_to_a_worker_calls_the_hook_between_requests(servers: Servers) -
     assert_stopped_cleanly(server)
 
 
-@ours_and_flup("the job's exception leaves the worker and runs the caller's code in it")
-def test_a_job_that_raises_is_logged_and_the_worker_serves_on(
-    servers: Servers, model: str
-) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=1", "maxChildren=1")
-
-    failed = server.ask("raise")
-    after = server.ask("pid")
-
-    assert pid_of(after) == pid_of(failed)
-    assert server.stderr.count("Traceback") == 1
-    assert "RuntimeError: job failed on purpose" in server.stderr
-    server.stop(signal.SIGTERM)
-    assert_stopped_cleanly(server)
-
-
-@ours_and_flup("workers leave through sys.exit(): the caller's finally runs in each")
-def test_max_requests_recycles_workers(servers: Servers, model: str) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=1", "maxChildren=1", "maxRequests=2")
+def test_max_requests_recycles_workers(servers: Servers) -> None:
+    """Workers leave without running the caller's code (flup's left through sys.exit(),
+    which ran the caller's finally blocks in each)."""
+    server = servers.start("prefork", "minSpare=1", "maxSpare=1", "maxChildren=1", "maxRequests=2")
 
     # Servers.start() has used the first worker's first request.
     pids = [pid_of(server.ask("pid")) for _ in range(5)]
@@ -232,14 +110,13 @@ def test_max_requests_recycles_workers(servers: Servers, model: str) -> None:
     assert_stopped_cleanly(server)
 
 
-@ours_and_flup("each worker wakes the master twice per request")
-def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers, model: str) -> None:
+def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers) -> None:
     """The master is woken only to grow or shrink the pool, never for a request as such.
 
     Waking it twice per request cost about a fifth of the server's CPU time per request
     on a small view.
     """
-    server = servers.start(model, "minSpare=1", "maxSpare=2", "maxChildren=2")
+    server = servers.start("prefork", "minSpare=1", "maxSpare=2", "maxChildren=2")
     requests = 100
     before = wakeups(server.pid)
 
@@ -249,9 +126,9 @@ def test_the_master_sleeps_while_the_pool_needs_no_change(servers: Servers, mode
     assert wakeups(server.pid) - before < requests / 10
 
 
-@ours_and_flup("every idle worker wakes for each connection; all but one find nothing", race=True)
-def test_a_connection_wakes_one_idle_worker(servers: Servers, model: str) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=8", "maxChildren=8")
+def test_a_connection_wakes_one_idle_worker(servers: Servers) -> None:
+    """flup woke every idle worker for each connection; all but one found nothing."""
+    server = servers.start("prefork", "minSpare=1", "maxSpare=8", "maxChildren=8")
     assert wait_for(lambda: len(server.workers()) == 8, timeout=5.0)
     requests = 100
     before = sum(wakeups(pid) for pid in server.workers())

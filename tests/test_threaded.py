@@ -1,4 +1,7 @@
-"""The threaded server, run in a real process; flup's own class shows each bug it fixes."""
+"""The threaded server, run in a real process; flup's own class shows each bug it fixes.
+
+What both process models do alike is in tests/test_process_models.py.
+"""
 
 from __future__ import annotations
 
@@ -14,38 +17,28 @@ from flup.server import threadedserver
 
 from django_runfcgi.workers import Limits
 from django_runfcgi.workers.threaded import ThreadedServer
-from tests import process_jobs
-from tests.process_jobs import (
+from tests.support import jobs
+from tests.support.jobs import (
     LineJob,
-    ServerProcess,
     Servers,
     ask_all,
+    assert_stopped_cleanly,
     connect,
-    leave_descriptors,
     read_line,
     read_to_end,
-    task_status,
-    wait_for,
-    wakeups,
 )
+from tests.support.processes import leave_descriptors, task_status, wakeups
 
 
 def ours_and_flup(bug: str, *, race: bool = False) -> pytest.MarkDecorator:
-    return process_jobs.ours_and_flup("threaded", bug, race=race)
-
-
-def assert_stopped_cleanly(server: ServerProcess) -> None:
-    assert server.proc.returncode == 0, server.describe()
-    assert f"cleanup in {server.pid}" in server.stdout, server.describe()
-    assert server.leftovers() == [], server.describe()
-    assert "Warning" not in server.stderr, server.describe()
+    return jobs.ours_and_flup("threaded", bug, race=race)
 
 
 @pytest.mark.parametrize(
     "build",
     [
         pytest.param(
-            lambda: ThreadedServer(process_jobs.Jobs(LineJob), Limits(maxchildren=5)),
+            lambda: ThreadedServer(jobs.Jobs(LineJob), Limits(maxchildren=5)),
             id="threaded",
         ),
         pytest.param(
@@ -83,12 +76,12 @@ def test_a_burst_gets_a_thread_per_request(servers: Servers, model: str) -> None
     assert elapsed < 1.5
 
 
-@ours_and_flup("hands every connection from its main thread to another thread", race=True)
-def test_queued_quick_requests_stay_on_one_thread(servers: Servers, model: str) -> None:
+def test_queued_quick_requests_stay_on_one_thread(servers: Servers) -> None:
     """Requests that only compute are served one after another by the thread that is
     already running: spread over threads they compete for the GIL, which cost the
-    one-process server about half its throughput."""
-    server = servers.start(model)
+    one-process server about half its throughput (flup handed every connection from its
+    main thread to another thread)."""
+    server = servers.start("threaded")
 
     for _ in range(3):
         _, replies = ask_all(server.path, ["pid"] * 30)
@@ -153,9 +146,9 @@ def test_only_the_main_thread_takes_stop_signals(servers: Servers) -> None:
             assert stop_signals <= blocked, f"thread {tid} blocks only {sorted(blocked)}"
 
 
-@ours_and_flup("closes connections it has no thread for")
-def test_connections_wait_while_every_thread_is_busy(servers: Servers, model: str) -> None:
-    server = servers.start(model, "minSpare=1", "maxSpare=2", "maxThreads=2")
+def test_connections_wait_while_every_thread_is_busy(servers: Servers) -> None:
+    """flup closed the connections it had no thread for."""
+    server = servers.start("threaded", "minSpare=1", "maxSpare=2", "maxThreads=2")
     first = [connect(server.path) for _ in range(2)]
     try:
         for client in first:
@@ -172,78 +165,6 @@ def test_connections_wait_while_every_thread_is_busy(servers: Servers, model: st
     assert 1.5 < elapsed < 3.0
 
 
-@pytest.mark.parametrize(
-    ("signum", "hup"),
-    [(signal.SIGTERM, False), (signal.SIGINT, False), (signal.SIGHUP, True)],
-)
-def test_stop_signals_and_what_run_returns(servers: Servers, signum: int, hup: bool) -> None:
-    server = servers.start("threaded")
-
-    elapsed = server.stop(signum, timeout=2.0)
-
-    assert elapsed < 1.0
-    assert f"run returned {hup} in {server.pid}" in server.stdout
-    assert_stopped_cleanly(server)
-
-
-def test_sigterm_waits_for_the_request_in_progress(servers: Servers) -> None:
-    """run() returns only after the running request has finished
-    (flup.rst#threaded-shutdown)."""
-    server = servers.start("threaded")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 1\n")
-        assert read_line(client)
-
-        elapsed = server.stop(signal.SIGTERM)
-
-        assert read_to_end(client) == ["done"]
-    assert elapsed < 2.5
-    assert_stopped_cleanly(server)
-
-
-@ours_and_flup(
-    "flup.rst#persistent-shutdown: shutdown() joins a persistent connection's thread forever"
-)
-def test_sigterm_ends_an_idle_persistent_connection(servers: Servers, model: str) -> None:
-    server = servers.start(model, "job=persistent")
-    with connect(server.path) as client:
-        client.sendall(b"pid\n")
-        assert read_line(client)
-
-        elapsed = server.stop(signal.SIGTERM, timeout=4.0)
-
-        assert read_to_end(client) == []
-    assert elapsed < 2.0
-    assert_stopped_cleanly(server)
-
-
-def test_sigterm_lets_a_persistent_connection_finish_its_request(servers: Servers) -> None:
-    server = servers.start("threaded", "job=persistent")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 1\n")
-        assert read_line(client)
-
-        elapsed = server.stop(signal.SIGTERM)
-
-        assert read_to_end(client) == ["done"]
-    assert elapsed < 2.5
-    assert_stopped_cleanly(server)
-
-
-def test_shutdown_timeout_bounds_the_wait(servers: Servers) -> None:
-    server = servers.start("threaded", "shutdownTimeout=1")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 30\n")
-        assert read_line(client)
-
-        elapsed = server.stop(signal.SIGTERM)
-
-        assert read_to_end(client) == []
-    assert 1.0 <= elapsed < 3.0
-    assert "still running" in server.stderr
-    assert_stopped_cleanly(server)
-
-
 def test_sigint_gives_requests_one_second(servers: Servers) -> None:
     server = servers.start("threaded")
     with connect(server.path) as client:
@@ -254,48 +175,6 @@ def test_sigint_gives_requests_one_second(servers: Servers) -> None:
 
         assert read_to_end(client) == []
     assert 1.0 <= elapsed < 3.0
-    assert_stopped_cleanly(server)
-
-
-def test_sigint_during_a_graceful_stop_stops_now(servers: Servers) -> None:
-    server = servers.start("threaded", "shutdownTimeout=30")
-    with connect(server.path) as client:
-        client.sendall(b"sleep 30\n")
-        assert read_line(client)
-        server.proc.send_signal(signal.SIGTERM)
-        assert not wait_for(lambda: server.proc.poll() is not None, timeout=0.5)
-
-        elapsed = server.stop(signal.SIGINT)
-
-        assert read_to_end(client) == []
-    assert elapsed < 3.0
-    assert_stopped_cleanly(server)
-
-
-@ours_and_flup("has no SIGUSR1 handler: the default action kills the server")
-def test_sigusr1_leaves_the_server_serving(servers: Servers, model: str) -> None:
-    server = servers.start(model)
-
-    server.proc.send_signal(signal.SIGUSR1)
-
-    assert wait_for(lambda: f"usr1 in {server.pid}" in server.stdout, timeout=2.0)
-    assert server.ask("sleep 0.1")[-1] == "done"
-    server.stop(signal.SIGTERM)
-    assert_stopped_cleanly(server)
-
-
-@ours_and_flup("swallows the job's exception without a word")
-def test_a_job_that_raises_is_logged_and_the_server_serves_on(
-    servers: Servers, model: str
-) -> None:
-    server = servers.start(model)
-
-    assert server.ask("raise")
-    assert server.ask("sleep 0.1")[-1] == "done"
-
-    assert server.stderr.count("Traceback") == 1
-    assert "RuntimeError: job failed on purpose" in server.stderr
-    server.stop(signal.SIGTERM)
     assert_stopped_cleanly(server)
 
 

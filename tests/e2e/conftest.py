@@ -1,54 +1,23 @@
-"""Front ends for the end-to-end tests: required in CI, skipped with a reason elsewhere.
-
-Every scenario test (a test with a ``site`` fixture holding a ``Site`` and a ``scenario``
-parameter) is also recorded for the pass table printed at the end of the run, and
-written to the file named by RUNFCGI_E2E_TABLE if that is set.
-"""
+"""Front ends for the end-to-end tests, and the pass table printed at the end of the run
+(tests/support/pass_table.py)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner
-from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import FrontendMissing, find
+from tests.support.binaries import require
+from tests.support.pass_table import TABLE_VARIABLE, Results, pass_table, record
+from tests.support.paths import TESTPROJECT
+from tests.support.runner import runner_in_tmp
+from tests.support.scenarios import Site
+from tests.support.wiring import Served
 
-TABLE_VARIABLE = "RUNFCGI_E2E_TABLE"
-Key = tuple[str, str, str, str]  # front end, protocol, wiring, mount
-# A failure's message is cut to this many characters in the table's notes.
-REASON_LENGTH = 160
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One scenario on one site: "ok", "FAIL", "xfail", "cannot", "skip" or "XPASS"."""
-
-    mark: str
-    reason: str = ""
-
-    @property
-    def bad(self) -> bool:
-        return self.mark not in ("ok", "ok, buffered")
-
-
-RESULTS = pytest.StashKey[dict[Key, dict[str, Cell]]]()
-
-
-def require(binary: str, package: str) -> str:
-    try:
-        return find(binary, package)
-    except FrontendMissing as missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} CI must run every end-to-end test.")
-        pytest.skip(f"{missing} Install it to run this test.")
+RESULTS = pytest.StashKey[Results]()
 
 
 @pytest.fixture(scope="session")
@@ -57,55 +26,43 @@ def nginx_binary() -> str:
 
 
 @pytest.fixture(scope="session")
+def apache_binary() -> str:
+    return require("apache2", "apache2")
+
+
+@pytest.fixture(scope="session")
+def lighttpd_binary() -> str:
+    return require("lighttpd", "lighttpd")
+
+
+@pytest.fixture(scope="session")
 def static_root() -> Iterator[Path]:
     """The testproject's STATIC_ROOT, filled by ``manage.py collectstatic`` as a deploy does."""
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    root = tmp / "static"
-    runner = Runner(tmp)
-    try:
+    with runner_in_tmp() as runner:
+        root = runner.tmp / "static"
         collect = runner.run(
             command=[sys.executable, str(TESTPROJECT / "manage.py"), "collectstatic", "--noinput"],
             env={"TESTPROJECT_STATIC_ROOT": str(root)},
         )
         assert collect.proc.returncode == 0, collect.describe()
         yield root
-    finally:
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def site(served: Served) -> Site:
+    """The site of the wiring a front-end module serves (tests/support/wiring.py)."""
+    return served.site
+
+
+@pytest.fixture(scope="module")
+def scenario(request: pytest.FixtureRequest) -> str:
+    """The name of a scenario case (tests/support/wiring.py's scenario_cases)."""
+    name: str = request.param[0]
+    return name
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[RESULTS] = {}
-
-
-def skip_message(report: pytest.TestReport) -> str:
-    longrepr = report.longrepr
-    message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-    return message.removeprefix("Skipped: ")
-
-
-def failure_message(report: pytest.TestReport) -> str:
-    crash = getattr(report.longrepr, "reprcrash", None)
-    message = crash.message if crash is not None else report.longreprtext
-    first = message.strip().splitlines()[0] if message.strip() else report.when
-    return first if len(first) <= REASON_LENGTH else first[: REASON_LENGTH - 3] + "..."
-
-
-def cell_of(report: pytest.TestReport, site: Site, scenario: str) -> Cell:
-    """What a report says about a scenario, in the words the docs use for it."""
-    expected = getattr(report, "wasxfail", None)
-    if expected is not None:
-        # pytest.xfail("...") reports "reason: ..."; an xfail marker reports its reason.
-        reason = str(expected).removeprefix("reason: ")
-        return Cell("XPASS" if report.passed else "xfail", reason)
-    if report.passed:
-        buffered = scenario == "streaming" and not site.streams
-        return Cell("ok, buffered" if buffered else "ok")
-    if report.skipped:
-        if scenario in site.cannot:
-            return Cell("cannot", site.cannot[scenario])
-        return Cell("skip", skip_message(report))
-    return Cell("FAIL", failure_message(report))
 
 
 @pytest.hookimpl(wrapper=True)
@@ -113,53 +70,8 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    site = getattr(item, "funcargs", {}).get("site")
-    callspec = getattr(item, "callspec", None)
-    scenario = callspec.params.get("scenario") if callspec else None
-    recorded = report.when == "call" or report.outcome != "passed"
-    if recorded and isinstance(site, Site) and isinstance(scenario, str):
-        key = (site.frontend, site.protocol, site.variant, site.mount or "/")
-        row = item.config.stash[RESULTS].setdefault(key, {})
-        # The first bad outcome of a test (setup, call, teardown) is the one shown.
-        if scenario not in row or not row[scenario].bad:
-            row[scenario] = cell_of(report, site, scenario)
+    record(item.config.stash[RESULTS], item, report)
     return report
-
-
-def pass_table(results: dict[Key, dict[str, Cell]]) -> list[str]:
-    """A markdown grid, one row per site and one column per scenario, then its notes.
-
-    A cell that is not a pass names a numbered note giving the reason in full, so the
-    grid stays narrow enough to read while every reason is still shown.
-    """
-    names = list(SCENARIOS)
-    for row in results.values():
-        names += [name for name in row if name not in names]
-    notes: dict[tuple[str, str], int] = {}
-
-    def text(cell: Cell | None) -> str:
-        if cell is None:
-            return "-"
-        if not cell.bad:
-            return cell.mark
-        number = notes.setdefault((cell.mark, cell.reason), len(notes) + 1)
-        return f"{cell.mark} [{number}]"
-
-    head = ["front end", "protocol", "wiring", "mount", *names]
-    rows = [
-        [*key, *(text(row.get(name)) for name in names)] for key, row in sorted(results.items())
-    ]
-    widths = [max(len(line[i]) for line in [head, *rows]) for i in range(len(head))]
-
-    def format_line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    lines = [format_line(head), rule, *(format_line(row) for row in rows)]
-    if notes:
-        lines.append("")
-        lines += [f"- [{number}] {mark}: {reason}" for (mark, reason), number in notes.items()]
-    return lines
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

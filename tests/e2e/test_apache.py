@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner, free_port
-from tests.e2e.apache import (
+from tests.support.apache import (
     DOC_AJP_FIRST,
     DOC_AJP_SECOND,
     DOC_FCGI_TCP,
@@ -31,20 +29,25 @@ from tests.e2e.apache import (
     DOC_SCGI_TCP,
     DOC_SETTINGS,
     Apache,
-    apache_binary,
     vhost,
 )
-from tests.e2e.http import http_request
-from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_SOCKET, DOC_STATIC, recipe
-from tests.process_jobs import alive, parent_of
-
-__all__ = ["apache_binary"]
+from tests.support.frontends import DOC_SOCKET, DOC_STATIC, recipe
+from tests.support.http import http_request
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import alive
+from tests.support.runner import Runner
+from tests.support.scenarios import SCENARIOS, Site
+from tests.support.wiring import (
+    Served,
+    every_backend_answers,
+    on_wirings,
+    scenario_cases,
+    serving,
+    start_backend,
+    wiring_id,
+)
 
 pytestmark = pytest.mark.e2e
-
-# Enough workers for the eight concurrent requests of a scenario.
-WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
 
 CHUNKED_REFUSED = "mod_proxy_scgi answers 411 Length Required to a chunked request body"
 FCGID_BURST = (
@@ -53,7 +56,7 @@ FCGID_BURST = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Wiring:
     recipe: str
     protocol: str
@@ -64,7 +67,6 @@ class Wiring:
     streams: bool = True
     cannot: Mapping[str, str] = field(default_factory=dict)
     host: str = ""  # main-server settings of a shared host (mod_fcgid)
-    needs: Mapping[str, str] = field(default_factory=dict)  # scenario -> runfcgi change
     mpm: str = "event"
 
 
@@ -128,31 +130,19 @@ TCP_DOCS = {
 }
 
 
-@dataclass
-class Served:
-    wiring: Wiring
-    site: Site
-    runner: Runner
-    backend_pids: list[int]
-    apache: Apache
-
-
 def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
     """Start the wiring's runfcgi backends; returns the recipe's addresses to replace."""
     replacements: dict[str, str] = {}
-    words = ["daemonize=false", f"protocol={wiring.protocol}", *WORKERS]
+    words = []
     if wiring.protocol == "scgi" or (wiring.protocol == "ajp" and wiring.mount):
         # mod_proxy_scgi sends the whole path as SCRIPT_NAME, AJP no SCRIPT_NAME at all.
         words.append(f"scriptname={wiring.mount or '/'}")
     for index in range(wiring.backends):
-        if wiring.transport == "unix":
-            sock = str(runner.tmp / f"{wiring.protocol}{index}.sock")
-            runner.serve(*words, f"socket={sock}", address=sock)
-            replacements[DOC_SOCKET] = sock
+        address = start_backend(runner, wiring.protocol, wiring.transport, *words)
+        if isinstance(address, str):
+            replacements[DOC_SOCKET] = address
         else:
-            port = free_port()
-            runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
-            replacements[TCP_DOCS[wiring.protocol][index]] = f"127.0.0.1:{port}"
+            replacements[TCP_DOCS[wiring.protocol][index]] = f"127.0.0.1:{address[1]}"
     return replacements
 
 
@@ -204,74 +194,38 @@ def shared_host(runner: Runner, wiring: Wiring, port: int, static_root: Path) ->
     return site, main
 
 
-@pytest.fixture(
-    scope="module",
-    params=WIRINGS,
-    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
-)
+@pytest.fixture(scope="module", params=WIRINGS, ids=wiring_id)
 def served(
     request: pytest.FixtureRequest, apache_binary: str, static_root: Path
 ) -> Iterator[Served]:
     wiring: Wiring = request.param
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    runner = Runner(tmp)
-    apache: Apache | None = None
-    try:
-        port = free_port()
+
+    def apache(runner: Runner, port: int) -> Apache:
         main = ""
         if wiring.transport == "fcgid":
             site_config, main = shared_host(runner, wiring, port, static_root)
         else:
             replacements = serve(runner, wiring) | vhost(port) | {DOC_STATIC: f"{static_root}/"}
             site_config = recipe(wiring.recipe, replacements)
-        apache = Apache(tmp / "apache", site_config, port, mpm=wiring.mpm, main=main).start()
-        site = Site(
-            "apache",
-            wiring.protocol,
-            wiring.variant,
-            wiring.mount,
-            port,
-            streams=wiring.streams,
-            cannot=wiring.cannot,
-        )
-        yield Served(wiring, site, runner, [run.proc.pid for run in runner.runs], apache)
-    finally:
-        if apache is not None:
-            apache.stop()
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
+        return Apache(runner.tmp / "apache", site_config, port, mpm=wiring.mpm, main=main)
+
+    with serving(wiring, "apache", apache, streams=wiring.streams) as served:
+        yield served
 
 
-@pytest.fixture(scope="module")
-def site(served: Served) -> Site:
-    return served.site
-
-
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(
-    served: Served, site: Site, scenario: str, request: pytest.FixtureRequest
-) -> None:
-    if scenario in served.wiring.needs:
-        need = served.wiring.needs[scenario]
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"needs: {need}"))
+@scenario_cases(WIRINGS)
+def test_scenario(site: Site, scenario: str) -> None:
     SCENARIOS[scenario](site)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.backends > 1)
 def test_balancer_spreads_requests_over_backends(served: Served) -> None:
-    if len(served.backend_pids) < 2:
-        pytest.skip("one backend")
-    answered: set[int] = set()
-    for _ in range(3 * len(served.backend_pids)):
-        response = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=10)
-        assert response.status == 200
-        answered.add(parent_of(response.json()["pid"]))
-    assert answered == set(served.backend_pids)
+    every_backend_answers(served)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.variant == "fcgid")
 def test_fcgid_starts_a_new_script_after_kill(served: Served) -> None:
     """The shared-hosting restart: TERM the script, the next request starts a new one."""
-    if served.site.variant != "fcgid":
-        pytest.skip("mod_fcgid only")
     first = http_request(served.site.port, "GET", served.site.url("/echo/"), timeout=10)
     assert first.status == 200
     old = first.json()["pid"]
@@ -287,5 +241,5 @@ def test_fcgid_starts_a_new_script_after_kill(served: Served) -> None:
 
 def test_no_error_logged(served: Served) -> None:
     """Apache logs no proxy or fcgid error after the scenarios ran."""
-    errors = [line for line in served.apache.error_log().splitlines() if ":error]" in line]
+    errors = [line for line in served.frontend.error_log().splitlines() if ":error]" in line]
     assert errors == []

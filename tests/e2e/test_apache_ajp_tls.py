@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner, free_port
-from tests.e2e.apache import DOC_AJP_FIRST, Apache, apache_binary
-from tests.e2e.conftest import require
-from tests.e2e.http import HttpResponse, http_request
-from tests.frontends import DOC_STATIC, recipe
-
-__all__ = ["apache_binary"]
+from tests.support.apache import DOC_AJP_FIRST, Apache
+from tests.support.binaries import require
+from tests.support.frontends import DOC_STATIC, recipe
+from tests.support.http import HttpResponse, http_request
+from tests.support.net import free_port
+from tests.support.runner import Runner
 
 pytestmark = pytest.mark.e2e
 

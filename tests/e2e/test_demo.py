@@ -9,8 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, free_port
-from tests.e2e.http import http_request
+from tests.support.http import http_request
+from tests.support.net import free_port
+from tests.support.paths import ROOT
 
 
 def test_demo_serves_the_project_and_its_static_files(nginx_binary: str, tmp_path: Path) -> None:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner, free_port
-from tests.e2e.apache import DOC_PROJECT, DOC_PYTHON, DOC_SETTINGS, Apache, apache_binary
-from tests.e2e.http import HttpResponse, http_request
-from tests.frontends import recipe
-from tests.process_jobs import alive, wait_for
-
-__all__ = ["apache_binary"]
+from tests.support.apache import DOC_PROJECT, DOC_PYTHON, DOC_SETTINGS, Apache
+from tests.support.frontends import recipe
+from tests.support.http import HttpResponse, http_request
+from tests.support.net import free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import alive, wait_for
+from tests.support.runner import Runner
 
 pytestmark = pytest.mark.e2e
 

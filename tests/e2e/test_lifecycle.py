@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import fcgi_request
-from tests.conftest import TESTPROJECT, Run, Runner, free_port, wait_until_accepting
-from tests.e2e.http import http_request
-from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, Nginx, recipe
-from tests.process_jobs import parent_of, processes, wait_for
+from tests.support.clients import fcgi_request
+from tests.support.frontends import DOC_LISTEN, DOC_SOCKET, Nginx, recipe
+from tests.support.http import http_request
+from tests.support.net import free_port
+from tests.support.paths import CONFIGS, TESTPROJECT
+from tests.support.processes import parent_of, processes, wait_for
+from tests.support.runner import Run, Runner, wait_until_accepting
 
 LOAD_THREADS = 4
 LOAD_LIMIT = 20_000  # requests per thread, a bound that a healthy run never reaches

@@ -8,9 +8,7 @@ mod_scgi to a runfcgi on TCP, each at / and under /app/.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TESTPROJECT, Runner, free_port
-from tests.e2e.http import http_request
-from tests.e2e.lighttpd import (
+from tests.support.frontends import DOC_SOCKET, DOC_STATIC, recipe
+from tests.support.http import http_request
+from tests.support.lighttpd import (
     DOC_AJP_PORT,
     DOC_MANAGE,
     DOC_PYTHON,
@@ -28,29 +26,31 @@ from tests.e2e.lighttpd import (
     DOC_SETTINGS,
     DOC_SPAWN_SOCKET,
     Lighttpd,
-    lighttpd_binary,
 )
-from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_SOCKET, DOC_STATIC, recipe
-from tests.process_jobs import alive
-
-__all__ = ["lighttpd_binary"]
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import alive
+from tests.support.runner import Runner
+from tests.support.scenarios import SCENARIOS, Site
+from tests.support.wiring import (
+    Served,
+    on_wirings,
+    prefix_without_its_slash_redirects,
+    scenario_cases,
+    serving,
+    start_backend,
+    wiring_id,
+)
 
 pytestmark = pytest.mark.e2e
 
-# Enough workers for the eight concurrent requests of a scenario.
-WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
 
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Wiring:
     recipe: str
     protocol: str
     variant: str  # "unix", "tcp", or "bin-path" (lighttpd starts runfcgi itself)
     mount: str
     cannot: Mapping[str, str] = field(default_factory=dict)
-    # scenario -> the runfcgi change it needs; not run, as it can wait for the client's timeout
-    needs: Mapping[str, str] = field(default_factory=dict)
 
 
 WIRINGS = [
@@ -65,16 +65,8 @@ WIRINGS = [
 ]
 
 
-@dataclass
-class Served:
-    wiring: Wiring
-    site: Site
-    lighttpd: Lighttpd
-
-
 def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
     """Start the wiring's runfcgi backend; returns the recipe's lines to replace."""
-    words = ["daemonize=false", f"protocol={wiring.protocol}", *WORKERS]
     if wiring.variant == "bin-path":
         return {
             DOC_PYTHON: sys.executable,
@@ -83,77 +75,46 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
             DOC_SPAWN_SOCKET: str(runner.tmp / "spawn.sock"),
         }
     if wiring.variant == "unix":
-        sock = str(runner.tmp / f"{wiring.protocol}.sock")
-        runner.serve(*words, f"socket={sock}", address=sock)
-        return {DOC_SOCKET: sock}
+        return {DOC_SOCKET: str(start_backend(runner, wiring.protocol, "unix"))}
+    words = []
     if wiring.protocol == "ajp":
         # AJP has no SCRIPT_NAME: runfcgi takes the prefix from its option.
         words.append(f"scriptname={wiring.mount or '/'}")
-    port = free_port()
-    runner.serve(*words, "host=127.0.0.1", f"port={port}", address=("127.0.0.1", port))
+    _, port = start_backend(runner, wiring.protocol, "tcp", *words)
     doc = DOC_AJP_PORT if wiring.protocol == "ajp" else DOC_SCGI_PORT
     return {doc: f'"port" => {port}'}
 
 
-@pytest.fixture(
-    scope="module",
-    params=WIRINGS,
-    ids=lambda w: f"{w.protocol}-{w.variant}-{w.mount.strip('/') or 'root'}",
-)
+@pytest.fixture(scope="module", params=WIRINGS, ids=wiring_id)
 def served(
     request: pytest.FixtureRequest, lighttpd_binary: str, static_root: Path
 ) -> Iterator[Served]:
     wiring: Wiring = request.param
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    runner = Runner(tmp)
-    lighttpd: Lighttpd | None = None
-    try:
-        port = free_port()
+
+    def lighttpd(runner: Runner, port: int) -> Lighttpd:
         replacements = serve(runner, wiring) | {DOC_STATIC: f"{static_root}/"}
         site_config = recipe(wiring.recipe, replacements)
         # lighttpd passes its environment on to what it starts: the test's tag and database.
-        lighttpd = Lighttpd(tmp / "lighttpd", site_config, port, env=runner.env()).start()
-        site = Site(
-            "lighttpd",
-            wiring.protocol,
-            wiring.variant,
-            wiring.mount,
-            port,
-            streams=True,
-            cannot=wiring.cannot,
-        )
-        yield Served(wiring, site, lighttpd)
-    finally:
-        left = lighttpd.stop() if lighttpd is not None else []
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert left == [], f"still running after lighttpd stopped: {left}"
+        return Lighttpd(runner.tmp / "lighttpd", site_config, port, env=runner.env())
+
+    with serving(wiring, "lighttpd", lighttpd, streams=True) as served:
+        yield served
+    assert served.left == [], f"still running after lighttpd stopped: {served.left}"
 
 
-@pytest.fixture(scope="module")
-def site(served: Served) -> Site:
-    return served.site
-
-
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_scenario(served: Served, site: Site, scenario: str) -> None:
-    if scenario in served.wiring.needs:
-        # runfcgi can wait for body bytes lighttpd never sends, until the client gives up.
-        pytest.xfail(f"needs: {served.wiring.needs[scenario]}")
+@scenario_cases(WIRINGS)
+def test_scenario(site: Site, scenario: str) -> None:
     SCENARIOS[scenario](site)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.mount)
 def test_prefix_without_its_slash_redirects(site: Site) -> None:
-    if not site.mount:
-        pytest.skip("mounted at /")
-    response = http_request(site.port, "GET", site.mount, timeout=10)
-    assert response.status == 301
-    assert response.header("Location") in (site.url("/"), site.absolute("/"))
+    prefix_without_its_slash_redirects(site)
 
 
 def test_no_error_logged(served: Served) -> None:
     """lighttpd logs nothing but its start after the scenarios ran."""
-    lines = served.lighttpd.error_log().splitlines()
+    lines = served.frontend.error_log().splitlines()
     assert [line for line in lines if "server started" not in line] == []
 
 
@@ -166,14 +127,14 @@ def test_short_body_reaches_django(served: Served) -> None:
     assert response.json()["body_length"] == len(body)
 
 
+@on_wirings(wiring for wiring in WIRINGS if wiring.variant == "bin-path")
 def test_spawned_backends_stop_with_lighttpd(served: Served) -> None:
     """Runs last for each wiring: lighttpd's TERM ends the runfcgi processes it started."""
-    if served.site.variant != "bin-path":
-        pytest.skip("runfcgi started by the test")
     assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
-    spawned = served.lighttpd.spawned()
+    assert isinstance(served.frontend, Lighttpd)
+    spawned = served.frontend.spawned()
     assert len(spawned) == 2  # "max-procs" => 2
     started = time.monotonic()
-    assert served.lighttpd.stop() == []
+    assert served.frontend.stop() == []
     assert [pid for pid in spawned if alive(pid)] == []
     assert time.monotonic() - started < 10

@@ -1,6 +1,6 @@
 """A web server on another machine: runfcgi and its front end on hosts of their own.
 
-Each test makes network namespaces (tests/netns.py) for an application server and a web
+Each test makes network namespaces (tests/support/netns.py) for an application server and a web
 server, joined by a veth pair with addresses from 198.18.0.0/15 (IPv6: 2001:2::/48),
 and starts runfcgi in one and nginx or Apache, from the recipes of
 docs/deployment/other-hosts.rst, in the other. They show what the page says: SCGI and
@@ -25,14 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import netns
-from tests.clients import Response, ajp_request, fcgi_request, scgi_request
-from tests.conftest import Run, Runner
-from tests.e2e.apache import Apache, apache_binary, vhost
-from tests.e2e.http import http_request
-from tests.frontends import DOC_LISTEN, DOC_STATIC, Nginx, recipe
-
-__all__ = ["apache_binary"]
+from tests.support import netns
+from tests.support.apache import Apache, vhost
+from tests.support.clients import Response, ajp_request, fcgi_request, scgi_request
+from tests.support.frontends import DOC_LISTEN, DOC_STATIC, Nginx, recipe
+from tests.support.http import http_request
+from tests.support.runner import Run, Runner
 
 pytestmark = pytest.mark.e2e
 

@@ -25,16 +25,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.accounts import nobody, reachable_interpreter_command, require_root
-from tests.conftest import ROOT, TESTPROJECT, Runner, free_port, wait_until_accepting
-from tests.e2e.apache import Apache, apache_binary, vhost
-from tests.e2e.conftest import require
-from tests.e2e.http import http_request
-from tests.e2e.lighttpd import Lighttpd, lighttpd_binary
-from tests.e2e.scenarios import SCENARIOS, Site
-from tests.frontends import DOC_LISTEN, DOC_STATIC, Nginx, recipe
-
-__all__ = ["apache_binary", "lighttpd_binary"]
+from tests.support.accounts import nobody, reachable_interpreter_command, require_root
+from tests.support.apache import Apache, vhost
+from tests.support.binaries import require
+from tests.support.frontends import DOC_LISTEN, DOC_STATIC, Nginx, recipe
+from tests.support.http import http_request
+from tests.support.lighttpd import Lighttpd
+from tests.support.net import free_port
+from tests.support.paths import ROOT, TESTPROJECT
+from tests.support.runner import Runner, wait_until_accepting
+from tests.support.scenarios import SCENARIOS, Site
 
 pytestmark = pytest.mark.e2e
 

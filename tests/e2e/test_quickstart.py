@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TESTPROJECT, Runner, free_port, wait_until_accepting
-from tests.e2e.http import HttpResponse, http_request
-from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, Nginx, recipe
-from tests.process_jobs import wait_for
+from tests.support.frontends import DOC_LISTEN, DOC_SOCKET, Nginx, recipe
+from tests.support.http import HttpResponse, http_request
+from tests.support.net import free_port
+from tests.support.paths import CONFIGS, ROOT, TESTPROJECT
+from tests.support.processes import wait_for
+from tests.support.runner import Runner, wait_until_accepting
 
 pytestmark = pytest.mark.e2e
 
@@ -60,8 +62,10 @@ def moved(word: str, tmp: Path) -> str:
     return word.replace(DOC_RUN_DIR, str(tmp / "run")).replace(DOC_LOG_DIR, str(tmp / "log"))
 
 
-@pytest.fixture
-def site(runner: Runner, nginx_binary: str) -> Iterator[Site]:
+@pytest.fixture(scope="module")
+def site(module_runner: Runner, nginx_binary: str) -> Iterator[Site]:
+    """The page followed once; every test of the module asks the same site."""
+    runner = module_runner
     tmp = runner.tmp
     static_root = tmp / "static"
     assets = tmp / "assets"

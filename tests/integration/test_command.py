@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import fcgi_request
-from tests.conftest import Runner, free_port, tagged_pids
+from tests.support.clients import fcgi_request
+from tests.support.net import free_port
+from tests.support.processes import tagged_pids
+from tests.support.runner import Runner
 
 
 def assert_one_line_error(run_output: str, expected: str) -> None:

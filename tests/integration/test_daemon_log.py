@@ -8,9 +8,9 @@ import signal
 from contextlib import suppress
 from pathlib import Path
 
-from tests.clients import ProtocolError, fcgi_request
-from tests.conftest import Runner, tagged_pids
-from tests.process_jobs import wait_for
+from tests.support.clients import ProtocolError, fcgi_request
+from tests.support.processes import tagged_pids, wait_for
+from tests.support.runner import Runner
 
 STAMP = r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[(\d+)\] \[(INFO|WARNING|ERROR)\] "
 

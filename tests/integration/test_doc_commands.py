@@ -1,9 +1,10 @@
 """Every runfcgi command and runfastcgi() call the docs show, run as shown.
 
-The commands are read from README.rst and docs/ at collection time (tests/doc_commands),
-and each runs against a fresh ``django-admin startproject mysite`` with
-``"django_runfcgi"`` added to INSTALLED_APPS, as the README says, in a sandbox of its
-own (tests/doc_sandbox) where the paths and ports the page names are free.
+The commands are read from README.rst and docs/ at collection time
+(tests/support/doc_commands.py), and each runs against a fresh ``django-admin
+startproject mysite`` with ``"django_runfcgi"`` added to INSTALLED_APPS, as the README
+says, in a sandbox of its own (tests/support/doc_sandbox.py) where the paths and ports
+the page names are free.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.doc_commands import ROOT, DocCommand, commands
+from tests.support.doc_commands import DocCommand, commands
+from tests.support.paths import ROOT
 
 DOC_COMMANDS = commands()
 UNSHARE = ["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc"]
@@ -57,7 +59,7 @@ def test_documented_command_serves_as_written(site: Path, command: DocCommand) -
             *UNSHARE,
             sys.executable,
             "-m",
-            "tests.doc_sandbox",
+            "tests.support.doc_sandbox",
             str(site),
             command.text,
             *command.setup,

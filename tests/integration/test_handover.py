@@ -20,9 +20,10 @@ import pytest
 
 from django_runfcgi import handover
 from django_runfcgi.addresses import Unix
-from tests.clients import Response, fcgi_request
-from tests.conftest import Run, Runner, free_port
-from tests.process_jobs import children_of, wait_for
+from tests.support.clients import Response, fcgi_request
+from tests.support.net import free_port
+from tests.support.processes import children_of, wait_for
+from tests.support.runner import Run, Runner
 
 
 def serve(runner: Runner, address: str, release: str, *words: str) -> Run:

@@ -12,16 +12,16 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import shutil
 import stat
 import sys
 
-import pytest
-
-from tests.clients import Response, fcgi_request, scgi_request
-from tests.conftest import TESTPROJECT, Run, Runner, can_connect, free_port
-from tests.frontends import DOC_SCGI_SOCKET, recipe
-from tests.process_jobs import wait_for
+from tests.support.binaries import require
+from tests.support.clients import Response, fcgi_request, scgi_request
+from tests.support.frontends import DOC_SCGI_SOCKET, recipe
+from tests.support.net import can_connect, free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import wait_for
+from tests.support.runner import Run, Runner
 
 DOC_PYTHON = "/srv/mysite/venv/bin/python"
 DOC_MANAGE = "/srv/mysite/manage.py"
@@ -29,16 +29,6 @@ DOC_USER = "\tmysite\t"
 DOC_FCGI_ADDRESS = "127.0.0.1:9000"
 # What inetd started by systemd or an init script has on PATH: no virtual environment.
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def inetd_binary() -> str:
-    path = shutil.which("inetd") or shutil.which("inetd", path="/usr/sbin:/sbin")
-    if path is None:
-        message = "inetd is not installed (Debian package: openbsd-inetd)."
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def start_inetd(runner: Runner, port: int, scgi_socket: str) -> Run:
@@ -57,7 +47,9 @@ def start_inetd(runner: Runner, port: int, scgi_socket: str) -> Run:
             },
         )
     )
-    inetd = runner.start(command=[inetd_binary(), "-d", str(conf)], env={"PATH": SYSTEM_PATH})
+    inetd = runner.start(
+        command=[require("inetd", "openbsd-inetd"), "-d", str(conf)], env={"PATH": SYSTEM_PATH}
+    )
     assert wait_for(lambda: "ADD:" in inetd.stderr and os.path.exists(scgi_socket), timeout=10), (
         inetd.describe()
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TESTPROJECT
+from tests.support.paths import ROOT, TESTPROJECT
 
 INSTALL_DOC = ROOT / "docs" / "install.rst"
 SECTION = "From a checkout or a git URL"

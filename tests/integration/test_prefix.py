@@ -17,8 +17,10 @@ import time
 
 import pytest
 
-from tests.clients import fcgi_request
-from tests.conftest import TESTPROJECT, Runner, tagged_pids
+from tests.support.clients import fcgi_request
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import tagged_pids
+from tests.support.runner import Runner
 
 SCRIPT = """\
 import os, sys

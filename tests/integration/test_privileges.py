@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.accounts import User, nobody, reachable_interpreter_command, require_root
-from tests.clients import fcgi_request
-from tests.conftest import TESTPROJECT, Run, Runner, wait_until_accepting
+from tests.support.accounts import User, nobody, reachable_interpreter_command, require_root
+from tests.support.clients import fcgi_request
+from tests.support.paths import TESTPROJECT
+from tests.support.runner import Run, Runner, wait_until_accepting
 
 WEB_GROUP = "www-data"
 

@@ -7,22 +7,20 @@ scenario a front end will send it.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from testproject.bigfile import payload
-from tests.clients import Response, ajp_request, fcgi_request, scgi_request
-from tests.conftest import Address, Runner, free_port
+from tests.support.clients import Response, ajp_request, fcgi_request, scgi_request
+from tests.support.net import Address, free_port
+from tests.support.runner import Runner, runner_in_tmp
 
 CLIENTS: dict[str, Callable[..., Response]] = {
     "fcgi": fcgi_request,
@@ -78,13 +76,8 @@ def start(runner: Runner, protocol: str, method: str, transport: str, *extra: st
     ids=["-".join(combination) for combination in COMBINATIONS],
 )
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
-    tmp = Path(tempfile.mkdtemp(prefix="rf-", dir="/tmp"))
-    runner = Runner(tmp)
-    try:
+    with runner_in_tmp() as runner:
         yield start(runner, *request.param)
-    finally:
-        runner.cleanup()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_get_with_query_string(served: Served) -> None:
@@ -205,9 +198,18 @@ def test_view_that_ignores_a_large_body(served: Served) -> None:
     assert served.request("GET", "/echo/").status == 200
 
 
+# AJP carries no SCRIPT_NAME: a mount prefix needs a setting on our side.
+WITH_SCRIPT_NAME = [combination for combination in COMBINATIONS if combination[0] != "ajp"]
+
+
+@pytest.mark.parametrize(
+    "served",
+    WITH_SCRIPT_NAME,
+    indirect=True,
+    scope="module",
+    ids=["-".join(combination) for combination in WITH_SCRIPT_NAME],
+)
 def test_script_name_as_the_client_sent_it(served: Served) -> None:
-    if served.protocol == "ajp":
-        pytest.skip("AJP carries no SCRIPT_NAME; a mount prefix needs a setting on our side")
     response = served.request("GET", "/app/echo/", script_name="/app")
     assert response.status == 200, response.body[:300]
     data = response.json()

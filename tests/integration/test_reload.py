@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients import fcgi_request, raw_exchange
-from tests.conftest import Runner, tagged_pids
-from tests.process_jobs import wait_for
+from tests.support.clients import fcgi_request, raw_exchange
+from tests.support.processes import tagged_pids, wait_for
+from tests.support.runner import Runner
 
 
 def release_of(address: str) -> tuple[str, int]:

@@ -10,8 +10,11 @@ import time
 
 import pytest
 
-from tests.clients import fcgi_request, scgi_request
-from tests.conftest import TESTPROJECT, Runner, free_port, tagged_pids
+from tests.support.clients import fcgi_request, scgi_request
+from tests.support.net import free_port
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import tagged_pids
+from tests.support.runner import Runner
 
 SCRIPT = """\
 import os, sys

@@ -27,20 +27,14 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi import systemd
-from tests.clients import ProtocolError, Response, ajp_request, fcgi_request, scgi_request
-from tests.conftest import (
-    TAG_VARIABLE,
-    TESTPROJECT,
-    Run,
-    Runner,
-    can_connect,
-    free_port,
-    tagged_pids,
-    wait_until_accepting,
-)
-from tests.e2e.http import http_request
-from tests.frontends import CONFIGS, DOC_LISTEN, DOC_SOCKET, FrontendMissing, Nginx, recipe
-from tests.process_jobs import wait_for
+from tests.support.binaries import require
+from tests.support.clients import ProtocolError, Response, ajp_request, fcgi_request, scgi_request
+from tests.support.frontends import DOC_LISTEN, DOC_SOCKET, FrontendMissing, Nginx, recipe
+from tests.support.http import http_request
+from tests.support.net import can_connect, free_port
+from tests.support.paths import CONFIGS, TESTPROJECT
+from tests.support.processes import TAG_VARIABLE, tagged_pids, wait_for
+from tests.support.runner import Run, Runner, wait_until_accepting
 
 MANAGE = TESTPROJECT / "manage.py"
 UCRED = struct.Struct("3i")
@@ -60,16 +54,6 @@ os.environ["LISTEN_FDS"] = str(count)
 os.environ["LISTEN_PID"] = sys.argv[2] or str(os.getpid())
 os.execv(sys.argv[3], sys.argv[3:])
 """
-
-
-def require(binary: str, package: str) -> str:
-    path = shutil.which(binary)
-    if path is None:
-        message = f"{binary} is not installed (Debian package: {package})."
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @dataclass(frozen=True)

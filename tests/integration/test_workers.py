@@ -17,9 +17,9 @@ from typing import TypeVar
 
 import pytest
 
-from tests.clients import ProtocolError, Response, connect, fcgi_request, scgi_request
-from tests.conftest import Run, Runner, tagged_pids
-from tests.process_jobs import alive, children_of, wait_for
+from tests.support.clients import ProtocolError, Response, connect, fcgi_request, scgi_request
+from tests.support.processes import alive, children_of, tagged_pids, wait_for
+from tests.support.runner import Run, Runner
 
 T = TypeVar("T")
 

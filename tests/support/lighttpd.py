@@ -22,11 +22,8 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
-from tests.e2e.conftest import require
-from tests.frontends import Frontend, find
-from tests.process_jobs import children_of, group_members
+from tests.support.frontends import Frontend, find
+from tests.support.processes import children_of, group_members
 
 DOC_SCGI_PORT = '"port" => 8001'
 DOC_AJP_PORT = '"port" => 8009'
@@ -136,8 +133,3 @@ include "{d}/site.conf"
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         return left
-
-
-@pytest.fixture(scope="module")
-def lighttpd_binary() -> str:
-    return require("lighttpd", "lighttpd")

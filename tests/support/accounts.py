@@ -1,7 +1,7 @@
 """Run runfcgi as root and let it become another user, as an init script would.
 
 A server that drops to ``nobody`` must still read the Python it runs on and the code it
-imports after the drop; tests/reachable.py makes them readable for it, in a private
+imports after the drop; tests/support/reachable.py makes them readable for it, in a private
 mount namespace of its own, without changing a real directory.
 """
 
@@ -38,7 +38,7 @@ def require_root() -> None:
 
 def reachable_interpreter_command(argv: list[str], stage: Path) -> list[str]:
     """``argv`` wrapped so that, once it drops root, what it runs on is still readable
-    (tests/reachable.py). ``stage`` is an empty directory of the test's own."""
+    (tests/support/reachable.py). ``stage`` is an empty directory of the test's own."""
     return [
         "unshare",
         "--mount",
@@ -46,7 +46,7 @@ def reachable_interpreter_command(argv: list[str], stage: Path) -> list[str]:
         "private",
         sys.executable,
         "-m",
-        "tests.reachable",
+        "tests.support.reachable",
         str(stage),
         "--",
         *argv,

@@ -1,6 +1,6 @@
 """Let a process that drops root still read the interpreter, the venv and the checkout.
 
-    unshare --mount --propagation private python -m tests.reachable STAGE -- ARGV...
+    unshare --mount --propagation private python -m tests.support.reachable STAGE -- ARGV...
 
 The test interpreter may live where only root can look (pyenv under /root, mode 700),
 and so may the checkout and its tox environments (a clone in a ``mktemp -d`` directory,
@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def needed() -> list[Path]:

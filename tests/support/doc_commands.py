@@ -6,7 +6,7 @@ tests/integration/test_doc_commands.py runs each exactly as written: an edited
 example is tested as edited.
 
 No path in a command is changed: each runs in a sandbox of its own (mount, network and
-process namespaces, tests/doc_sandbox.py) where /srv, /run and /var/log are empty, the
+process namespaces, tests/support/doc_sandbox.py) where /srv, /run and /var/log are empty, the
 freshly created project is /srv/mysite, as the pages assume, and 127.0.0.1 is a
 loopback that no other test shares. The directories a page has the user make before a
 command (``install -d``, ``mkdir``) are made there first, with the page's own words.
@@ -19,7 +19,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 PAGES = (ROOT / "README.rst", *sorted((ROOT / "docs").rglob("*.rst")))
 
 _COMMAND = re.compile(r"^\s*(?:\$ )?(\./manage\.py runfcgi\b.*?)\s*$")

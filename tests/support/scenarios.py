@@ -1,9 +1,10 @@
 """What a browser sees through a front end, the same checks for every server and recipe.
 
-A front-end test module builds one ``Site`` per wiring in a module- or class-scoped
-fixture named ``site`` and runs ``SCENARIOS[scenario](site)`` in a test parametrized
-over ``scenario`` in ``SCENARIOS`` (see tests/e2e/test_nginx.py); tests/e2e/conftest.py
-reads ``site`` and ``scenario`` from such tests to print the pass table.
+A front-end test module builds one ``Site`` per wiring in a module-scoped fixture named
+``site`` and runs ``SCENARIOS[scenario](site)`` for every scenario the site's front end
+can do (``Site.cannot`` names the others; tests/support/wiring.py's scenario_cases);
+tests/e2e/conftest.py reads ``site`` and ``scenario`` from such tests to print the pass
+table.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import django
-import pytest
 
 from testproject.bigfile import SIZE as DOWNLOAD_SIZE
 from testproject.bigfile import payload
-from tests.e2e.http import Client, HttpResponse, http_request
+from tests.support.http import Client, HttpResponse, http_request
 
 MB = 1024 * 1024
 UNICODE_PATH = "/caf%C3%A9/%C3%BCn%C3%AFcode/"
@@ -315,39 +315,24 @@ def admin_stylesheet_link(site: Site) -> None:
         expect_stylesheet(http_request(site.port, "GET", link, timeout=30))
 
 
-def skippable(name: str, check: Callable[[Site], None]) -> Callable[[Site], None]:
-    """Skip, with the documented reason, what a front end cannot do by design."""
-
-    @functools.wraps(check)
-    def run(site: Site) -> None:
-        if name in site.cannot:
-            pytest.skip(f"{site.label}: {site.cannot[name]}")
-        check(site)
-
-    return run
-
-
 SCENARIOS: dict[str, Callable[[Site], None]] = {
-    name: skippable(name, check)
-    for name, check in {
-        "get": get_with_query_string,
-        "host-with-port": host_with_port,
-        "non-ascii-path": non_ascii_path,
-        "head": head,
-        "post-0B": post(0),
-        "post-1MB": post(MB),
-        "post-50MB": post(50 * MB),
-        "chunked-body": chunked_request_body,
-        "multipart": multipart_upload,
-        "streaming": streaming_response,
-        "download-20MB": download,
-        "redirect-after-post": redirect_after_post,
-        "204": no_content,
-        "500": server_error,
-        "cookies": cookies,
-        "keep-alive": keep_alive,
-        "concurrent-slow": concurrent_slow_requests,
-        "static-file": static_file,
-        "admin-stylesheet": admin_stylesheet_link,
-    }.items()
+    "get": get_with_query_string,
+    "host-with-port": host_with_port,
+    "non-ascii-path": non_ascii_path,
+    "head": head,
+    "post-0B": post(0),
+    "post-1MB": post(MB),
+    "post-50MB": post(50 * MB),
+    "chunked-body": chunked_request_body,
+    "multipart": multipart_upload,
+    "streaming": streaming_response,
+    "download-20MB": download,
+    "redirect-after-post": redirect_after_post,
+    "204": no_content,
+    "500": server_error,
+    "cookies": cookies,
+    "keep-alive": keep_alive,
+    "concurrent-slow": concurrent_slow_requests,
+    "static-file": static_file,
+    "admin-stylesheet": admin_stylesheet_link,
 }

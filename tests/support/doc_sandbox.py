@@ -1,7 +1,7 @@
 """Run one command from the docs as a user would, then check that it served and stopped.
 
     unshare --mount --net --pid --fork --mount-proc --propagation private \\
-        python -m tests.doc_sandbox SITE 'COMMAND' ['SET-UP COMMAND'...]
+        python -m tests.support.doc_sandbox SITE 'COMMAND' ['SET-UP COMMAND'...]
 
 Inside the new namespaces /srv, /home, /run and /var/log are empty file systems, the
 project SITE (a fresh ``django-admin startproject mysite``) is copied to /srv/mysite and
@@ -33,10 +33,11 @@ from typing import Any
 
 from django_runfcgi import options
 from django_runfcgi.protocols.clients import AllowEntry
-from tests import reachable
-from tests.clients import Address, Response, ajp_request, fcgi_request, scgi_request
+from tests.support import reachable
+from tests.support.clients import Response, ajp_request, fcgi_request, scgi_request
+from tests.support.net import Address
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 PROJECT = Path("/srv/mysite")
 HOME_PROJECT = Path("/home/mysite/mysite")
 FRESH = ("/srv", "/home", "/run", "/var/log")

@@ -19,10 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
-
-from tests.e2e.conftest import require
-from tests.frontends import Frontend, find
+from tests.support.frontends import Frontend, find
 
 DOC_VHOST = "<VirtualHost *:80>"
 DOC_FCGI_TCP = "127.0.0.1:8001"
@@ -130,8 +127,3 @@ FcgidProcessTableFile {d}/fcgid/table
     def stop(self) -> None:
         """TERM to the process group: Apache, its children and what mod_fcgid spawned."""
         self._stop_group(signal.SIGTERM)
-
-
-@pytest.fixture(scope="module")
-def apache_binary() -> str:
-    return require("apache2", "apache2")

@@ -1,6 +1,6 @@
 """Serve trivial jobs with a process model in a real process, and talk to it.
 
-As a script: ``python tests/process_jobs.py MODEL SOCKET [name=value ...]`` binds a unix
+As a script: ``python -m tests.support.jobs MODEL SOCKET [name=value ...]`` binds a unix
 socket at SOCKET, builds the server (ours or flup's) and calls run(). It writes to
 stdout what run() returned and, from a ``finally`` block, which process cleaned up:
 a worker that runs the caller's code shows up there.
@@ -10,13 +10,13 @@ Jobs read command lines: ``pid`` (reply "PID THREAD"), ``sleep S`` (reply, sleep
 then raise). ``job=line`` serves one line per connection, ``job=persistent`` serves
 lines until the client closes or ``stop_when_idle()`` is called.
 
-As a module: the client side and process inspection the tests use.
+As a module: starting such servers for a test, and the client side that talks to them
+(what /proc shows of their processes is in tests/support/processes.py).
 """
 
 from __future__ import annotations
 
 import os
-import resource
 import selectors
 import shutil
 import signal
@@ -33,8 +33,8 @@ from typing import Any
 
 import pytest
 
-HERE = Path(__file__).resolve()
-MODELS = ("prefork", "threaded", "flup-prefork", "flup-threaded")
+from tests.support.paths import ROOT
+from tests.support.processes import Captured, children_of, session_members
 
 # Server side.
 
@@ -250,45 +250,6 @@ def ask_all(path: str, lines: list[str], timeout: float = 10.0) -> tuple[float, 
     return elapsed, [replies[sock].decode().splitlines() for sock in socks]
 
 
-def task_status(pid: int, tid: int | str, field: str) -> str:
-    """One field of /proc/<pid>/task/<tid>/status, such as ``SigBlk``."""
-    with open(f"/proc/{pid}/task/{tid}/status") as status:
-        for line in status:
-            name, _, value = line.partition(":")
-            if name == field:
-                return value.strip()
-    raise AssertionError(f"no {field} for thread {tid} of {pid}")
-
-
-def wakeups(pid: int, *, threads: bool = False) -> int:
-    """How many times the process (with ``threads``, all its threads) has slept and been
-    woken: voluntary context switches."""
-    tasks = os.listdir(f"/proc/{pid}/task") if threads else [str(pid)]
-    total = 0
-    for tid in tasks:
-        try:
-            total += int(task_status(pid, tid, "voluntary_ctxt_switches"))
-        except FileNotFoundError:  # A thread that has just exited.
-            continue
-    return total
-
-
-def _lowest_free_fd(pid: int, after: float = 0.0) -> int:
-    """The number the process's next file descriptor would get."""
-    time.sleep(after)
-    in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
-    return min(set(range(len(in_use) + 1)) - in_use)
-
-
-def leave_descriptors(pid: int, spare: int) -> tuple[int, int]:
-    """Lower the process's file limit so that ``spare`` more descriptors fit; the
-    previous limits, to put back. The process may still be closing a connection."""
-    assert wait_for(lambda: _lowest_free_fd(pid) == _lowest_free_fd(pid, after=0.2), 5.0)
-    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid) + spare, limits[1]))
-    return limits
-
-
 def pid_of(reply: list[str]) -> int:
     """The process that served a reply."""
     return int(reply[0].split()[0])
@@ -299,91 +260,6 @@ def probe(path: str, timeout: float = 2.0) -> bool:
     with connect(path, timeout) as sock:
         sock.sendall(b"pid\n")
         return bool(read_line(sock))
-
-
-# Processes.
-
-
-def stat_of(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].decode().split()
-    except OSError:
-        return None
-
-
-def processes() -> dict[int, list[str]]:
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := stat_of(int(entry))) is not None:
-            found[int(entry)] = fields
-    return found
-
-
-def parent_of(pid: int) -> int:
-    fields = stat_of(pid)
-    assert fields is not None, f"process {pid} is gone"
-    return int(fields[1])
-
-
-def alive(pid: int) -> bool:
-    """Running: neither gone nor a zombie waiting to be reaped."""
-    fields = stat_of(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes in a process group."""
-    return [
-        pid
-        for pid, fields in processes().items()
-        if fields[2] == str(pgid) and fields[0] not in ("Z", "X")
-    ]
-
-
-def children_of(pid: int) -> dict[int, str]:
-    """The children of PID and their state letter ("Z" for a zombie)."""
-    return {child: fields[0] for child, fields in processes().items() if fields[1] == str(pid)}
-
-
-def session_members(sid: int, zombies: bool = True) -> list[int]:
-    """The processes in the session that the server started."""
-    return [
-        pid
-        for pid, fields in processes().items()
-        if fields[3] == str(sid) and (zombies or fields[0] != "Z")
-    ]
-
-
-def wait_for(condition: Any, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-
-
-@dataclass
-class Captured:
-    """A process started by a test, with its stdout and stderr kept in files."""
-
-    proc: subprocess.Popen[bytes]
-    out_path: Path
-    err_path: Path
-
-    @property
-    def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def describe(self) -> str:
-        return f"exit status {self.proc.poll()}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
 @dataclass
@@ -456,7 +332,8 @@ class Servers:
         warnings = [] if model.startswith("flup-") else ["-W", "error"]
         with out_path.open("wb") as out, err_path.open("wb") as err:
             proc = subprocess.Popen(
-                [sys.executable, *warnings, str(HERE), model, path, *options],
+                [sys.executable, *warnings, "-m", "tests.support.jobs", model, path, *options],
+                cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -476,22 +353,38 @@ class Servers:
             time.sleep(0.05)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1:])
+def assert_stopped_cleanly(server: ServerProcess) -> None:
+    """Exit status 0, the caller's cleanup ran once, in the server's own process (not in a
+    worker), no process left, no warning."""
+    cleanups = [line for line in server.stdout.splitlines() if line.startswith("cleanup in")]
+    assert server.proc.returncode == 0, server.describe()
+    assert cleanups == [f"cleanup in {server.pid}"], server.describe()
+    assert server.leftovers() == [], server.describe()
+    assert "Warning" not in server.stderr, server.describe()
 
 
-def ours_and_flup(ours: str, bug: str, *, race: bool = False) -> pytest.MarkDecorator:
-    """Run a test on our server, and on flup's, where it must fail.
+def flup_fails(model: str, bug: str, *, race: bool = False) -> Any:
+    """flup's own class for ``model`` as a test parameter, where the test must fail.
 
     ``race``: flup's bug shows only when the test outruns flup's threads, which is most
     runs but not every one on a loaded machine; flup passing then is not an error.
     """
-    return pytest.mark.parametrize(
-        "model",
-        [
-            ours,
-            pytest.param(
-                f"flup-{ours}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=not race)
-            ),
-        ],
+    return pytest.param(
+        f"flup-{model}", marks=pytest.mark.xfail(reason=f"flup {bug}", strict=not race)
     )
+
+
+def ours_and_flup(ours: str, bug: str, *, race: bool = False) -> pytest.MarkDecorator:
+    """Run a test on our server, and on flup's, where it must fail."""
+    return pytest.mark.parametrize("model", [ours, flup_fails(ours, bug, race=race)])
+
+
+def both_models(**flup_bugs: str) -> pytest.MarkDecorator:
+    """Run a test on both process models, and on flup's class for each model named
+    (``prefork=``, ``threaded=``: the bug it shows), where it must fail."""
+    flup = [flup_fails(model, bug) for model, bug in flup_bugs.items()]
+    return pytest.mark.parametrize("model", ["prefork", "threaded", *flup])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

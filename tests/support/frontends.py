@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "docs" / "configs"
+from tests.support.paths import CONFIGS
+
 DOC_SOCKET = "/run/mysite/fcgi.sock"
 DOC_SCGI_SOCKET = "/run/mysite/scgi.sock"
 # Backends listening on TCP, in the order a recipe lists them.
@@ -33,7 +33,7 @@ class FrontendMissing(RuntimeError):
 
 
 def find(binary: str, package: str) -> str:
-    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin")
+    path = shutil.which(binary) or shutil.which(binary, path="/usr/sbin:/usr/local/sbin:/sbin")
     if path is None:
         raise FrontendMissing(f"{binary} is not installed (Debian package: {package}).")
     return path
@@ -69,6 +69,10 @@ class Frontend:
     directory: Path
     port: int
     proc: subprocess.Popen[bytes] | None
+
+    def start(self) -> Frontend:
+        """Write the configuration and start the server; returns once it listens."""
+        raise NotImplementedError
 
     def stop(self) -> object:
         raise NotImplementedError

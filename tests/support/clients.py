@@ -22,7 +22,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-Address = str | tuple[str, int]
+from tests.support.net import Address
+
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 Params = Mapping[str, str | bytes | None]
 Body = bytes | Iterable[bytes]
