@@ -255,6 +255,33 @@ OPTIONS: tuple[Option, ...] = (
         default_text="0",
     ),
     Option(
+        "readtimeout",
+        parse_seconds,
+        30.0,
+        "Seconds a new connection has to send its whole request head, and that a request "
+        "may go without sending more of its head or body; past that, the connection is "
+        "closed and its worker freed (0 = no limit). A kept connection may stay idle "
+        "between requests until the web server closes it.",
+        "SECONDS",
+        default_text="30",
+    ),
+    Option(
+        "maxheadsize",
+        _count(1024),
+        1048576,
+        "Largest request head in bytes: the FastCGI parameters or the SCGI header block of "
+        "one request. A larger one closes its connection.",
+        "BYTES",
+        default_text="1048576 (1 MiB)",
+    ),
+    Option(
+        "maxheaders",
+        _count(1),
+        1000,
+        "Most FastCGI parameters or SCGI headers one request may have; more close its connection.",
+        "NUMBER",
+    ),
+    Option(
         "daemonize",
         parse_bool,
         None,
@@ -544,6 +571,9 @@ class Config:
     scriptname: str | None = None
     shutdowntimeout: float = 30.0
     requesttimeout: float = 0.0
+    readtimeout: float = 30.0
+    maxheadsize: int = 1048576
+    maxheaders: int = 1000
     handover: float = 10.0
     socketmode: int | None = None
     socketowner: int | None = None
@@ -651,6 +681,9 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         scriptname=values["scriptname"],
         shutdowntimeout=values["shutdowntimeout"],
         requesttimeout=values["requesttimeout"],
+        readtimeout=values["readtimeout"],
+        maxheadsize=values["maxheadsize"],
+        maxheaders=values["maxheaders"],
         handover=values["handover"],
         socketmode=socketmode,
         socketowner=socketowner,

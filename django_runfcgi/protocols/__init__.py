@@ -20,12 +20,19 @@ from django_runfcgi.protocols.base import FIRST_REQUEST_SECONDS, ProtocolError
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.fastcgi import FastCGI
 from django_runfcgi.protocols.scgi import SCGI
-from django_runfcgi.protocols.wsgi import Connection, Gateway, RequestWatch, WSGIApplication
+from django_runfcgi.protocols.wsgi import (
+    Bounds,
+    Connection,
+    Gateway,
+    RequestWatch,
+    WSGIApplication,
+)
 
 __all__ = [
     "AJP",
     "FIRST_REQUEST_SECONDS",
     "SCGI",
+    "Bounds",
     "Connection",
     "FastCGI",
     "Gateway",
@@ -66,6 +73,7 @@ def build(
     multiprocess: bool,
     debug: bool = False,
     scriptname: str | None = None,
+    bounds: Bounds | None = None,
 ) -> Gateway:
     """The gateway for protocol= `protocol`; a prefork worker serves one request at a time,
     threads serve many at once."""
@@ -75,4 +83,5 @@ def build(
         multiprocess=multiprocess,
         debug=debug,
         scriptname=scriptname,
+        bounds=bounds,
     )
