@@ -118,6 +118,8 @@ class FCGIConnection(ProtocolConnection):
         self._buffer = b""
         self._pos = 0
         self.record_size = RECORD_SIZE
+        self._max_head_size = self.bounds.maxheadsize
+        self._max_headers = self.bounds.maxheaders
 
     def run(self) -> None:
         self._keepGoing = True
@@ -129,6 +131,8 @@ class FCGIConnection(ProtocolConnection):
                             break
                         if self._start_request():
                             continue
+                        # Not all of it has come: from now on it must within readtimeout.
+                        self._head_begins()
                     self.process_input()
         finally:
             self._cleanupSocket()
@@ -138,7 +142,6 @@ class FCGIConnection(ProtocolConnection):
         once; otherwise wait as every protocol does."""
         if self._pos < len(self._buffer) or self._fill(block=False):
             self._first = False
-            self._head_begins()
             return True
         if not super()._wait_for_request():
             return False
@@ -152,8 +155,7 @@ class FCGIConnection(ProtocolConnection):
         are then read one by one."""
         if _read_request is None:
             return False
-        bounds = self.bounds
-        found = _read_request(self._buffer, self._pos, bounds.maxheadsize, bounds.maxheaders)
+        found = _read_request(self._buffer, self._pos, self._max_head_size, self._max_headers)
         if found is None:
             return False
         self._pos, request_id, role, flags, params, body_ended = found
@@ -162,8 +164,8 @@ class FCGIConnection(ProtocolConnection):
         req.params_ended = True
         if body_ended:
             req.stdin.add_data(b"")
-        self._activate(req)
-        self._head_complete()
+        self._active = req
+        self._head_deadline = None
         req.run()
         return True
 
@@ -312,19 +314,15 @@ class FCGIConnection(ProtocolConnection):
         role, flags = BEGIN_REQUEST_BODY.unpack(content)
         req = FCGIRequest(self, request_id, role, flags)
         if self._active is None:
-            self._activate(req)
+            self._active = req
         else:
             # One request at a time (FCGI_MPXS_CONNS is 0): the specification's answer.
             self._end_id(request_id, complete=False)
             self.end_request(req, 0, fcgi_base.FCGI_CANT_MPX_CONN, remove=False)
 
-    def _activate(self, req: FCGIRequest) -> None:
-        self._ended.pop(req.requestId, None)
-        self._active = req
-
     def _end_id(self, request_id: int, *, complete: bool) -> None:
+        """Remember an ended id (while it is active again, its records are its own)."""
         ended = self._ended
-        ended.pop(request_id, None)
         ended[request_id] = complete
         if len(ended) > ENDED_IDS_KEPT:
             del ended[next(iter(ended))]
