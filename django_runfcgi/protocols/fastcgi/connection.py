@@ -269,9 +269,9 @@ class FCGIConnection(ProtocolConnection):
                         f"FCGI_PARAMS for request {request_id} after the end of its parameters"
                     )
                 if content:
-                    req.add_params(content, self.bounds.maxheadsize)
+                    req.add_params(content, self._max_head_size)
                 else:
-                    req.end_params(self.bounds.maxheaders)
+                    req.end_params(self._max_headers)
                     self._head_complete()
                     req.run()
             elif kind == _ABORT_REQUEST:
