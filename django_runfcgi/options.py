@@ -302,6 +302,33 @@ OPTIONS: tuple[Option, ...] = (
         default_text="0",
     ),
     Option(
+        "readtimeout",
+        parse_seconds,
+        30.0,
+        "Seconds a new connection has to send its whole request head, and that a request "
+        "may go without sending more of its head or body; past that, the connection is "
+        "closed and its worker freed (0 = no limit). A kept connection may stay idle "
+        "between requests until the web server closes it.",
+        "SECONDS",
+        default_text="30",
+    ),
+    Option(
+        "maxheadsize",
+        _count(1024),
+        1048576,
+        "Largest request head in bytes: the FastCGI parameters or the SCGI header block of "
+        "one request. A larger one closes its connection.",
+        "BYTES",
+        default_text="1048576 (1 MiB)",
+    ),
+    Option(
+        "maxheaders",
+        _count(1),
+        1000,
+        "Most FastCGI parameters or SCGI headers one request may have; more close its connection.",
+        "NUMBER",
+    ),
+    Option(
         "daemonize",
         parse_bool,
         None,
@@ -575,6 +602,9 @@ class Config:
     scriptname: str | None
     shutdowntimeout: float
     requesttimeout: float
+    readtimeout: float
+    maxheadsize: int
+    maxheaders: int
     handover: float
     socketmode: int | None
     socketowner: int | None

@@ -33,6 +33,14 @@ def limits(config: Config) -> Limits:
     )
 
 
+def bounds(config: Config) -> protocols.Bounds:
+    return protocols.Bounds(
+        readtimeout=config.readtimeout,
+        maxheadsize=config.maxheadsize,
+        maxheaders=config.maxheaders,
+    )
+
+
 def make_protocol(config: Config, application: WSGIApplication) -> protocols.Gateway:
     return protocols.build(
         config.protocol,
@@ -42,6 +50,7 @@ def make_protocol(config: Config, application: WSGIApplication) -> protocols.Gat
         scriptname=config.scriptname,
         secret=config.secret,
         allow=config.allow,
+        bounds=bounds(config),
     )
 
 

@@ -652,6 +652,7 @@ def ajp_strings(*values: bytes) -> bytes:
 
 
 BEGIN = fcgi_record(1, struct.pack("!HB5x", 1, 0))
+PARAMS_END = fcgi_record(4, b"")
 FORWARD_WITHOUT_PORT = b"\x02\x02" + ajp_strings(
     b"HTTP/1.1", b"/", b"127.0.0.1", b"", b"localhost"
 )
@@ -660,8 +661,9 @@ MALFORMED = [
     # (protocol, name, bytes, whether plain flup runs it too: where the AJP request decoder,
     # which runfcgi calls, raises on it)
     ("fcgi", "http-request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
-    ("fcgi", "pair-length-cut-short", BEGIN + fcgi_record(4, b"\x80\x00"), False),
-    ("fcgi", "pair-overruns-record", BEGIN + fcgi_record(4, b"\x05\x7fabc"), False),
+    ("fcgi", "pair-length-cut-short", BEGIN + fcgi_record(4, b"\x80\x00") + PARAMS_END, False),
+    ("fcgi", "pair-overruns-record", BEGIN + fcgi_record(4, b"\x05\x7fabc") + PARAMS_END, False),
+    ("fcgi", "closed-inside-the-params", BEGIN + fcgi_record(4, b"\x01\x01ab"), False),
     ("fcgi", "short-begin-request", fcgi_record(1, b"\x00\x01"), False),
     ("fcgi", "truncated-record", struct.pack("!BBHHBx", 1, 4, 1, 100, 0) + b"x" * 10, False),
     ("scgi", "http-request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),

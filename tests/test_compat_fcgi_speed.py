@@ -277,7 +277,7 @@ class FeedingConnection:
         self.pieces = pieces
         self.stream = request.Input(self)  # type: ignore[arg-type]
 
-    def process_input(self) -> None:
+    def read_input(self) -> None:
         self.stream.add_data(self.pieces.pop(0) if self.pieces else b"")
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi import options
+from django_runfcgi import server as runfcgi_server
 from django_runfcgi.addresses import TCP, Inherited, Unix
 from django_runfcgi.options import OptionError, parse_words, resolve
+from django_runfcgi.protocols import Bounds
 
 
 def config_from(*words: str, cwd: Path = Path("/srv/start")) -> options.Config:
@@ -169,6 +171,11 @@ def test_maxchildren_alone_caps_the_spares() -> None:
         ),
         (("socketgroup=0",), "socketgroup= applies to a unix socket that runfcgi creates"),
         (("mkdir=perhaps",), "mkdir='perhaps' is not a boolean"),
+        (("readtimeout=-1",), "readtimeout='-1' is not a number of seconds; use 0 or more"),
+        (("readtimeout=soon",), "readtimeout='soon' is not a number of seconds"),
+        (("maxheadsize=100",), "maxheadsize='100' is out of range; use 1024 or more."),
+        (("maxheadsize=1M",), "maxheadsize='1M' is not a whole number."),
+        (("maxheaders=0",), "maxheaders='0' is out of range; use 1 or more."),
     ],
 )
 def test_errors_name_the_option_and_what_is_accepted(words: tuple[str, ...], message: str) -> None:
@@ -288,3 +295,16 @@ def test_socket_owner_and_group_by_name_or_id() -> None:
     config = config_from("socket=/x.sock", "socketowner=root", "socketgroup=0", "mkdir")
     assert (config.socketowner, config.socketgroup, config.mkdir) == (0, 0, True)
     assert config_from("socket=/x.sock", "socketowner=4321").socketowner == 4321
+
+
+def test_request_bounds_default_to_what_the_protocols_assume() -> None:
+    """The table's defaults are the ones a gateway built without options gets."""
+    config = config_from()
+    assert runfcgi_server.bounds(config) == Bounds()
+    assert (config.readtimeout, config.maxheadsize, config.maxheaders) == (30.0, 1 << 20, 1000)
+
+
+def test_request_bounds_reach_the_protocol() -> None:
+    config = config_from("readtimeout=2.5", "maxheadsize=4096", "maxheaders=40")
+    gateway = runfcgi_server.make_protocol(config, lambda environ, start_response: [])
+    assert gateway.bounds == Bounds(readtimeout=2.5, maxheadsize=4096, maxheaders=40)

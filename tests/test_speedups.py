@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
+from django_runfcgi.protocols import Bounds
 from django_runfcgi.protocols.fastcgi import FastCGI
 from django_runfcgi.protocols.fastcgi import connection as fcgi
 
 _speedups = fcgi._speedups
 """The built accelerator, whether or not RUNFCGI_PURE_PYTHON turned servers off it."""
 
-BEGIN_REQUEST, GET_VALUES, PARAMS, STDIN = 1, 9, 4, 5
+BEGIN_REQUEST, ABORT_REQUEST, GET_VALUES, PARAMS, STDIN = 1, 2, 9, 4, 5
 RESPONDER, KEEP_CONN = 1, 1
 
 
@@ -126,13 +127,13 @@ STREAMS: dict[str, tuple[bytes, bool]] = {
         get(NGINX, 1, KEEP_CONN) + get(pairs((b"REQUEST_URI", b"/second/")), 2, KEEP_CONN),
         True,
     ),
-    "request-id-zero": (get(NGINX, 0), True),
+    "request-id-zero-is-no-request": (get(NGINX, 0), False),
     "unknown-role": (
         begin(role=9) + record(PARAMS, NGINX) + EMPTY_GET,
         True,
     ),
     "get-values-first": (
-        record(GET_VALUES, pairs((b"FCGI_MPXS_CONNS", b""))) + get(NGINX),
+        record(GET_VALUES, pairs((b"FCGI_MPXS_CONNS", b"")), 0) + get(NGINX),
         True,
     ),
     "params-of-another-request-between": (
@@ -150,7 +151,83 @@ STREAMS: dict[str, tuple[bytes, bool]] = {
         False,
     ),
     "record-cut-short": (begin() + record(PARAMS, NGINX)[:-3], False),
+    # What the specification does not allow: one log line and a closed connection.
+    "params-ended-twice-while-the-body-is-read": (
+        begin() + record(PARAMS, POST) + record(PARAMS) + record(STDIN, b"hello") + record(PARAMS),
+        True,
+    ),
+    "begin-request-for-the-active-id": (
+        begin() + record(PARAMS, POST) + begin() + record(PARAMS) + record(STDIN),
+        False,
+    ),
+    "stdin-after-the-body-ended": (
+        begin(flags=KEEP_CONN)
+        + record(PARAMS, POST)
+        + record(PARAMS)
+        + record(STDIN, b"hello world")
+        + record(STDIN)
+        + record(STDIN, b"more"),
+        True,
+    ),
+    "stdin-before-the-params-ended": (
+        begin() + record(PARAMS, POST) + record(STDIN, b"hello world") + EMPTY_GET,
+        False,
+    ),
+    "stdin-of-a-request-never-begun": (
+        begin() + record(PARAMS, POST) + record(PARAMS) + record(STDIN, b"hello", 7),
+        True,
+    ),
+    "data-record-for-a-responder": (
+        begin() + record(PARAMS, POST) + record(PARAMS) + record(8, b"filter data"),
+        True,
+    ),
+    "params-over-maxheadsize": (
+        begin() + record(PARAMS, pairs((b"HTTP_X", b"v" * 3000))) + EMPTY_GET,
+        False,
+    ),
+    "more-pairs-than-maxheaders": (
+        get(pairs(*[(b"H%d" % i, b"") for i in range(40)])),
+        False,
+    ),
+    # What it does allow.
+    "pair-split-across-two-records": (
+        begin()
+        + record(PARAMS, NGINX + pairs((b"HTTP_X", b"split"))[:5])
+        + record(PARAMS, pairs((b"HTTP_X", b"split"))[5:])
+        + EMPTY_GET,
+        False,
+    ),
+    "aborted-before-the-params-ended": (
+        begin(flags=KEEP_CONN)
+        + record(PARAMS, NGINX)
+        + record(ABORT_REQUEST)
+        + get(pairs((b"REQUEST_URI", b"/after-abort/")), 2),
+        True,
+    ),
+    "aborted-while-the-body-is-read": (
+        begin() + record(PARAMS, POST) + record(PARAMS) + record(STDIN, b"hel") + record(2),
+        True,
+    ),
+    "unknown-management-record": (record(99, b"", 0) + get(NGINX), True),
+    "get-values-with-a-request-id": (
+        record(GET_VALUES, pairs((b"FCGI_MPXS_CONNS", b""))) + get(NGINX),
+        False,
+    ),
+    "concurrent-request-refused": (
+        begin(1, flags=KEEP_CONN)
+        + record(PARAMS, POST)
+        + begin(2)
+        + record(PARAMS, NGINX, 2)
+        + record(PARAMS)
+        + record(PARAMS, b"", 2)
+        + record(STDIN, b"hello world")
+        + record(STDIN, b"", 2)
+        + record(STDIN),
+        False,
+    ),
 }
+BOUNDS = Bounds(readtimeout=5.0, maxheadsize=2048, maxheaders=30)
+"""Small enough for the streams above to cross them."""
 
 
 def reporting_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -163,12 +240,12 @@ def reporting_app(environ: dict[str, Any], start_response: Callable[..., Any]) -
 class CountingReader:
     """The accelerator's read_request, counting the requests it took."""
 
-    def __init__(self, read_request: Callable[[bytes, int], Any]) -> None:
+    def __init__(self, read_request: Callable[[bytes, int, int, int], Any]) -> None:
         self._read_request = read_request
         self.taken = 0
 
-    def __call__(self, buffer: bytes, pos: int) -> Any:
-        found = self._read_request(buffer, pos)
+    def __call__(self, buffer: bytes, pos: int, max_head_size: int, max_pairs: int) -> Any:
+        found = self._read_request(buffer, pos, max_head_size, max_pairs)
         if found is not None:
             self.taken += 1
         return found
@@ -176,7 +253,7 @@ class CountingReader:
 
 def exchange(stream: bytes) -> bytes:
     """What a web server gets back for `stream`, sent whole and then its side closed."""
-    server = FastCGI(reporting_app, multithreaded=False, multiprocess=True)
+    server = FastCGI(reporting_app, multithreaded=False, multiprocess=True, bounds=BOUNDS)
     client, served = socket.socketpair()
     conn = server.connection(served, "")
     conn.close_wait_seconds = 2.0

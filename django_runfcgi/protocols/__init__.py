@@ -20,12 +20,19 @@ from django_runfcgi.protocols.base import FIRST_REQUEST_SECONDS, ProtocolError
 from django_runfcgi.protocols.clients import AllowEntry, ClientAddress, allowed
 from django_runfcgi.protocols.fastcgi import FastCGI
 from django_runfcgi.protocols.scgi import SCGI
-from django_runfcgi.protocols.wsgi import Connection, Gateway, RequestWatch, WSGIApplication
+from django_runfcgi.protocols.wsgi import (
+    Bounds,
+    Connection,
+    Gateway,
+    RequestWatch,
+    WSGIApplication,
+)
 
 __all__ = [
     "AJP",
     "FIRST_REQUEST_SECONDS",
     "SCGI",
+    "Bounds",
     "Connection",
     "FastCGI",
     "Gateway",
@@ -68,6 +75,7 @@ def build(
     scriptname: str | None = None,
     secret: str | None = None,
     allow: tuple[AllowEntry, ...] | None = None,
+    bounds: Bounds | None = None,
 ) -> Gateway:
     """The gateway for protocol= `protocol`; a prefork worker serves one request at a time,
     threads serve many at once. `secret` is AJP's (options.resolve() allows no other);
@@ -78,6 +86,7 @@ def build(
         multiprocess=multiprocess,
         debug=debug,
         scriptname=scriptname,
+        bounds=bounds,
     )
     if secret is not None:
         if not isinstance(gateway, AJP):

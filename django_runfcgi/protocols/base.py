@@ -1,8 +1,9 @@
 """What the three protocols' connections share: no Nagle, the stop flag, the wait for a
-request, reading an exact number of bytes, and one log line per failed connection.
+request, the read timeout, reading an exact number of bytes, and one log line per failed
+connection.
 
-flup's connection classes read without bounds and let errors escape into the worker;
-none of their code runs here.
+flup's connection classes read without bounds or time limits and let errors escape into
+the worker; none of their code runs here.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
 import time
 from types import TracebackType
 from typing import ClassVar
 
 from django_runfcgi.protocols.clients import ClientAddress
-from django_runfcgi.protocols.wsgi import Gateway
+from django_runfcgi.protocols.wsgi import Bounds, Gateway
 
 logger = logging.getLogger("django_runfcgi.protocols")
 
@@ -28,6 +30,18 @@ FIRST_REQUEST_SECONDS = 2.0
 
 class ProtocolError(Exception):
     """A client sent bytes the protocol does not allow; its connection is closed."""
+
+
+class ReadTimeout(ProtocolError):
+    """A client did not send its request head, or stopped sending, within readtimeout."""
+
+
+class InputError(OSError):
+    """What the application's wsgi.input raises once the connection under it has failed.
+
+    An OSError, as other servers raise when a client goes away in the middle of a body
+    (Django turns it into UnreadablePostError); the connection logs the cause itself.
+    """
 
 
 def peer(addr: ClientAddress) -> str:
@@ -48,12 +62,50 @@ def set_nodelay(sock: socket.socket, addr: ClientAddress) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def recv_exactly(sock: socket.socket, size: int, what: str, *, first: bool = False) -> bytes:
-    """`size` bytes; EOFError for a clean close before the `first` piece of a message."""
+def set_read_timeout(sock: socket.socket, seconds: float) -> None:
+    """Make each blocking recv() on `sock` give up after `seconds` without data.
+
+    SO_RCVTIMEO is the kernel's: sends stay unbounded (a slow reader of a large response
+    is not a stalled request), it costs nothing per read, and it holds in any code that
+    reads the socket. recv() then raises BlockingIOError, which the readers here turn
+    into ReadTimeout.
+    """
+    whole = int(seconds)
+    # At least a microsecond: a timeval of zero would mean no timeout at all.
+    micro = max(int((seconds - whole) * 1_000_000), 0 if whole else 1)
+    timeval = struct.pack("ll", whole, micro)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+
+def recv_exactly(
+    sock: socket.socket,
+    size: int,
+    what: str,
+    *,
+    first: bool = False,
+    deadline: float | None = None,
+) -> bytes:
+    """`size` bytes; EOFError for a clean close before the `first` piece of a message.
+
+    ReadTimeout if the client stops sending for the read timeout, or, with a `deadline`
+    (a request head's), if the bytes have not all come by then. What has arrived is
+    taken without waiting, so a deadline costs nothing while the client keeps up.
+    """
     parts = []
     received = 0
     while received < size:
-        data = sock.recv(min(size - received, 262144))
+        wanted = min(size - received, 262144)
+        try:
+            data = sock.recv(wanted, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    raise ReadTimeout(f"{what} did not come whole") from None
+            try:
+                data = sock.recv(wanted)
+            except BlockingIOError:
+                raise ReadTimeout(f"nothing more of {what} came") from None
         if not data:
             if first and not received:
                 raise EOFError
@@ -77,9 +129,21 @@ class ProtocolConnection:
         self._sock = sock
         self._addr = addr
         self.server = server
+        self.bounds: Bounds = server.bounds
         set_nodelay(sock, addr)
         self._stopping = False
         self._first = True
+        self.failure: Exception | None = None
+        """What broke the connection. Found while the application reads from it, it is
+        raised again once the application returns, so the connection is logged and
+        closed without draining its input."""
+        timeout = self.bounds.readtimeout
+        self._head_deadline: float | None = None
+        """When the request head now arriving must be complete; None between requests on
+        a kept connection, and while a request's body is read."""
+        if timeout:
+            set_read_timeout(sock, timeout)
+            self._head_deadline = time.monotonic() + timeout
 
     def run(self) -> None:
         raise NotImplementedError
@@ -93,7 +157,9 @@ class ProtocolConnection:
 
         The first request is waited for even during a stop: the web server connected to
         send it, and a worker that accepted the connection must not drop it (a reload or
-        a stop under load would answer 502).
+        a stop under load would answer 502). A connection that sends nothing within
+        readtimeout of its accept raises ReadTimeout; a kept connection waits between
+        requests until the web server closes it or the server stops.
         """
         first, self._first = self._first, False
         deadline = None
@@ -105,9 +171,57 @@ class ProtocolConnection:
                     deadline = time.monotonic() + FIRST_REQUEST_SECONDS
                 elif time.monotonic() > deadline:
                     return False
-            readable, _, _ = select.select([self._sock], [], [], IDLE_POLL_SECONDS)
+            wait = IDLE_POLL_SECONDS
+            if self._head_deadline is not None:
+                wait = min(wait, self._head_deadline - time.monotonic())
+                if wait <= 0:
+                    raise ReadTimeout("no complete request came")
+            readable, _, _ = select.select([self._sock], [], [], wait)
             if readable:
+                self._head_begins()
                 return True
+
+    def _head_begins(self) -> None:
+        """A request's first bytes have come: its head must be complete within readtimeout."""
+        if self._head_deadline is None and self.bounds.readtimeout:
+            self._head_deadline = time.monotonic() + self.bounds.readtimeout
+
+    def _head_complete(self) -> None:
+        """The request head has come whole: from now on only stalls count."""
+        self._head_deadline = None
+
+    def _await_input(self) -> None:
+        """While a head is read, wait for more of it no later than its deadline."""
+        deadline = self._head_deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+                raise ReadTimeout("no complete request head came")
+
+    def _recv_blocking(self, size: int) -> bytes:
+        """Up to `size` bytes that have not arrived yet: waited for until the head's
+        deadline while a head is read, else until the client stalls for readtimeout."""
+        self._await_input()
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            raise ReadTimeout("the request stalled: nothing more came") from None
+
+    def _recv_into_blocking(self, buffer: memoryview) -> int:
+        """As _recv_blocking(), into `buffer`: what a buffered reader of the socket calls."""
+        self._await_input()
+        try:
+            return self._sock.recv_into(buffer)
+        except BlockingIOError:
+            raise ReadTimeout("the request stalled: nothing more came") from None
+
+    def _input_failed(self, exc: Exception) -> InputError:
+        """Remember why reading the request failed, and what to raise in the application,
+        which may catch it: the connection is closed once the application returns."""
+        if self.failure is None:
+            self.failure = exc
+        cause = str(exc) or "the connection closed"
+        return InputError(f"{self.server.name} request input failed: {cause}")
 
     def _logging_failures(self) -> ProtocolConnection:
         """For ``with``: a failure is logged and ends the connection. The connection is its
@@ -126,9 +240,19 @@ class ProtocolConnection:
     ) -> bool:
         if not isinstance(exc, Exception):
             return False  # None, or KeyboardInterrupt and SystemExit: not ours to swallow.
+        if self.failure is None:
+            self.failure = exc
         if isinstance(exc, EOFError):
             return True
-        if isinstance(exc, self.protocol_errors):
+        if isinstance(exc, ReadTimeout):
+            logger.warning(
+                "%s connection from %s timed out: %s within readtimeout=%gs; connection closed",
+                self.server.name,
+                peer(self._addr),
+                exc,
+                self.bounds.readtimeout,
+            )
+        elif isinstance(exc, self.protocol_errors):
             logger.warning(
                 "%s protocol error from %s: %s; connection closed",
                 self.server.name,

@@ -13,6 +13,7 @@ import socket
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote_to_bytes
 
@@ -46,6 +47,25 @@ def _route_flup_logs_through_django() -> None:
 
 
 _route_flup_logs_through_django()
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a client may send, as the options of the same names give them.
+
+    ``readtimeout``: seconds for a connection to deliver a complete request head, and
+    for a request to go without sending more of its head or body (0: no limit).
+    ``maxheadsize``: bytes of one request's FastCGI parameters or SCGI header block.
+    ``maxheaders``: how many parameters or headers one request may have.
+    """
+
+    readtimeout: float = 30.0
+    maxheadsize: int = 1 << 20
+    maxheaders: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.readtimeout < 0 or self.maxheadsize < 1 or self.maxheaders < 1:
+            raise ValueError(f"{self} is out of range.")
 
 
 class Connection(Protocol):
@@ -88,8 +108,10 @@ class Gateway:
         debug: bool = False,
         scriptname: str | None = None,
         environ: Environ | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         self.application = application
+        self.bounds = Bounds() if bounds is None else bounds
         self.environ: Environ = {} if environ is None else environ
         self.multithreaded = multithreaded
         self.multiprocess = multiprocess

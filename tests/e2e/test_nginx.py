@@ -56,6 +56,8 @@ class Wiring:
     keep_conn: bool = False
     backends: int = 1
     cannot: Mapping[str, str] = field(default_factory=dict, compare=False)
+    options: tuple[str, ...] = ()
+    """runfcgi options beyond the workers."""
 
     @property
     def variant(self) -> str:
@@ -95,7 +97,7 @@ def serve(runner: Runner, wiring: Wiring) -> dict[str, str]:
     """Start the wiring's runfcgi backends; returns the recipe's addresses to replace."""
     replacements: dict[str, str] = {}
     for index in range(wiring.backends):
-        address = start_backend(runner, wiring.protocol, wiring.transport)
+        address = start_backend(runner, wiring.protocol, wiring.transport, *wiring.options)
         upstream = f"unix:{address}" if isinstance(address, str) else "{}:{}".format(*address)
         if wiring.written == "unix":
             doc = DOC_SOCKET if wiring.protocol == "fcgi" else DOC_SCGI_SOCKET
@@ -212,3 +214,32 @@ def test_backends_stop_promptly_while_nginx_holds_connections(served: Served) ->
     for run in served.runner.runs:
         assert run.wait(timeout=15) == 0, run.describe()
     assert time.monotonic() - started < 10
+
+
+def test_kept_connections_idle_past_readtimeout_still_serve(
+    nginx_binary: str, static_root: Path
+) -> None:
+    """readtimeout bounds a request's head and body, not the idle time of a connection
+    nginx keeps (upstream keepalive, fastcgi_keep_conn on): after idling past it, the
+    same connections serve again, a POST with a body too, and none was cut."""
+    wiring = Wiring(
+        "nginx-fastcgi-keepalive.conf",
+        "fcgi",
+        "",
+        "tcp",
+        "tcp",
+        keep_conn=True,
+        options=("readtimeout=1",),
+    )
+    with serving(wiring, nginx_binary, static_root) as served:
+        for _ in range(3):
+            assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
+        assert sum(open_connections(address) for address in served.addresses) >= 1
+        time.sleep(2.5)
+        assert sum(open_connections(address) for address in served.addresses) >= 1
+        for _ in range(3):
+            posted = http_request(
+                served.site.port, "POST", served.site.url("/echo/"), body=b"b" * 100_000
+            )
+            assert (posted.status, posted.json()["body_length"]) == (200, 100_000)
+        assert "timed out" not in served.runner.runs[0].stderr

@@ -130,17 +130,23 @@ class AJPConnection(ProtocolConnection):
 
     def processInput(self) -> None:
         """Read one packet and act on it; also called by a request reading its body."""
-        header = recv_exactly(self._sock, 4, "a packet header", first=True)
+        deadline = self._head_deadline
+        header = recv_exactly(self._sock, 4, "a packet header", first=True, deadline=deadline)
         if header[:2] != ajp_base.SERVER_PREFIX:
             raise ProtocolError(f"packet header {header!r} does not start with 0x1234")
         pkt = ajp_base.Packet()
         (pkt.length,) = struct.unpack(">H", header[2:])
-        pkt.data = recv_exactly(self._sock, pkt.length, "a packet") if pkt.length else b""
+        pkt.data = (
+            recv_exactly(self._sock, pkt.length, "a packet", deadline=deadline)
+            if pkt.length
+            else b""
+        )
         # lighttpd's mod_ajp13 follows a request without a body with an empty packet;
         # flup took it for an error (flup.rst#ajp-empty-packet).
         if not pkt.length:
             return
         elif pkt.data[0] == ajp_base.PKTTYPE_FWD_REQ:
+            self._head_complete()
             self._forward(forward.decode(pkt.data))
         elif pkt.data[0] == ajp_base.PKTTYPE_CPING:
             ajp_base.Connection._cping(self, pkt)

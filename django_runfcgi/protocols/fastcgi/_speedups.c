@@ -2,8 +2,9 @@
 
    Optional: without it (no compiler at install, or RUNFCGI_PURE_PYTHON=1) the same
    work is done in Python, record by record. read_request() only takes the common,
-   well-formed case; for anything else it returns None and the Python code reads the
-   input and reports what is wrong with it.
+   well-formed case within the bounds it is given (maxheadsize, maxheaders); for
+   anything else it returns None and the Python code reads the input and reports what
+   is wrong with it.
 
    Built against the stable ABI of Python 3.10, so one binary serves 3.10 and later.
 */
@@ -88,13 +89,17 @@ latin1_text(Py_ssize_t slot, const unsigned char *data, Py_ssize_t length)
 }
 
 /* Add the pairs of data[0:end] to dict, names and values decoded as latin-1; `index`
-   counts the request's pairs across its records. 0 on success, 1 if a pair is cut
-   short or overruns, -1 with an exception set. */
+   counts the request's pairs across its records, at most `max_pairs`. 0 on success, 1
+   if a pair is cut short or overruns, or there are too many, -1 with an exception set. */
 static int
-add_pairs(PyObject *dict, const unsigned char *data, Py_ssize_t end, Py_ssize_t *index)
+add_pairs(PyObject *dict, const unsigned char *data, Py_ssize_t end, Py_ssize_t *index,
+          Py_ssize_t max_pairs)
 {
     Py_ssize_t pos = 0;
     while (pos < end) {
+        if (*index >= max_pairs) {
+            return 1;
+        }
         Py_ssize_t name_length = pair_length(data, end, &pos);
         if (name_length < 0) {
             return 1;
@@ -142,17 +147,20 @@ record_at(const unsigned char *data, Py_ssize_t end, Py_ssize_t pos, int *kind,
 }
 
 PyDoc_STRVAR(read_request_doc,
-"read_request(buffer: bytes, pos: int) -> tuple[int, int, int, int, dict[str, str], bool] | None\n\n"
+"read_request(buffer: bytes, pos: int, max_head_size: int, max_pairs: int)\n"
+"    -> tuple[int, int, int, int, dict[str, str], bool] | None\n\n"
 "A request that starts at buffer[pos:] and has fully arrived: its FCGI_BEGIN_REQUEST\n"
 "and its FCGI_PARAMS records up to the empty one, and an empty FCGI_STDIN record if\n"
 "one follows at once. Returns (end, request_id, role, flags, params, body_ended),\n"
-"end being where the next record starts; None if the records are anything else.");
+"end being where the next record starts; None if the records are anything else, or\n"
+"the parameters are more than max_head_size bytes or max_pairs pairs.");
 
 static PyObject *
 read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "read_request() takes a buffer and a position");
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError,
+                        "read_request() takes a buffer, a position and two bounds");
         return NULL;
     }
     char *buffer;
@@ -168,11 +176,20 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "position outside the buffer");
         return NULL;
     }
+    Py_ssize_t max_head_size = PyLong_AsSsize_t(args[2]);
+    if (max_head_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t max_pairs = PyLong_AsSsize_t(args[3]);
+    if (max_pairs == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
     const unsigned char *data = (const unsigned char *)buffer;
     int kind, request_id, other_id;
     Py_ssize_t length, total;
+    /* Request id 0 is the null id of management records, never a request's. */
     if (record_at(data, end, pos, &kind, &request_id, &length, &total) < 0
-        || kind != BEGIN_REQUEST || length != 8) {
+        || kind != BEGIN_REQUEST || length != 8 || request_id == 0) {
         Py_RETURN_NONE;
     }
     int role = (data[pos + HEADER_LEN] << 8) | data[pos + HEADER_LEN + 1];
@@ -184,6 +201,7 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     Py_ssize_t index = 0;
+    Py_ssize_t head_size = 0;
     for (;;) {
         if (record_at(data, end, pos, &kind, &other_id, &length, &total) < 0
             || kind != PARAMS || other_id != request_id) {
@@ -194,7 +212,12 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
             pos += total;
             break;
         }
-        int result = add_pairs(params, data + pos + HEADER_LEN, length, &index);
+        head_size += length;
+        if (head_size > max_head_size) {
+            Py_DECREF(params);
+            Py_RETURN_NONE;
+        }
+        int result = add_pairs(params, data + pos + HEADER_LEN, length, &index, max_pairs);
         if (result != 0) {
             Py_DECREF(params);
             if (result < 0) {

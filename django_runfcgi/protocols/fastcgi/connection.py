@@ -1,9 +1,17 @@
 """A FastCGI connection: records read from a buffer, requests run one at a time.
 
 flup's Connection read a record with several recv() calls, ignored the end of its
-streams and waited forever for the front end to close; this one is ours and reads what
-arrived in large pieces. The C accelerator (``_speedups``, optional) reads a whole
-common request in one call; the records are otherwise read one by one in Python.
+streams, took any record in any state and waited forever for the front end to close;
+this one is ours and reads what arrived in large pieces. The C accelerator
+(``_speedups``, optional) reads a whole common request in one call; the records are
+otherwise read one by one in Python.
+
+Each record is checked against its request's state, as the specification has it: a
+request id is active from its FCGI_BEGIN_REQUEST until our FCGI_END_REQUEST, its
+parameters come before its body, and each stream ends once. Records for an id that was
+active on this connection and has ended are ignored (the rest of a body the
+application did not read, a request refused with FCGI_CANT_MPX_CONN); anything else
+out of order is a protocol error that closes the connection.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import os
 import select
 import socket
 import time
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from flup.server import fcgi_base
 
@@ -20,6 +28,7 @@ from django_runfcgi.protocols.base import (
     IDLE_POLL_SECONDS,
     ProtocolConnection,
     ProtocolError,
+    ReadTimeout,
     recv_exactly,
 )
 from django_runfcgi.protocols.clients import ClientAddress
@@ -34,7 +43,7 @@ from django_runfcgi.protocols.fastcgi.records import (
     encode_pairs,
     record,
 )
-from django_runfcgi.protocols.fastcgi.request import FCGIRequest, Input
+from django_runfcgi.protocols.fastcgi.request import FCGIRequest
 
 if TYPE_CHECKING:
     from django_runfcgi.protocols.fastcgi import FastCGI
@@ -53,6 +62,34 @@ _read_request = (
 
 _RECV_SIZE = 65536
 
+_BEGIN_REQUEST: Final = fcgi_base.FCGI_BEGIN_REQUEST
+_ABORT_REQUEST: Final = fcgi_base.FCGI_ABORT_REQUEST
+_PARAMS: Final = fcgi_base.FCGI_PARAMS
+_STDIN: Final = fcgi_base.FCGI_STDIN
+_GET_VALUES: Final = fcgi_base.FCGI_GET_VALUES
+
+RECORD_NAMES = {
+    fcgi_base.FCGI_BEGIN_REQUEST: "FCGI_BEGIN_REQUEST",
+    fcgi_base.FCGI_ABORT_REQUEST: "FCGI_ABORT_REQUEST",
+    fcgi_base.FCGI_END_REQUEST: "FCGI_END_REQUEST",
+    fcgi_base.FCGI_PARAMS: "FCGI_PARAMS",
+    fcgi_base.FCGI_STDIN: "FCGI_STDIN",
+    fcgi_base.FCGI_STDOUT: "FCGI_STDOUT",
+    fcgi_base.FCGI_STDERR: "FCGI_STDERR",
+    fcgi_base.FCGI_DATA: "FCGI_DATA",
+    fcgi_base.FCGI_GET_VALUES: "FCGI_GET_VALUES",
+    fcgi_base.FCGI_GET_VALUES_RESULT: "FCGI_GET_VALUES_RESULT",
+    fcgi_base.FCGI_UNKNOWN_TYPE: "FCGI_UNKNOWN_TYPE",
+}
+"""The record types the specification defines, by name for log lines."""
+
+ENDED_IDS_KEPT = 16
+"""How many ended request ids a connection remembers, to ignore their late records."""
+
+
+def _name(kind: int) -> str:
+    return RECORD_NAMES.get(kind, f"type {kind}")
+
 
 class FCGIConnection(ProtocolConnection):
     """One FastCGI connection from the web server; one request at a time.
@@ -70,7 +107,10 @@ class FCGIConnection(ProtocolConnection):
 
     def __init__(self, sock: socket.socket, addr: ClientAddress, server: FastCGI) -> None:
         super().__init__(sock, addr, server)
-        self._requests: dict[int, FCGIRequest] = {}
+        self._active: FCGIRequest | None = None
+        self._ended: dict[int, bool] = {}
+        """The ids of requests ended on this connection, oldest first, and whether all
+        their input had come (then nothing more may come for them)."""
         self._keepGoing = True
         self._closed = False
         self._input_ended = False
@@ -78,17 +118,21 @@ class FCGIConnection(ProtocolConnection):
         self._buffer = b""
         self._pos = 0
         self.record_size = RECORD_SIZE
+        self._max_head_size = self.bounds.maxheadsize
+        self._max_headers = self.bounds.maxheaders
 
     def run(self) -> None:
         self._keepGoing = True
         try:
             with self._logging_failures():
                 while self._keepGoing:
-                    if not self._requests:
+                    if self._active is None:
                         if not self._wait_for_request():
                             break
                         if self._start_request():
                             continue
+                        # Not all of it has come: from now on it must within readtimeout.
+                        self._head_begins()
                     self.process_input()
         finally:
             self._cleanupSocket()
@@ -111,24 +155,35 @@ class FCGIConnection(ProtocolConnection):
         are then read one by one."""
         if _read_request is None:
             return False
-        found = _read_request(self._buffer, self._pos)
+        found = _read_request(self._buffer, self._pos, self._max_head_size, self._max_headers)
         if found is None:
             return False
         self._pos, request_id, role, flags, params, body_ended = found
         req = FCGIRequest(self, request_id, role, flags)
         req.params = params
+        req.params_ended = True
         if body_ended:
             req.stdin.add_data(b"")
-        self._requests[request_id] = req
+        self._active = req
+        self._head_deadline = None
         req.run()
         return True
 
     def _fill(self, *, block: bool, at_start: bool = False) -> bool:
-        """Read more input into the buffer; without `block`, False if none has come."""
+        """Read more input into the buffer; without `block`, False if none has come.
+
+        What has arrived is taken without waiting; a blocking read waits as long as the
+        request head's deadline, or the read timeout, allows.
+        """
+        deadline = self._head_deadline
+        if deadline is not None and time.monotonic() > deadline:
+            raise ReadTimeout("no complete request head came")
         try:
-            data = self._sock.recv(_RECV_SIZE, 0 if block else socket.MSG_DONTWAIT)
+            data = self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
-            return False
+            if not block:
+                return False
+            data = self._recv_blocking(_RECV_SIZE)
         # A short read took all the kernel held: nothing is left unread (see _cleanupSocket).
         self._drained = len(data) < _RECV_SIZE
         if not data:
@@ -149,17 +204,26 @@ class FCGIConnection(ProtocolConnection):
         """The next record's type, request id and content; without `block`, None if it
         has not fully arrived."""
         while len(self._buffer) - self._pos < HEADER_LEN:
-            if not self._fill(block=block, at_start=self._pos == len(self._buffer)):
-                return None
+            try:
+                if not self._fill(block=block, at_start=self._pos == len(self._buffer)):
+                    return None
+            except EOFError:
+                req = self._active
+                if req is not None and not req.params_ended:
+                    raise ProtocolError(
+                        f"connection closed before the end of request {req.requestId}'s "
+                        "FCGI_PARAMS"
+                    ) from None
+                raise
         version, kind, request_id, length, padding = HEADER.unpack_from(self._buffer, self._pos)
         if version != fcgi_base.FCGI_VERSION_1:
             header = self._buffer[self._pos : self._pos + HEADER_LEN]
             raise ProtocolError(f"record header {header!r} is not FastCGI version 1")
         total = HEADER_LEN + length + padding
         missing = total - (len(self._buffer) - self._pos)
-        if block and missing > _RECV_SIZE:
+        if block and missing > _RECV_SIZE and self._head_deadline is None:
             # Most of a large record is still to come: read it straight, not via the buffer.
-            rest = recv_exactly(self._sock, missing, f"a type {kind} record")
+            rest = recv_exactly(self._sock, missing, f"a {_name(kind)} record")
             self._drained = False
             content = (self._buffer[self._pos + HEADER_LEN :] + rest)[:length]
             self._buffer, self._pos = b"", 0
@@ -172,52 +236,122 @@ class FCGIConnection(ProtocolConnection):
         return kind, request_id, self._buffer[start : start + length]
 
     def process_input(self) -> None:
-        """Read one record and act on it; also called by a request reading its body."""
+        """Read one record and act on it."""
         record = self._next_record()
         assert record is not None, "a blocking read returns a record"
         self._dispatch(*record)
 
-    def _dispatch(self, kind: int, request_id: int, content: bytes) -> None:
-        if kind == fcgi_base.FCGI_STDIN:
-            req = self._requests.get(request_id)
-            if req is not None:
-                req.stdin.add_data(content)
-        elif kind == fcgi_base.FCGI_PARAMS:
-            req = self._requests.get(request_id)
-            if req is None:
+    def read_input(self) -> None:
+        """Read one record for the application, which is reading its request's body: a
+        failure is kept to close the connection with once the application returns, and
+        the application gets an InputError (it may catch it)."""
+        if self.failure is None:
+            try:
+                self.process_input()
                 return
-            if content:
-                req.params.update(decode_pairs(content))
+            except Exception as exc:
+                raise self._input_failed(exc) from None
+        raise self._input_failed(self.failure)
+
+    def _dispatch(self, kind: int, request_id: int, content: bytes) -> None:
+        """Act on one record, as its request's state allows."""
+        req = self._active
+        if req is not None and request_id == req.requestId:
+            if kind == _STDIN:
+                if not req.params_ended:
+                    raise ProtocolError(
+                        f"FCGI_STDIN for request {request_id} before the end of its FCGI_PARAMS"
+                    )
+                req.stdin.add_data(content)
+            elif kind == _PARAMS:
+                if req.params_ended:
+                    raise ProtocolError(
+                        f"FCGI_PARAMS for request {request_id} after the end of its parameters"
+                    )
+                if content:
+                    req.add_params(content, self._max_head_size)
+                else:
+                    req.end_params(self._max_headers)
+                    self._head_complete()
+                    req.run()
+            elif kind == _ABORT_REQUEST:
+                self._abort(req)
+            elif kind == _BEGIN_REQUEST:
+                raise ProtocolError(f"FCGI_BEGIN_REQUEST for request {request_id}, already active")
             else:
-                req.run()
-        elif kind == fcgi_base.FCGI_BEGIN_REQUEST:
-            if len(content) != BEGIN_REQUEST_BODY.size:
-                raise ProtocolError(f"FCGI_BEGIN_REQUEST body of {len(content)} bytes, not 8")
-            role, flags = BEGIN_REQUEST_BODY.unpack(content)
-            req = FCGIRequest(self, request_id, role, flags)
-            if self._requests:
-                self.end_request(req, 0, fcgi_base.FCGI_CANT_MPX_CONN, remove=False)
-            else:
-                self._requests[request_id] = req
-        elif kind == fcgi_base.FCGI_GET_VALUES:
-            self._do_get_values(content)
-        elif kind == fcgi_base.FCGI_ABORT_REQUEST:
-            req = self._requests.get(request_id)
-            if req is not None:
-                req.aborted = True
-        elif kind == fcgi_base.FCGI_DATA:
-            req = self._requests.get(request_id)
-            if req is not None:
-                if req.data is None:
-                    req.data = Input(self)
-                req.data.add_data(content)
+                raise ProtocolError(
+                    f"{_name(kind)} record for request {request_id}, which a web server "
+                    "does not send to a responder"
+                )
         elif request_id == fcgi_base.FCGI_NULL_REQUEST_ID:
+            self._management(kind, content)
+        elif kind == _BEGIN_REQUEST:
+            self._begin(request_id, content)
+        elif request_id in self._ended:
+            # Late records of an ended request are ignored, as the specification says:
+            # the rest of a body left unread, the records of a refused request, an abort
+            # that crossed our FCGI_END_REQUEST. Once all its input has come, nothing
+            # more may.
+            if self._ended[request_id] and kind != _ABORT_REQUEST:
+                raise ProtocolError(
+                    f"{_name(kind)} record for request {request_id} after the end of its input"
+                )
+            if kind == _STDIN and not content:
+                self._ended[request_id] = True
+            if req is None:
+                # On an idle kept connection: not the head of a new request.
+                self._head_complete()
+        elif kind == _GET_VALUES:
+            raise ProtocolError(f"FCGI_GET_VALUES with request id {request_id}, not 0")
+        else:
+            raise ProtocolError(
+                f"{_name(kind)} record for request {request_id}, which was never begun"
+            )
+
+    def _begin(self, request_id: int, content: bytes) -> None:
+        if len(content) != BEGIN_REQUEST_BODY.size:
+            raise ProtocolError(f"FCGI_BEGIN_REQUEST body of {len(content)} bytes, not 8")
+        role, flags = BEGIN_REQUEST_BODY.unpack(content)
+        req = FCGIRequest(self, request_id, role, flags)
+        if self._active is None:
+            self._active = req
+        else:
+            # One request at a time (FCGI_MPXS_CONNS is 0): the specification's answer.
+            self._end_id(request_id, complete=False)
+            self.end_request(req, 0, fcgi_base.FCGI_CANT_MPX_CONN, remove=False)
+
+    def _end_id(self, request_id: int, *, complete: bool) -> None:
+        """Remember an ended id (while it is active again, its records are its own)."""
+        ended = self._ended
+        ended[request_id] = complete
+        if len(ended) > ENDED_IDS_KEPT:
+            del ended[next(iter(ended))]
+
+    def _abort(self, req: FCGIRequest) -> None:
+        """FCGI_ABORT_REQUEST: end the request as soon as possible. Before the application
+        runs, that is now; while it reads the body, its next read raises InputError and
+        the request ends when it returns, without its response."""
+        req.aborted = True
+        req.stdin.abort()
+        if not req.params_ended:
+            self.end_request(req, 0, fcgi_base.FCGI_REQUEST_COMPLETE)
+
+    def _management(self, kind: int, content: bytes) -> None:
+        """A record with the null request id: FCGI_GET_VALUES is answered, any other type
+        gets FCGI_UNKNOWN_TYPE, as the specification says. They do not stand for a
+        request: a connection that sends only these is closed after readtimeout."""
+        deadline = self._head_deadline
+        if deadline is not None and time.monotonic() > deadline:
+            raise ReadTimeout("no request came")
+        if kind == _GET_VALUES:
+            self._do_get_values(content)
+        else:
             body = UNKNOWN_TYPE_BODY.pack(kind)
             self.send_bytes(record(fcgi_base.FCGI_UNKNOWN_TYPE, 0, body))
 
     def _do_get_values(self, content: bytes) -> None:
         values = {}
-        for name in decode_pairs(content):
+        for name in decode_pairs(content, self.bounds.maxheaders):
             value = self.server.capability.get(name)
             if value is not None:
                 values[name] = str(value)
@@ -225,7 +359,13 @@ class FCGIConnection(ProtocolConnection):
         self.send_bytes(record(fcgi_base.FCGI_GET_VALUES_RESULT, 0, reply))
 
     def send_bytes(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            # The web server has gone: nothing more can reach it, not even an error page.
+            if self.failure is None:
+                self.failure = exc
+            raise
 
     def end_request(
         self,
@@ -239,8 +379,12 @@ class FCGIConnection(ProtocolConnection):
         record = HEADER.pack(1, fcgi_base.FCGI_END_REQUEST, req.requestId, 8, 0)
         self.send_bytes(end + record + END_REQUEST_BODY.pack(appStatus, protocolStatus))
         if remove:
-            self._requests.pop(req.requestId, None)
-        if not (req.flags & fcgi_base.FCGI_KEEP_CONN) and not self._requests:
+            if self._active is req:
+                self._active = None
+            # After FCGI_ABORT_REQUEST the web server sends nothing more for the request.
+            complete = req.aborted or (req.params_ended and req.stdin._eof)
+            self._end_id(req.requestId, complete=complete)
+        if not (req.flags & fcgi_base.FCGI_KEEP_CONN) and self._active is None:
             self._cleanupSocket(req)
             self._keepGoing = False
 
@@ -250,16 +394,21 @@ class FCGIConnection(ProtocolConnection):
 
         The end of a request's body (an empty FCGI_STDIN record) usually arrives with its
         parameters, or was read by the application; body records it left unread are read
-        and dropped here, as far as they have arrived.
+        and dropped here, as far as they have arrived. After FCGI_ABORT_REQUEST nothing
+        more comes.
         """
-        if req.stdin._eof:
+        if req.stdin._eof or req.aborted:
             return True
         while True:
             record = self._next_record(block=False)
             if record is None:
                 return False
             kind, request_id, content = record
-            if kind != fcgi_base.FCGI_STDIN or request_id != req.requestId:
+            if request_id != req.requestId:
+                return None
+            if kind == _ABORT_REQUEST:
+                return True
+            if kind != _STDIN:
                 return None
             if not content:
                 return True
@@ -279,7 +428,8 @@ class FCGIConnection(ProtocolConnection):
         Closing over unread input (e.g. a body the application ignored) would reset the
         connection and could cut the response short, so then the input is read until the
         rest of the body has come (or, if anything else comes, the front end closes its
-        side), for a bounded time; when stopping, only what has arrived is read. When all
+        side), for a bounded time, and no longer than readtimeout once nothing comes; when
+        stopping, only what has arrived is read. When all
         input has been read the response is already queued in full, and a plain close
         delivers it, then the end of the stream: waiting for the front end to close first
         cost every request a round trip to it, and pinned the worker to a front end that
@@ -288,16 +438,24 @@ class FCGIConnection(ProtocolConnection):
         if self._closed:
             return
         self._closed = True
+        if self.failure is not None:
+            # Broken input is not drained: what else comes is dropped with a reset.
+            self._sock.close()
+            return
         try:
             pending = None if req is None else self._rest_of_input(req)
             if pending and self._nothing_unread():
                 return
             self._sock.shutdown(socket.SHUT_WR)
-            deadline = time.monotonic() + self.close_wait_seconds
+            quiet_since = time.monotonic()
+            deadline = quiet_since + self.close_wait_seconds
+            stall = self.bounds.readtimeout or self.close_wait_seconds
             while True:
-                remaining = 0.0 if self._stopping else deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = 0.0 if self._stopping else min(deadline, quiet_since + stall) - now
                 wait = min(max(remaining, 0.0), IDLE_POLL_SECONDS)
                 if select.select([self._sock], [], [], wait)[0]:
+                    quiet_since = time.monotonic()
                     if pending is False and req is not None:
                         # The body's end may come after the response: read records to it.
                         pending = self._rest_of_input(req)

@@ -24,21 +24,26 @@ RECORD_SIZE = 8192 - HEADER_LEN
 _PADDING = bytes(8)
 
 
-def decode_pairs(data: bytes) -> dict[str, str]:
-    """The name-value pairs of one FCGI_PARAMS record, in one pass; flup's decoder raised
-    IndexError or struct.error on a pair cut short.
+def decode_pairs(data: bytes, limit: int) -> dict[str, str]:
+    """The name-value pairs of an FCGI_PARAMS stream (or FCGI_GET_VALUES record), at most
+    `limit` of them, in one pass; flup's decoder raised IndexError or struct.error on a
+    pair cut short.
 
-    This runs for some thirty pairs per request, so it is written for speed: the record
+    This runs for some thirty pairs per request, so it is written for speed: the data
     is decoded once (in latin-1 a byte is a character, so names and values are slices
     of that text at the byte offsets), pairs with two one-byte lengths take the short
-    path, and a pair that overruns the record is caught once, after the loop.
+    path, and a pair that overruns the data is caught once, after the loop.
     """
     pairs = {}
     text = data.decode("latin-1")
     pos, end = 0, len(data)
     name_length = value_length = 0
+    left = limit
     try:
         while pos < end:
+            if not left:
+                raise ProtocolError(f"more than maxheaders={limit} name-value pairs")
+            left -= 1
             name_length = data[pos]
             value_length = data[pos + 1]
             if name_length < 128 and value_length < 128:
@@ -62,7 +67,8 @@ def decode_pairs(data: bytes) -> dict[str, str]:
         raise ProtocolError("name-value pair cut short in its length") from None
     if pos > end:
         raise ProtocolError(
-            f"name-value pair of {name_length}+{value_length} bytes overruns its {end}-byte record"
+            f"name-value pair of {name_length}+{value_length} bytes overruns "
+            f"the {end} bytes of pairs"
         )
     return pairs
 

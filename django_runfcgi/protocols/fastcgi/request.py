@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from flup.server import fcgi_base
 
-from django_runfcgi.protocols.fastcgi.records import HEADER, frame, latin1
+from django_runfcgi.protocols.base import InputError, ProtocolError
+from django_runfcgi.protocols.fastcgi.records import HEADER, decode_pairs, frame, latin1
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 
 if TYPE_CHECKING:
@@ -26,10 +27,11 @@ WITH_HEADERS = 16384
 
 
 class Input(LineReading):
-    """FCGI_STDIN (or FCGI_DATA) as wsgi.input: records are read as the application asks.
+    """FCGI_STDIN as wsgi.input: records are read as the application asks.
 
     Arrived pieces are kept as they came and joined once per read; flup's stream
-    copied a body twice more.
+    copied a body twice more. Once the web server aborts the request, or the connection
+    fails, a read that needs more than has arrived raises InputError.
     """
 
     def __init__(self, conn: FCGIConnection) -> None:
@@ -37,8 +39,19 @@ class Input(LineReading):
         self._chunks: deque[bytes] = deque()
         self._avail = 0
         self._eof = False
+        self._aborted = False
         self._scanned = 0
         """How many bytes of the first pieces hold no newline (for readline)."""
+
+    def abort(self) -> None:
+        """The web server aborted the request: no more of the body will come."""
+        self._aborted = True
+
+    def _more(self) -> None:
+        if not self._aborted:
+            self._conn.read_input()
+        if self._aborted:
+            raise InputError("FastCGI request input failed: the web server aborted the request")
 
     def add_data(self, data: bytes) -> None:
         if data:
@@ -70,7 +83,7 @@ class Input(LineReading):
 
     def read(self, size: int | None = -1) -> bytes:
         while not self._eof and (size is None or size < 0 or self._avail < size):
-            self._conn.process_input()
+            self._more()
         return self._take(self._avail if size is None or size < 0 else size)
 
     def readline(self, size: int | None = -1) -> bytes:
@@ -83,7 +96,7 @@ class Input(LineReading):
             if self._eof or 0 <= limit <= self._avail:
                 end = self._avail
                 break
-            self._conn.process_input()
+            self._more()
         return self._take(end if limit < 0 else min(end, limit))
 
     def _newline_at(self) -> int | None:
@@ -149,9 +162,10 @@ class FCGIRequest:
         self.aborted = False
         self.server = conn.server
         self.params: Environ = {}
+        self.params_ended = False
+        self._param_records: list[bytes] = []
+        self._param_bytes = 0
         self.stdin = Input(conn)
-        # FCGI_DATA comes only in the Filter role, which front ends do not use.
-        self.data: Input | None = None
         self.stdout = _CGIOutput(self)
         self.stderr = _Errors(self)
         self._out: list[Any] = []
@@ -161,6 +175,26 @@ class FCGIRequest:
         self._head = False
         self._add_length = False
         self.dataWritten = False
+
+    # The parameters.
+
+    def add_params(self, content: bytes, limit: int) -> None:
+        """One FCGI_PARAMS record's content. The stream is decoded at its end: a pair may
+        span records, as the specification allows."""
+        self._param_bytes += len(content)
+        if self._param_bytes > limit:
+            self._param_records.clear()
+            raise ProtocolError(
+                f"FCGI_PARAMS of request {self.requestId} over maxheadsize={limit} bytes"
+            )
+        self._param_records.append(content)
+
+    def end_params(self, limit: int) -> None:
+        """The empty FCGI_PARAMS record: decode the stream, at most `limit` pairs."""
+        self.params_ended = True
+        records, self._param_records = self._param_records, []
+        data = records[0] if len(records) == 1 else b"".join(records)
+        self.params = decode_pairs(data, limit) if data else {}
 
     # The response.
 
@@ -252,10 +286,16 @@ class FCGIRequest:
         return b"".join(out)
 
     def run(self) -> None:
-        """Run the application and end the request, like flup's Request.run()."""
+        """Run the application and end the request, like flup's Request.run().
+
+        If the connection failed while the application read its body, the failure is
+        raised here, once the application has returned, and nothing more is sent; after
+        FCGI_ABORT_REQUEST the request ends without the application's response.
+        """
         server = self.server
+        conn = self._conn
         if self.role not in server.roles:
-            self._conn.end_request(self, 0, fcgi_base.FCGI_UNKNOWN_ROLE)
+            conn.end_request(self, 0, fcgi_base.FCGI_UNKNOWN_ROLE)
             return
         try:
             server.handler(self)
@@ -263,13 +303,21 @@ class FCGIRequest:
             # As flup: the traceback goes to the web server's error log, and a 500 page
             # to the client unless the response has begun. If the connection itself
             # failed, writing the page fails too, and the connection ends.
-            self.stderr.write(traceback.format_exc())
-            if not self._headers_sent:
-                self._headers = None
-                server.error(self)
+            if conn.failure is None and not self.aborted:
+                self.stderr.write(traceback.format_exc())
+                if not self._headers_sent:
+                    self._headers = None
+                    server.error(self)
+        if conn.failure is not None:
+            raise conn.failure
+        if self.aborted:
+            self._out, self._held, self.stderr.pending = [], 0, []
+            end = HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
+            conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
+            return
         # The rest of the response goes out with the end of the request: one send, and
         # one wake-up of the web server.
         end = self._take_queued() + HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
         if self.stderr.written:
             end += HEADER.pack(1, fcgi_base.FCGI_STDERR, self.requestId, 0, 0)
-        self._conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
+        conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)

@@ -1,29 +1,59 @@
 """An SCGI connection: one request, then close.
 
-flup's request class (scgi_base.Request) runs the request, and flup's WSGI handler the
-application (see the gateway); the reading of the request, the body as wsgi.input, HEAD
-and the close without a reset are ours.
+flup's WSGI handler runs the application (see the gateway), and flup's request class
+holds the request; running it is ours, so that a connection that failed under the
+application (a client gone mid-response, a body that stalled) costs one log line, not
+a traceback. The reading of the request within maxheadsize, maxheaders and readtimeout,
+the body as wsgi.input, HEAD and the close without a reset are ours.
 """
 
 from __future__ import annotations
 
+import io
 import socket
 import time
-from typing import IO, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 from flup.server import scgi_base
 
-from django_runfcgi.protocols.base import ProtocolConnection
+from django_runfcgi.protocols.base import ProtocolConnection, ProtocolError
 from django_runfcgi.protocols.scgi.headers import parse_headers, read_netstring
 from django_runfcgi.protocols.wsgi import LineReading, has_body
 
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
+
+
+class _SocketReader(io.RawIOBase):
+    """The connection's socket as a raw stream to buffer: what has arrived is taken at
+    once, and a wait for more keeps to the read timeout (ReadTimeout, not a short read
+    that would look like the end of the input)."""
+
+    def __init__(self, conn: SCGIConnection) -> None:
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        try:
+            return self._conn._sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return self._conn._recv_into_blocking(view)
+
 
 class _SCGIInput(LineReading):
-    """wsgi.input limited to CONTENT_LENGTH that knows how much the application left unread."""
+    """wsgi.input limited to CONTENT_LENGTH that knows how much the application left unread.
 
-    def __init__(self, rfile: IO[bytes], length: int) -> None:
+    A read that fails (the body stalled past readtimeout, the connection broke) raises
+    InputError; the connection closes once the application returns.
+    """
+
+    def __init__(self, rfile: IO[bytes], length: int, conn: SCGIConnection) -> None:
         self._rfile = rfile
         self.remaining = length
+        self._conn = conn
 
     def _limit(self, size: int | None) -> int:
         return self.remaining if size is None or size < 0 else min(size, self.remaining)
@@ -32,7 +62,10 @@ class _SCGIInput(LineReading):
         size = self._limit(size)
         if not size:
             return b""
-        data = self._rfile.read(size)
+        try:
+            data = self._rfile.read(size)
+        except (ProtocolError, OSError) as exc:
+            raise self._conn._input_failed(exc) from None
         # A short read means the front end closed the connection: nothing more comes.
         self.remaining = self.remaining - size if len(data) == size else 0
         return data
@@ -41,7 +74,10 @@ class _SCGIInput(LineReading):
         size = self._limit(size)
         if not size:
             return b""
-        line = self._rfile.readline(size)
+        try:
+            line = self._rfile.readline(size)
+        except (ProtocolError, OSError) as exc:
+            raise self._conn._input_failed(exc) from None
         if len(line) < size and not line.endswith(b"\n"):
             self.remaining = 0
         else:
@@ -63,25 +99,37 @@ class _SCGIInput(LineReading):
                 if not data:
                     break
                 self.remaining -= len(data)
-        except OSError:
+        except (ProtocolError, OSError):
             pass
 
 
-class _HeadersOnly:
-    """Response output for HEAD: the CGI header block (the first write) and no body."""
+class _Output:
+    """Response output: a failed write is kept for the connection to log once. For HEAD
+    only the CGI header block (the first write) goes out."""
 
-    def __init__(self, wfile: IO[bytes]) -> None:
+    def __init__(self, wfile: IO[bytes], conn: SCGIConnection, *, head: bool) -> None:
         self._wfile = wfile
+        self._conn = conn
+        self._headers_only = head
         self._headers_written = False
 
     def write(self, data: bytes) -> int:
-        if not self._headers_written:
+        if self._headers_only:
+            if self._headers_written:
+                return len(data)
             self._headers_written = True
-            self._wfile.write(data)
-        return len(data)
+        try:
+            return self._wfile.write(data)
+        except OSError as exc:
+            self._conn.failure = self._conn.failure or exc
+            raise
 
     def flush(self) -> None:
-        self._wfile.flush()
+        try:
+            self._wfile.flush()
+        except OSError as exc:
+            self._conn.failure = self._conn.failure or exc
+            raise
 
 
 class SCGIConnection(ProtocolConnection):
@@ -90,8 +138,6 @@ class SCGIConnection(ProtocolConnection):
     drain_seconds: ClassVar[float] = 10.0
     """How long to spend reading a request body the application left unread
     (flup.rst#scgi-unread-body)."""
-    max_header_bytes: ClassVar[int] = 1 << 20
-    """Larger SCGI headers are refused: front ends send a few kilobytes."""
 
     def run(self) -> None:
         try:
@@ -102,12 +148,28 @@ class SCGIConnection(ProtocolConnection):
             self._sock.close()
 
     def processInput(self) -> None:
-        with self._sock.makefile("rb") as rfile, self._sock.makefile("wb") as wfile:
-            environ = parse_headers(read_netstring(rfile, self.max_header_bytes))
-            stdin = _SCGIInput(rfile, int(environ["CONTENT_LENGTH"]))
-            output = wfile if has_body(environ) else _HeadersOnly(wfile)
-            scgi_base.Request(self, environ, stdin, output).run()
+        bounds = self.bounds
+        with io.BufferedReader(_SocketReader(self)) as rfile, self._sock.makefile("wb") as wfile:
+            environ = parse_headers(read_netstring(rfile, bounds.maxheadsize), bounds.maxheaders)
+            self._head_complete()
+            stdin = _SCGIInput(rfile, int(environ["CONTENT_LENGTH"]), self)
+            output: Any = _Output(wfile, self, head=not has_body(environ))
+            self._run(scgi_base.Request(self, environ, stdin, output))
+            if self.failure is not None:
+                raise self.failure
             wfile.flush()
             # The response ends at EOF: send it now, even while the unread body drains.
             self._sock.shutdown(socket.SHUT_WR)
             stdin.discard_rest(self._sock, self.drain_seconds)
+
+    def _run(self, request: Any) -> None:
+        """flup's Request.run() without its per-request INFO lines, and without a
+        traceback when the connection, not the application, failed (a web server that
+        reset the connection mid-response): the connection logs that once."""
+        try:
+            self.server.handler(request)
+        except Exception:
+            if self.failure is None:
+                request.logger.exception("Exception caught from handler")
+                if not request.stdout.dataWritten:
+                    self.server.error(request)
