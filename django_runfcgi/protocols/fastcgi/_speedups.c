@@ -245,7 +245,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "django_runfcgi.protocols.fastcgi._speedups",
-    .m_doc = "FastCGI request parsing in C; see django_runfcgi.compat.fcgi.",
+    .m_doc = "FastCGI request parsing in C; see django_runfcgi.protocols.fastcgi.connection.",
     .m_size = 0,
     .m_methods = methods,
 };
