@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from django_runfcgi.protocols.fastcgi import connection as fcgi
-from tests.clients import ajp_request, connect, fcgi_request, raw_exchange, scgi_request
-from tests.conftest import Address, Run, Runner, free_port
+from tests.support.clients import ajp_request, connect, fcgi_request, raw_exchange, scgi_request
+from tests.support.net import Address, free_port
+from tests.support.runner import Run, Runner
 
 READ_TIMEOUT = 1.0
 BOUNDS = ["readtimeout=1", "maxheadsize=4096", "maxheaders=40"]
