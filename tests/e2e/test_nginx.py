@@ -231,7 +231,7 @@ def test_kept_connections_idle_past_readtimeout_still_serve(
         keep_conn=True,
         options=("readtimeout=1",),
     )
-    with serving(wiring, nginx_binary, static_root) as served:
+    with serving_nginx(wiring, static_root) as served:
         for _ in range(3):
             assert http_request(served.site.port, "GET", served.site.url("/echo/")).status == 200
         assert sum(open_connections(address) for address in served.addresses) >= 1
