@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from tests import clients
-from tests.conftest import Run, Runner, free_port
 from tests.fuzz.inputs import generate
-from tests.process_jobs import children_of
+from tests.support import clients
+from tests.support.net import free_port
+from tests.support.processes import children_of
+from tests.support.runner import Run, Runner
 
 EXAMPLES = int(os.environ.get("RUNFCGI_FUZZ_EXAMPLES", "300"))
 SEED = int(os.environ.get("RUNFCGI_FUZZ_SEED", "0"))
