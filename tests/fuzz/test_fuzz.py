@@ -30,7 +30,7 @@ from tests.support.net import free_port
 from tests.support.processes import children_of
 from tests.support.runner import Run, Runner
 
-EXAMPLES = int(os.environ.get("RUNFCGI_FUZZ_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("RUNFCGI_FUZZ_EXAMPLES", "1000"))
 SEED = int(os.environ.get("RUNFCGI_FUZZ_SEED", "0"))
 SECONDS = float(os.environ.get("RUNFCGI_FUZZ_SECONDS", "20"))
 BATCH = 25
