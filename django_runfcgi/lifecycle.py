@@ -454,7 +454,9 @@ class _Stop:
         sys.stdout.flush()
 
 
-def _hooks(start: Start, notifier: systemd.Notifier, status: str, stop: _Stop) -> Hooks:
+def _hooks(
+    config: Config, start: Start, notifier: systemd.Notifier, status: str, stop: _Stop
+) -> Hooks:
     """What the process model calls back: the reload check (HUP), reopening the logs
     (USR1) and the beginning of a stop."""
 
@@ -464,7 +466,9 @@ def _hooks(start: Start, notifier: systemd.Notifier, status: str, stop: _Stop) -
 
     return Hooks(
         reload_check=_notifying_reload_check(
-            functools.partial(reload.check_new_code, start.start_dir), notifier, status
+            functools.partial(reload.check_new_code, start.start_dir, kept_by_reload(config)),
+            notifier,
+            status,
         ),
         on_usr1=functools.partial(daemon.reopen_logs, start.paths.outlog, start.paths.errlog),
         on_stop=stop_begins,
@@ -486,10 +490,36 @@ def _reexec(start: Start, server: ProcessModel, notifier: systemd.Notifier) -> N
     reload.reexec(successor, SERVER_SIGNALS)
 
 
+def kept_by_reload(config: Config) -> dict[str, str]:
+    """What a reloaded server keeps from the one it replaces, whatever the options say
+    now: the socket, the pidfile, the account and whether it detached."""
+    user = config.user
+    return {
+        "address (host=, port=, socket=)": str(config.bind),
+        "pidfile=": str(config.pidfile),
+        "user= and group=": "unset" if user is None else f"{user.uid}:{user.gid}",
+        "daemonize=": str(config.daemonize).lower(),
+    }
+
+
+def _check_reload(config: Config) -> None:
+    """In the throwaway process of a reload check: the new code loads, and the options
+    (settings.RUNFCGI may have changed with the code) keep what a reload cannot change."""
+    running = reload.kept()
+    if running is not None:
+        for what, new in kept_by_reload(config).items():
+            if running.get(what, new) != new:
+                raise StartupError(
+                    f"A reload keeps the server's {what}: {running[what]}, and the options "
+                    f"now give {new}; restart the server to change it."
+                )
+    load_application()
+
+
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Run until stopped by TERM or INT; HUP reloads the code in place (see reload)."""
     if reload.checking():
-        load_application()
+        _check_reload(config)
         return
     log.configure()
     notifier = systemd.Notifier.from_environment()
@@ -504,7 +534,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         stop.owner = notifier.owner = os.getpid()
         application = _settle(config, start, stop.owner)
         status = _status(config, start, stop.owner)
-        server = make_server(config, application, _hooks(start, notifier, status, stop))
+        server = make_server(config, application, _hooks(config, start, notifier, status, stop))
         if start.reloaded is not None:
             server.adopt_workers(start.reloaded.retiring)
         if start.by_systemd or not isinstance(config.bind, Inherited):

@@ -46,6 +46,8 @@ CLIENTS: dict[str, Callable[..., Response]] = {
     "ajp": ajp_request,
 }
 SECONDS = 60.0
+SETTINGS_VARIABLE = "DOC_RUNFCGI_SETTINGS"
+"""A page's ``RUNFCGI = {...}`` file, which the project's settings end with."""
 USER, USER_ID = "mysite", 2999
 
 
@@ -171,8 +173,24 @@ def _ask(
     print(f"GET {path} -> {response.status}")
 
 
+def _runfcgi_setting() -> dict[str, object]:
+    """The page's RUNFCGI, added to the project's settings; {} when it shows none."""
+    path = os.environ.get(SETTINGS_VARIABLE)
+    if path is None:
+        return {}
+    text = Path(path).read_text()
+    for project in (PROJECT, HOME_PROJECT):
+        settings = project / "mysite" / "settings.py"
+        settings.write_text(f"{settings.read_text()}\n{text}")
+    namespace: dict[str, Any] = {}
+    exec(text, namespace)
+    setting: dict[str, object] = namespace["RUNFCGI"]
+    return setting
+
+
 def run_command(text: str, env: dict[str, str]) -> None:
     words = shlex.split(text)[2:]
+    setting = _runfcgi_setting()
     log = PROJECT / "doc-command.out"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -183,7 +201,8 @@ def run_command(text: str, env: dict[str, str]) -> None:
             if proc.wait(SECONDS) != 0 or "Options:" not in log.read_text():
                 raise Failed(f"help failed with status {proc.returncode}")
             return
-        raw, _ = options.parse_words(options.dashed_to_words(words, set()))
+        given, _ = options.parse_words(options.dashed_to_words(words, set()))
+        raw, _ = options.layer(setting, given)
         config = options.resolve(raw, cwd=PROJECT)
         source = None
         if isinstance(config.bind, options.TCP):

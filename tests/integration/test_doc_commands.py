@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.doc_commands import ROOT, DocCommand, commands
+from tests.doc_sandbox import SETTINGS_VARIABLE
 
 DOC_COMMANDS = commands()
 UNSHARE = ["unshare", "--mount", "--net", "--pid", "--fork", "--mount-proc"]
@@ -52,6 +53,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_documented_command_serves_as_written(site: Path, command: DocCommand) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env["PYTHONPATH"] = str(ROOT)
+    if command.settings is not None:
+        env[SETTINGS_VARIABLE] = str(command.settings)
     result = subprocess.run(
         [
             *UNSHARE,

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from django_runfcgi import options
+from django_runfcgi import conf, options
 from django_runfcgi.lifecycle import StartupError, serve
 
 
@@ -42,8 +42,8 @@ class RunfcgiParser(CommandParser):
 class Command(BaseCommand):
     help = (
         "Serve this project over FastCGI, SCGI or AJP 1.3 through flup. Options are "
-        "given as key=value words (as in Django 1.8) or as --key value; "
-        "'manage.py runfcgi help' lists them."
+        "given as key=value words (as in Django 1.8) or as --key value, over the "
+        "defaults in settings.RUNFCGI; 'manage.py runfcgi help' lists them."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -70,7 +70,9 @@ class Command(BaseCommand):
                 return
             given = {name: opts[name] for name in options.BY_NAME if name in opts}
             # runfastcgi() passes Python-typed keyword arguments through here.
-            config = options.resolve(options.merge(words, given, opts.get("python_values", {})))
+            command_line = options.merge(words, given, opts.get("python_values", {}))
+            raw, _ = options.layer(conf.runfcgi_options(), command_line)
+            config = options.resolve(raw)
             serve(config, self._announce if opts["verbosity"] >= 1 else lambda _: None)
         except (options.OptionError, StartupError) as err:
             raise CommandError(str(err)) from err
