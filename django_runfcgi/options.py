@@ -863,6 +863,13 @@ def help_text() -> str:
         "An option given on the command line (or to runfastcgi()) wins over the setting;",
         "host, port and socket count as one: any of them there replaces all three.",
         "",
+        "Actions, with the same options (or none, when settings.RUNFCGI has them):",
+        "  manage.py runfcgi config [--json]   each option's value and where it came from",
+        "  manage.py runfcgi check             check everything a start would, serve nothing",
+        "  manage.py runfcgi stop [--now]      TERM (INT) to the server pidfile= names; wait",
+        "  manage.py runfcgi reload            HUP, then say whether the new code serves",
+        "  manage.py runfcgi reopen            USR1: the server reopens its log files",
+        "",
         "Options:",
     ]
     for option in OPTIONS:
