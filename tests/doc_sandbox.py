@@ -219,7 +219,10 @@ def run_action(
     if action in ("stop", "reload", "reopen"):
         if config.pidfile is None:
             raise Failed(f"{action} needs the pidfile of a server")
+        # The server the page's command finds; its /run directory is gone after a boot.
         start = ["./manage.py", "runfcgi", *rest, "daemonize=true"]
+        if not config.mkdir:
+            start.append("mkdir=true")
         if isinstance(config.bind, options.Inherited):
             start += ["socket=/run/doc-sandbox/control.sock"]
         server = subprocess.Popen(start, cwd=PROJECT, env=env)
