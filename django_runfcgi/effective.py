@@ -39,6 +39,8 @@ def values(config: options.Config, given: Mapping[str, object], start_dir: Path)
         "allow": None if config.allow is None else [str(entry) for entry in config.allow],
         "method": config.method,
         "maxrequests": config.maxrequests,
+        "maxrequestsjitter": config.maxrequestsjitter,
+        "maxmemory": config.maxmemory,
         "maxspare": config.maxspare,
         "minspare": config.minspare,
         "maxchildren": config.maxchildren,

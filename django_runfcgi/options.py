@@ -274,6 +274,23 @@ OPTIONS: tuple[Option, ...] = (
         "Requests a prefork worker serves before it is replaced by a fresh one (0 = no limit).",
         "NUMBER",
     ),
+    Option(
+        "maxrequestsjitter",
+        _count(0),
+        0,
+        "With maxrequests: each prefork worker's limit is maxrequests plus a random number "
+        "from 0 to this, so that workers started together are not all replaced together.",
+        "NUMBER",
+    ),
+    Option(
+        "maxmemory",
+        _count(0),
+        0,
+        "Megabytes of resident memory a prefork worker may use: one that has more after "
+        "a request finishes that request, closes its connection and is replaced by a "
+        "fresh one (0 = no limit).",
+        "MB",
+    ),
     Option("maxspare", _count(1), 5, "Most idle workers (processes or threads) kept.", "NUMBER"),
     Option("minspare", _count(1), 2, "Fewest idle workers kept ready.", "NUMBER"),
     Option(
@@ -600,6 +617,8 @@ class Config:
     errlog: Path | None
     umask: int
     maxrequests: int
+    maxrequestsjitter: int
+    maxmemory: int
     maxspare: int
     minspare: int
     maxchildren: int
@@ -747,8 +766,14 @@ def _spares(values: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[int, i
 
 def _check_method(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
     """Options that only a prefork worker can honour."""
-    if values["method"] == "threaded" and "maxrequests" in given:
-        raise OptionError("maxrequests= applies to method=prefork only; threads are not recycled.")
+    for name in ("maxrequests", "maxrequestsjitter", "maxmemory"):
+        if values["method"] == "threaded" and name in given:
+            raise OptionError(f"{name}= applies to method=prefork only; threads are not recycled.")
+    if values["maxrequestsjitter"] > 0 and values["maxrequests"] == 0:
+        raise OptionError(
+            f"maxrequestsjitter={values['maxrequestsjitter']} spreads the restarts that "
+            "maxrequests= makes; give maxrequests= too."
+        )
     if values["method"] == "threaded" and values["requesttimeout"] > 0:
         raise OptionError(
             "requesttimeout= applies to method=prefork only; a thread cannot be stopped "
