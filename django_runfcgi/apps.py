@@ -13,6 +13,7 @@ class RunFcgiConfig(AppConfig):
 
     def ready(self) -> None:
         """Register the checks here, not at import: importing checks.py registers nothing."""
-        from django_runfcgi.checks import check_flup  # noqa: PLC0415
+        from django_runfcgi.checks import check_flup, check_settings  # noqa: PLC0415
 
         checks.register(check_flup, CHECK_TAG)
+        checks.register(check_settings, CHECK_TAG)

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.core import checks
 
+from django_runfcgi import conf
+
 SUPPORTED_FLUP = "1.0."
 
 
@@ -34,3 +36,11 @@ def check_flup(**kwargs: Any) -> list[checks.CheckMessage]:
             )
         ]
     return []
+
+
+def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    """settings.RUNFCGI: each unknown key and bad value, or the rule it breaks."""
+    return [
+        checks.Error(problem.message, hint=problem.hint, id=problem.id)
+        for problem in conf.problems()
+    ]

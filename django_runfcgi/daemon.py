@@ -7,6 +7,7 @@ pipe until the daemon says it is serving, or passes on the daemon's error and fa
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sys
@@ -77,6 +78,28 @@ def _open_log(name: str, path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as err:
         raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
+
+
+def check_logs(outlog: Path | None, errlog: Path | None) -> None:
+    """What :func:`open_logs` would fail on, found without creating or changing a file."""
+    for name, path in (("errlog", errlog), ("outlog", outlog)):
+        if path is None:
+            continue
+        try:
+            # O_NONBLOCK: a FIFO without a reader fails instead of waiting for one.
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        except FileNotFoundError:
+            # As open() with O_CREAT would fail, in the same words.
+            directory = path.parent
+            code = 0
+            if not directory.is_dir():
+                code = errno.ENOENT
+            elif not os.access(directory, os.W_OK | os.X_OK):
+                code = errno.EACCES
+            if code:
+                raise LogError(f"Cannot open {name}={str(path)!r}: {os.strerror(code)}.") from None
+        except OSError as err:
+            raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
 
 
 def open_logs(outlog: Path | None, errlog: Path | None) -> Logs:

@@ -35,8 +35,9 @@ def _missing(directory: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-def ensure(option: str, path: Path, *, create: bool, owner: Account | None) -> None:
-    """Make sure the directory of ``path`` (given as ``option=``) exists."""
+def _to_create(option: str, path: Path, *, create: bool, owner: Account | None) -> list[Path]:
+    """The directories ``ensure()`` would create for ``path``, outermost first; raise
+    when they may not be created, or what is there is not a directory."""
     directory = path.parent
     missing = _missing(directory)
     if not missing:
@@ -44,14 +45,28 @@ def ensure(option: str, path: Path, *, create: bool, owner: Account | None) -> N
             raise DirectoryError(
                 f"Cannot use {option}={str(path)!r}: {str(directory)!r} is not a directory."
             )
-        return
+        return []
     if not create:
         chown = f" && chown {owner.describe()} {directory}" if owner is not None else ""
         raise DirectoryError(
             f"The directory of {option}={str(path)!r} does not exist; create it "
             f"(mkdir -p {directory}{chown}) or pass mkdir=true."
         )
-    for new in missing:
+    return missing
+
+
+def check(option: str, path: Path, *, create: bool, owner: Account | None) -> None:
+    """What ``ensure()`` would fail on, without creating anything."""
+    missing = _to_create(option, path, create=create, owner=owner)
+    if missing and not os.access(missing[0].parent, os.W_OK | os.X_OK):
+        raise DirectoryError(
+            f"mkdir=true cannot create {str(missing[0])!r} for {option}=: Permission denied."
+        )
+
+
+def ensure(option: str, path: Path, *, create: bool, owner: Account | None) -> None:
+    """Make sure the directory of ``path`` (given as ``option=``) exists."""
+    for new in _to_create(option, path, create=create, owner=owner):
         try:
             new.mkdir(mode=DIRECTORY_MODE)
         except FileExistsError:

@@ -29,6 +29,7 @@ from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
 from django_runfcgi import (
+    control,
     daemon,
     directories,
     handover,
@@ -131,8 +132,12 @@ def log_paths(config: Config, daemonize: bool, start_dir: Path) -> LogPaths:
     return LogPaths(config.outlog if config.outlog is not None else errlog, errlog)
 
 
-def _open_logs(config: Config, paths: LogPaths) -> daemon.Logs:
+def _open_logs(config: Config, paths: LogPaths, dry: bool = False) -> daemon.Logs:
+    """The log files, opened (or, ``dry``, checked) before detaching."""
     try:
+        if dry:
+            daemon.check_logs(paths.outlog, paths.errlog)
+            return {}
         return daemon.open_logs(paths.outlog, paths.errlog)
     except daemon.LogError as err:
         if config.errlog is not None or config.outlog is not None:
@@ -183,12 +188,18 @@ def _prepare(
     return listener, logs
 
 
-def _ensure_directories(config: Config, binds: bool) -> None:
-    """The pidfile's directory, and the socket's when this server binds the socket."""
-    if config.pidfile is not None:
-        directories.ensure("pidfile", config.pidfile, create=config.mkdir, owner=config.user)
+def _directories(config: Config, binds: bool) -> list[tuple[str, Path]]:
+    """The pidfile, and the socket when this server binds it: whose directories must
+    exist (mkdir=true creates them)."""
+    found = [("pidfile", config.pidfile)] if config.pidfile is not None else []
     if binds and isinstance(config.bind, Unix):
-        directories.ensure("socket", config.bind.path, create=config.mkdir, owner=config.user)
+        found.append(("socket", config.bind.path))
+    return found
+
+
+def _ensure_directories(config: Config, binds: bool) -> None:
+    for option, path in _directories(config, binds):
+        directories.ensure(option, path, create=config.mkdir, owner=config.user)
 
 
 def _warn_if_root(config: Config) -> None:
@@ -299,19 +310,27 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
 
 
 def _notifying_reload_check(
-    check: Callable[[], str | None], notifier: systemd.Notifier, status: str
+    check: Callable[[], str | None],
+    notifier: systemd.Notifier,
+    status: str,
+    state: control.StateFile | None,
 ) -> Callable[[], str | None]:
-    """HUP tells systemd the reload has begun; a cancelled one, that the old code serves."""
+    """HUP tells systemd the reload has begun; a cancelled one, that the old code serves.
+    The state file tells ``runfcgi reload`` why it was cancelled."""
 
     def run() -> str | None:
         notifier.reloading()
         try:
             error = check()
-        except BaseException:
+        except BaseException as err:
             notifier.ready(f"Reload cancelled; {status}")
+            if state is not None:
+                state.record(control.CANCELLED, f"the check failed: {err!r}")
             raise
         if error is not None:
             notifier.ready(f"Reload cancelled, still serving the old code: {error}")
+            if state is not None:
+                state.record(control.CANCELLED, error)
         return error
 
     return run
@@ -330,6 +349,8 @@ class Start:
     start_dir: str
     application: Any | None
     reloaded: reload.State | None = None
+    state: control.StateFile | None = None
+    """Beside the pidfile: what the server did last, for the control commands."""
 
 
 def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
@@ -393,6 +414,8 @@ def _settle(config: Config, start: Start, owner: int) -> Any:
     signal.pthread_sigmask(signal.SIG_BLOCK, SERVER_SIGNALS)
     if config.pidfile is not None and start.reloaded is None:
         pidfile.write(config.pidfile, owner)
+        if start.state is not None:
+            start.state.create(config.user)
     if application is None:
         _become_user(config)
         application = load_application()
@@ -426,6 +449,7 @@ class _Stop:
         # A socket passed by systemd or by a web server stays theirs across restarts.
         self._ours = not start.by_systemd and not isinstance(config.bind, Inherited)
         self._offer: handover.Offer | None = None
+        self._state = start.state
         self.owner = os.getpid()
 
     def begins(self, graceful: bool) -> None:
@@ -450,11 +474,15 @@ class _Stop:
         if path is not None:
             with suppress(OSError):
                 pidfile.remove_if_ours(path, self.owner)
+        if self._state is not None:
+            self._state.remove_if_ours()
         logger.info("Stopped, PID %d.", self.owner)
         sys.stdout.flush()
 
 
-def _hooks(start: Start, notifier: systemd.Notifier, status: str, stop: _Stop) -> Hooks:
+def _hooks(
+    config: Config, start: Start, notifier: systemd.Notifier, status: str, stop: _Stop
+) -> Hooks:
     """What the process model calls back: the reload check (HUP), reopening the logs
     (USR1) and the beginning of a stop."""
 
@@ -462,11 +490,20 @@ def _hooks(start: Start, notifier: systemd.Notifier, status: str, stop: _Stop) -
         notifier.stopping()
         stop.begins(graceful)
 
+    def reopen_logs() -> None:
+        daemon.reopen_logs(start.paths.outlog, start.paths.errlog)
+        # Workers reopen theirs too; the master alone speaks for the server.
+        if start.state is not None and os.getpid() == stop.owner:
+            start.state.record(control.REOPENED)
+
     return Hooks(
         reload_check=_notifying_reload_check(
-            functools.partial(reload.check_new_code, start.start_dir), notifier, status
+            functools.partial(reload.check_new_code, start.start_dir, kept_by_reload(config)),
+            notifier,
+            status,
+            start.state,
         ),
-        on_usr1=functools.partial(daemon.reopen_logs, start.paths.outlog, start.paths.errlog),
+        on_usr1=reopen_logs,
         on_stop=stop_begins,
     )
 
@@ -486,10 +523,115 @@ def _reexec(start: Start, server: ProcessModel, notifier: systemd.Notifier) -> N
     reload.reexec(successor, SERVER_SIGNALS)
 
 
+def _load_problem() -> str | None:
+    """Why the application does not load, in one line; None when it does."""
+    try:
+        load_application()
+    except StartupError as err:
+        return str(err)
+    except Exception as err:  # Whatever the project raises.
+        return f"Cannot load the application: {type(err).__name__}: {err}"
+    return None
+
+
+def _load_as_user(config: Config) -> str | None:
+    """Load the application as the server would: as user= when root would drop to it,
+    in a child process that drops, so that this process stays what it is. Returns why
+    it does not load."""
+    user = config.user
+    if user is None or privileges.is_current(user):
+        return _load_problem()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        os.close(read_fd)
+        problem: str | None = "Cannot switch to user= to load the application."
+        try:
+            privileges.drop(user)
+            if config.workdir is not None:
+                os.chdir(config.workdir)
+            problem = _load_problem()
+        finally:
+            os.write(write_fd, (problem or "").encode(errors="replace"))
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        message = pipe.read().decode(errors="replace")
+    os.waitpid(pid, 0)
+    return message or None
+
+
+def verify(config: Config, running: int | None = None) -> list[str]:
+    """``runfcgi check``: the steps a fresh start takes before it detaches, none of them
+    done (nothing is bound, created or removed). Returns one line per problem.
+
+    ``running`` is the server the pidfile names: its pidfile and address are taken
+    over when it stops (a restart), so they are not counted against this start.
+    """
+    log.configure()
+    problems: list[str] = []
+    _warn_if_root(config)
+    loading = _load_as_user(config)
+    if loading is not None:
+        problems.append(loading)
+    binds = not isinstance(config.bind, Inherited)
+    checks: list[Callable[[], object]] = [
+        functools.partial(directories.check, option, path, create=config.mkdir, owner=config.user)
+        for option, path in _directories(config, binds)
+    ]
+    checks.append(
+        functools.partial(
+            _open_logs, config, log_paths(config, config.daemonize, Path.cwd()), True
+        )
+    )
+    if config.pidfile is not None and config.pidfile.parent.is_dir():
+        checks.append(functools.partial(pidfile.check, config.pidfile, successor_of=running))
+    for check in checks:
+        try:
+            check()
+        except (directories.DirectoryError, daemon.LogError, pidfile.PidfileError) as err:
+            problems.append(str(err))
+    if isinstance(config.bind, (TCP, Unix)):
+        try:
+            sockets.check_listen(config.bind, config.socketowner, config.socketgroup)
+        except sockets.InUse as err:
+            if running is None:
+                problems.append(str(err))
+        except sockets.BindError as err:
+            problems.append(str(err))
+    return problems
+
+
+def kept_by_reload(config: Config) -> dict[str, str]:
+    """What a reloaded server keeps from the one it replaces, whatever the options say
+    now: the socket, the pidfile, the account and whether it detached."""
+    user = config.user
+    return {
+        "address (host=, port=, socket=)": str(config.bind),
+        "pidfile=": str(config.pidfile),
+        "user= and group=": "unset" if user is None else f"{user.uid}:{user.gid}",
+        "daemonize=": str(config.daemonize).lower(),
+    }
+
+
+def _check_reload(config: Config) -> None:
+    """In the throwaway process of a reload check: the new code loads, and the options
+    (settings.RUNFCGI may have changed with the code) keep what a reload cannot change."""
+    running = reload.kept()
+    if running is not None:
+        for what, new in kept_by_reload(config).items():
+            if running.get(what, new) != new:
+                raise StartupError(
+                    f"A reload keeps the server's {what}: {running[what]}, and the options "
+                    f"now give {new}; restart the server to change it."
+                )
+    load_application()
+
+
 def serve(config: Config, announce: Callable[[str], None]) -> None:
     """Run until stopped by TERM or INT; HUP reloads the code in place (see reload)."""
     if reload.checking():
-        load_application()
+        _check_reload(config)
         return
     log.configure()
     notifier = systemd.Notifier.from_environment()
@@ -497,24 +639,33 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
     start = _fresh_start(config, notifier) if state is None else _reloaded_start(config, state)
     if start is None:
         return
+    if config.pidfile is not None:
+        start.state = control.StateFile(config.pidfile, config.shutdowntimeout)
     readiness = daemon.Readiness()
     stop = _Stop(config, start)
+    serving = False
     try:
         readiness = _detach(config, start)
         stop.owner = notifier.owner = os.getpid()
         application = _settle(config, start, stop.owner)
         status = _status(config, start, stop.owner)
-        server = make_server(config, application, _hooks(start, notifier, status, stop))
+        server = make_server(config, application, _hooks(config, start, notifier, status, stop))
         if start.reloaded is not None:
             server.adopt_workers(start.reloaded.retiring)
         if start.by_systemd or not isinstance(config.bind, Inherited):
             announce(log.stamp(status))
         readiness.ready(log.stamp(status))
         notifier.ready(status)
+        serving = True
+        if start.reloaded is not None and start.state is not None:
+            start.state.record(control.RELOADED)
         if server.run(start.listener.sock):
             _reexec(start, server, notifier)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)
+        # Workers are forked once serving; before, this is the reloaded master failing.
+        if not serving and start.reloaded is not None and start.state is not None:
+            start.state.record(control.FAILED, str(err) or type(err).__name__)
         raise
     finally:
         stop.clean_up()

@@ -274,6 +274,23 @@ OPTIONS: tuple[Option, ...] = (
         "Requests a prefork worker serves before it is replaced by a fresh one (0 = no limit).",
         "NUMBER",
     ),
+    Option(
+        "maxrequestsjitter",
+        _count(0),
+        0,
+        "With maxrequests: each prefork worker's limit is maxrequests plus a random number "
+        "from 0 to this, so that workers started together are not all replaced together.",
+        "NUMBER",
+    ),
+    Option(
+        "maxmemory",
+        _count(0),
+        0,
+        "Megabytes of resident memory a prefork worker may use: one that has more after "
+        "a request finishes that request, closes its connection and is replaced by a "
+        "fresh one (0 = no limit).",
+        "MB",
+    ),
     Option("maxspare", _count(1), 5, "Most idle workers (processes or threads) kept.", "NUMBER"),
     Option("minspare", _count(1), 2, "Fewest idle workers kept ready.", "NUMBER"),
     Option(
@@ -576,6 +593,38 @@ def merge(*sources: Mapping[str, object]) -> dict[str, object]:
     return merged
 
 
+Source = Literal["default", "settings", "command line"]
+
+ADDRESS_OPTIONS = ("host", "port", "socket")
+"""Where to listen: one choice, which the command line makes for the settings as a whole."""
+
+
+def layer(
+    settings: Mapping[str, object], command_line: Mapping[str, object]
+) -> tuple[dict[str, object], dict[str, Source]]:
+    """The options from ``settings.RUNFCGI`` with the command line's on top, and where
+    each option's value comes from.
+
+    The command line (or ``runfastcgi()``'s arguments) wins, option by option; host=,
+    port= and socket= count as one: any of them given there replaces all three from
+    the settings, so ``host= port=`` on the command line moves a server whose settings
+    say ``socket=``.
+    """
+    moved = any(name in command_line for name in ADDRESS_OPTIONS)
+    kept = {
+        name: value for name, value in settings.items() if not (moved and name in ADDRESS_OPTIONS)
+    }
+    sources: dict[str, Source] = {}
+    for name in BY_NAME:
+        if name in command_line:
+            sources[name] = "command line"
+        elif name in kept:
+            sources[name] = "settings"
+        else:
+            sources[name] = "default"
+    return {**kept, **command_line}, sources
+
+
 @dataclass(frozen=True)
 class Config:
     """Options after parsing and cross-checking: what the server will actually do.
@@ -595,6 +644,8 @@ class Config:
     errlog: Path | None
     umask: int
     maxrequests: int
+    maxrequestsjitter: int
+    maxmemory: int
     maxspare: int
     minspare: int
     maxchildren: int
@@ -620,6 +671,10 @@ def _absolute(value: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
+def _parsed(raw: Mapping[str, object]) -> dict[str, Any]:
+    return {name: BY_NAME[name].parse(name, value) for name, value in raw.items()}
+
+
 def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     """Parse every value and apply the rules that span options.
 
@@ -627,14 +682,15 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     from ``workdir``: a daemon changes directory, the person typing the command did not.
     """
     base = cwd or Path.cwd()
-    given = {name: BY_NAME[name].parse(name, value) for name, value in raw.items()}
+    given = _parsed(raw)
     values = {option.name: option.default for option in OPTIONS} | given
     bind = _bind(values, raw, base)
     daemonize = _daemonize(values["daemonize"], bind)
     maxspare, minspare = _spares(values, given)
     _check_method(values, given)
     _check_protocol(values, given)
-    socketmode, socketowner, socketgroup, user = _permissions(values, given, bind)
+    _check_permissions(given, bind)
+    socketowner, socketgroup, user = _accounts(given)
     paths = {
         name: (_absolute(values[name], base) if values[name] is not None else None)
         for name in ("pidfile", "outlog", "errlog", "workdir")
@@ -646,7 +702,6 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         "daemonize": daemonize,
         "maxspare": maxspare,
         "minspare": minspare,
-        "socketmode": socketmode,
         "socketowner": socketowner,
         "socketgroup": socketgroup,
         "user": user,
@@ -656,6 +711,25 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         field.name: values[field.name] for field in fields(Config) if field.name not in computed
     }
     return Config(**as_parsed, **computed)
+
+
+def check(raw: Mapping[str, object]) -> None:
+    """What resolve() checks that does not depend on this machine: each value, and the
+    rules between them, without looking up users and groups.
+
+    The rules about where to listen apply only when ``raw`` names an address (host=,
+    port= or socket=): settings that leave it out leave it to the command line.
+    """
+    given = _parsed(raw)
+    values = {option.name: option.default for option in OPTIONS} | given
+    if any(name in raw for name in ADDRESS_OPTIONS):
+        bind = _bind(values, raw, Path("/"))
+        _daemonize(values["daemonize"], bind)
+        _check_permissions(given, bind)
+    _spares(values, given)
+    _check_method(values, given)
+    _check_protocol(values, given)
+    _check_group(given)
 
 
 def _bind(values: Mapping[str, Any], raw: Mapping[str, object], base: Path) -> Bind:
@@ -722,8 +796,14 @@ def _spares(values: Mapping[str, Any], given: Mapping[str, Any]) -> tuple[int, i
 
 def _check_method(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
     """Options that only a prefork worker can honour."""
-    if values["method"] == "threaded" and "maxrequests" in given:
-        raise OptionError("maxrequests= applies to method=prefork only; threads are not recycled.")
+    for name in ("maxrequests", "maxrequestsjitter", "maxmemory"):
+        if values["method"] == "threaded" and name in given:
+            raise OptionError(f"{name}= applies to method=prefork only; threads are not recycled.")
+    if values["maxrequestsjitter"] > 0 and values["maxrequests"] == 0:
+        raise OptionError(
+            f"maxrequestsjitter={values['maxrequestsjitter']} spreads the restarts that "
+            "maxrequests= makes; give maxrequests= too."
+        )
     if values["method"] == "threaded" and values["requesttimeout"] > 0:
         raise OptionError(
             "requesttimeout= applies to method=prefork only; a thread cannot be stopped "
@@ -739,21 +819,29 @@ def _check_protocol(values: Mapping[str, Any], given: Mapping[str, Any]) -> None
         )
 
 
-def _permissions(
-    values: Mapping[str, Any], given: Mapping[str, Any], bind: Bind
-) -> tuple[int | None, int | None, int | None, privileges.Account | None]:
-    """The socket's mode, owner and group, and the account to become, as numbers.
-
-    Names are looked up now, so a typo fails on the terminal before anything is bound.
-    """
+def _check_permissions(given: Mapping[str, Any], bind: Bind) -> None:
+    """The socket's mode, owner and group are for a unix socket that runfcgi creates."""
     for name in ("socketmode", "socketowner", "socketgroup"):
         if name in given and not isinstance(bind, Unix):
             raise OptionError(
                 f"{name}= applies to a unix socket that runfcgi creates (socket=); "
                 "a socket on TCP or passed by another program keeps its own permissions."
             )
+    _check_group(given)
+
+
+def _check_group(given: Mapping[str, Any]) -> None:
     if "group" in given and "user" not in given:
         raise OptionError(f"group={given['group']!r} needs user= too: both are taken on together.")
+
+
+def _accounts(
+    given: Mapping[str, Any],
+) -> tuple[int | None, int | None, privileges.Account | None]:
+    """The socket's owner and group, and the account to become, as numbers.
+
+    Names are looked up now, so a typo fails on the terminal before anything is bound.
+    """
     try:
         owner = (
             privileges.user_id("socketowner", given["socketowner"])
@@ -770,7 +858,7 @@ def _permissions(
             privileges.check_can_become(user)
     except privileges.PrivilegeError as err:
         raise OptionError(str(err)) from None
-    return values["socketmode"], owner, group, user
+    return owner, group, user
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -824,6 +912,18 @@ def help_text() -> str:
         "Serve this project over FastCGI, SCGI or AJP 1.3 through flup.",
         "",
         "  manage.py runfcgi [key=value ...]    or    manage.py runfcgi [--key value ...]",
+        "",
+        "The same options, with the same values, may be written once in the project's",
+        'settings: RUNFCGI = {"protocol": "scgi", "socket": "/run/mysite/scgi.sock"}.',
+        "An option given on the command line (or to runfastcgi()) wins over the setting;",
+        "host, port and socket count as one: any of them there replaces all three.",
+        "",
+        "Actions, with the same options (or none, when settings.RUNFCGI has them):",
+        "  manage.py runfcgi config [--json]   each option's value and where it came from",
+        "  manage.py runfcgi check             check everything a start would, serve nothing",
+        "  manage.py runfcgi stop [--now]      TERM (INT) to the server pidfile= names; wait",
+        "  manage.py runfcgi reload            HUP, then say whether the new code serves",
+        "  manage.py runfcgi reopen            USR1: the server reopens its log files",
         "",
         "Options:",
     ]

@@ -16,13 +16,14 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import NoReturn
 
 STATE_VARIABLE = "RUNFCGI_RELOAD"
 CHECK_VARIABLE = "RUNFCGI_RELOAD_CHECK"
+KEPT_VARIABLE = "RUNFCGI_RELOAD_KEPT"
 CHECK_TIMEOUT = 120.0
 
 
@@ -78,11 +79,24 @@ def command() -> list[str]:
     return [sys.executable, *sys.orig_argv[1:]]
 
 
-def check_new_code(start_dir: str) -> str | None:
-    """Load the project's current code as the reloaded master will; its error, or None."""
+def kept() -> dict[str, str] | None:
+    """In the checking process: what the running server keeps across the reload."""
+    raw = os.environ.get(KEPT_VARIABLE)
+    if raw is None:
+        return None
+    return {str(name): str(value) for name, value in json.loads(raw).items()}
+
+
+def check_new_code(start_dir: str, keeps: Mapping[str, str]) -> str | None:
+    """Load the project's current code as the reloaded master will; its error, or None.
+
+    ``keeps`` is what a reload cannot change (the address, the pidfile...), which the
+    checking process compares with what the new settings give.
+    """
     env = dict(os.environ)
     env.pop(STATE_VARIABLE, None)
     env[CHECK_VARIABLE] = "1"
+    env[KEPT_VARIABLE] = json.dumps(dict(keeps))
     argv = command()
     try:
         result = subprocess.run(

@@ -28,6 +28,8 @@ def limits(config: Config) -> Limits:
         maxspare=config.maxspare,
         maxchildren=config.maxchildren,
         maxrequests=config.maxrequests,
+        maxrequestsjitter=config.maxrequestsjitter,
+        maxmemory=config.maxmemory,
         shutdowntimeout=config.shutdowntimeout,
         requesttimeout=config.requesttimeout,
     )

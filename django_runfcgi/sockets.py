@@ -39,6 +39,10 @@ class BindError(Exception):
     """The socket could not be bound; the message says why in words."""
 
 
+class InUse(BindError):
+    """Another server listens on the address."""
+
+
 @dataclass
 class Listener:
     """A bound, listening socket and what is needed to clean up after it."""
@@ -99,7 +103,9 @@ def _umask(mask: int) -> Iterator[None]:
         os.umask(old)
 
 
-def bind_tcp(target: TCP) -> Listener:
+def _bound_tcp(target: TCP) -> socket.socket:
+    """A TCP socket bound to ``target``, not yet listening: bind() alone finds a port in
+    use, a missing address or a denied port, and lets no connection in."""
     where = f"port {target.port} on {target.host}"
     try:
         infos = socket.getaddrinfo(
@@ -114,10 +120,20 @@ def bind_tcp(target: TCP) -> Listener:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+    except OSError as err:
+        sock.close()
+        error = InUse if err.errno == errno.EADDRINUSE else BindError
+        raise error(_in_words(err, where)) from None
+    return sock
+
+
+def bind_tcp(target: TCP) -> Listener:
+    sock = _bound_tcp(target)
+    try:
         sock.listen(socket.SOMAXCONN)
     except OSError as err:
         sock.close()
-        raise BindError(_in_words(err, where)) from None
+        raise BindError(_in_words(err, f"port {target.port} on {target.host}")) from None
     return Listener(sock, target)
 
 
@@ -164,22 +180,29 @@ def _check_length(path: Path, temporary: bool) -> None:
     )
 
 
-def _remove_stale(path: Path, where: str) -> None:
+def _is_stale(path: Path, where: str) -> bool:
+    """Whether a socket file that nobody answers on is in the way; raise if a file that
+    is not a socket, or a live server's socket, is."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
-        return
+        return False
     except OSError as err:
         raise BindError(_in_words(err, where)) from None
     if not stat.S_ISSOCK(st.st_mode):
         raise BindError(f"{str(path)!r} exists and is not a socket; refusing to remove it.")
     if _is_live(path):
-        raise BindError(
+        raise InUse(
             f"Another server is listening on {str(path)!r}; refusing to take its socket.",
         )
-    # Left behind by a server that is gone: nobody answers on it.
-    with suppress(FileNotFoundError):
-        os.unlink(path)
+    return True
+
+
+def _remove_stale(path: Path, where: str) -> None:
+    if _is_stale(path, where):
+        # Left behind by a server that is gone: nobody answers on it.
+        with suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def _chown_in_words(err: OSError, path: Path, owner: int | None, group: int | None) -> str:
@@ -252,6 +275,28 @@ def bind_unix(
             raise BindError(_in_words(err, where)) from None
         raise
     return Listener(sock, target, created=(st.st_dev, st.st_ino))
+
+
+def check_listen(target: TCP | Unix, owner: int | None = None, group: int | None = None) -> None:
+    """What :func:`listen` would fail on, found without listening or removing anything:
+    the TCP address is bound for a moment without listen(), so no connection comes in;
+    for a unix socket, the path, what is in its way and its directory are looked at."""
+    if isinstance(target, TCP):
+        _bound_tcp(target).close()
+        return
+    path = target.path
+    where = f"socket {str(path)!r}"
+    _check_length(path, owner is not None or group is not None)
+    _is_stale(path, where)
+    directory = path.parent
+    if directory.is_dir() and not os.access(directory, os.W_OK | os.X_OK):
+        raise BindError(_in_words(OSError(errno.EACCES, "Permission denied"), where))
+    if os.geteuid() == 0:
+        return
+    if owner is not None and owner != os.geteuid():
+        raise BindError(_chown_in_words(OSError(errno.EPERM, ""), path, owner, group))
+    if group is not None and group not in (os.getegid(), *os.getgroups()):
+        raise BindError(_chown_in_words(OSError(errno.EPERM, ""), path, None, group))
 
 
 def handed_over(fd: int, source: str) -> socket.socket:

@@ -9,7 +9,7 @@ from django.core.checks.registry import registry
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 
-from django_runfcgi.checks import check_flup
+from django_runfcgi.checks import check_flup, check_settings
 
 
 def test_supported_flup_passes() -> None:
@@ -52,7 +52,7 @@ def test_check_tag_runfcgi_runs_only_our_checks() -> None:
         for check in registry.get_checks(include_deployment_checks=True)
         if "runfcgi" in check.tags
     ]
-    assert tagged == [check_flup]
+    assert set(tagged) == {check_flup, check_settings}
 
 
 def test_check_tag_runfcgi_is_listed() -> None:

@@ -24,15 +24,19 @@ class Limits:
     """The pool's bounds, as the options of the same names give them.
 
     At least ``maxspare`` workers and ``minspare`` idle ones, up to ``maxchildren`` in all;
-    a prefork worker is replaced after ``maxrequests`` requests (0: never) or once a
-    request takes longer than ``requesttimeout`` seconds (0: no limit); a graceful stop
-    waits ``shutdowntimeout`` seconds for requests in progress.
+    a prefork worker is replaced after ``maxrequests`` requests plus up to
+    ``maxrequestsjitter`` (0: never), once it holds more than ``maxmemory`` megabytes
+    after a request (0: no limit), or once a request takes longer than
+    ``requesttimeout`` seconds (0: no limit); a graceful stop waits ``shutdowntimeout``
+    seconds for requests in progress.
     """
 
     minspare: int = 1
     maxspare: int = 5
     maxchildren: int = 50
     maxrequests: int = 0
+    maxrequestsjitter: int = 0
+    maxmemory: int = 0
     shutdowntimeout: float = 30.0
     requesttimeout: float = 0.0
 

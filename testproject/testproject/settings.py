@@ -5,6 +5,7 @@ mounted under a prefix, with DEBUG on, with its static files collected somewhere
 with a broken WSGI_APPLICATION.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -98,3 +99,8 @@ if os.environ.get("TESTPROJECT_RELEASE_FILE"):
     RELEASE = Path(os.environ["TESTPROJECT_RELEASE_FILE"]).read_text().strip()
     if RELEASE == "broken":
         raise RuntimeError("this release does not load")
+
+# runfcgi's options for this project, from a JSON file read when the project loads: a
+# test gives settings.RUNFCGI, and changes it for a reload.
+if os.environ.get("TESTPROJECT_RUNFCGI_FILE"):
+    RUNFCGI = json.loads(Path(os.environ["TESTPROJECT_RUNFCGI_FILE"]).read_text())

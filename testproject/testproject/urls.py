@@ -16,6 +16,7 @@ urlpatterns = [
     path("fail-late/", views.fail_late, name="fail-late"),
     path("ignore-body/", views.ignore_body, name="ignore-body"),
     path("slow/", views.slow, name="slow"),
+    path("grow/", views.grow, name="grow"),
     path("status/<int:code>/", views.status, name="status"),
     path("cookie/", views.set_cookie, name="cookie"),
     path("assets/", views.assets, name="assets"),

@@ -178,3 +178,15 @@ def assets(request: HttpRequest) -> JsonResponse:
             "media_file": default_storage.url("report.pdf"),
         }
     )
+
+
+# What /grow/ keeps: memory a leaking application would never give back.
+_GROWN: list[bytearray] = []
+
+
+def grow(request: HttpRequest) -> JsonResponse:
+    """Keep ?mb= more megabytes, written so that they are resident, and answer."""
+    megabytes = int(request.GET.get("mb", "1"))
+    _GROWN.append(bytearray(b"\x01") * (megabytes * 1024 * 1024))
+    kept = sum(len(chunk) for chunk in _GROWN) // (1024 * 1024)
+    return JsonResponse({"pid": os.getpid(), "kept_mb": kept})

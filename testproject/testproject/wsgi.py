@@ -8,6 +8,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
 
 application = get_wsgi_application()
 
+if os.environ.get("TESTPROJECT_RELEASE_FILE"):
+    from pathlib import Path
+
+    if Path(os.environ["TESTPROJECT_RELEASE_FILE"]).read_text().strip() == "broken-app":
+        # A deploy whose settings load but whose application does not, as a view or a
+        # middleware that fails to import would make it.
+        raise RuntimeError("this release's application does not load")
+
 if os.environ.get("TESTPROJECT_QUERY_AT_LOAD") == "1":
     # Some projects touch the database while loading (a cache warm-up, a site lookup):
     # that connection must not be shared by the workers forked afterwards.

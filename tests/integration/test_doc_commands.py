@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.doc_commands import DocCommand, commands
+from tests.support.doc_sandbox import SETTINGS_VARIABLE
 from tests.support.paths import ROOT
 
 DOC_COMMANDS = commands()
@@ -54,6 +55,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_documented_command_serves_as_written(site: Path, command: DocCommand) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
     env["PYTHONPATH"] = str(ROOT)
+    if command.settings is not None:
+        env[SETTINGS_VARIABLE] = str(command.settings)
     result = subprocess.run(
         [
             *UNSHARE,

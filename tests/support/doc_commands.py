@@ -27,6 +27,7 @@ _COMMAND = re.compile(r"^\s*(?:\$ )?(\./manage\.py runfcgi\b.*?)\s*$")
 _INLINE = re.compile(r"``(\./manage\.py runfcgi\b[^`]*)``")
 _CALL = re.compile(r"^\s*(runfastcgi\(.*\))\s*$")
 _DIRECTORIES = re.compile(r"^\s*\$ (?:sudo )?((?:install -d|mkdir) .*?)\s*$")
+_SETTINGS = re.compile(r"^\.\. literalinclude:: (configs/runfcgi-[\w-]+\.py)\s*$")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class DocCommand:
     text: str
     setup: tuple[str, ...] = ()
     """The directory-making commands the page gives before this one."""
+    settings: Path | None = None
+    """The ``RUNFCGI = {...}`` file (docs/configs/runfcgi-*.py) the page shows before
+    this command, which the project's settings then end with."""
 
     @property
     def where(self) -> str:
@@ -72,10 +76,13 @@ def commands(pages: tuple[Path, ...] = PAGES) -> list[DocCommand]:
     for page in pages:
         text = page.read_text()
         setup: list[str] = []
+        settings: Path | None = None
         for number, line in _joined_lines(text):
             texts = [m.group(1) for m in (_COMMAND.match(line), _CALL.match(line)) if m]
             texts += _INLINE.findall(line)
-            found += [DocCommand(page, number, t.strip(), tuple(setup)) for t in texts]
+            found += [DocCommand(page, number, t.strip(), tuple(setup), settings) for t in texts]
             if directories := _DIRECTORIES.match(line):
                 setup.append(directories.group(1))
+            if included := _SETTINGS.match(line):
+                settings = page.parent / included.group(1)
     return found

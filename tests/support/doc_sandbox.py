@@ -47,6 +47,8 @@ CLIENTS: dict[str, Callable[..., Response]] = {
     "ajp": ajp_request,
 }
 SECONDS = 60.0
+SETTINGS_VARIABLE = "DOC_RUNFCGI_SETTINGS"
+"""A page's ``RUNFCGI = {...}`` file, which the project's settings end with."""
 USER, USER_ID = "mysite", 2999
 
 
@@ -172,8 +174,84 @@ def _ask(
     print(f"GET {path} -> {response.status}")
 
 
+def _runfcgi_setting() -> dict[str, object]:
+    """The page's RUNFCGI, added to the project's settings; {} when it shows none."""
+    path = os.environ.get(SETTINGS_VARIABLE)
+    if path is None:
+        return {}
+    text = Path(path).read_text()
+    for project in (PROJECT, HOME_PROJECT):
+        settings = project / "mysite" / "settings.py"
+        settings.write_text(f"{settings.read_text()}\n{text}")
+    namespace: dict[str, Any] = {}
+    exec(text, namespace)
+    setting: dict[str, object] = namespace["RUNFCGI"]
+    return setting
+
+
+ACTIONS = ("config", "check", "stop", "reload", "reopen")
+ACTION_FLAGS = ("--json", "--now")
+# What each action prints when it worked.
+ACTION_OUTPUT = {
+    "config": "maxchildren",
+    "check": "OK: runfcgi would serve over",
+    "stop": "Stopped: PID",
+    "reload": "Reloaded: serving the new code",
+    "reopen": "Reopened the log files",
+}
+
+
+def _config(words: list[str], setting: dict[str, object]) -> options.Config:
+    given, _ = options.parse_words(options.dashed_to_words(words, set(ACTION_FLAGS)))
+    raw, _ = options.layer(setting, given)
+    return options.resolve(raw, cwd=PROJECT)
+
+
+def run_action(
+    text: str, words: list[str], setting: dict[str, object], env: dict[str, str]
+) -> None:
+    """An action as the page shows it; stop, reload and reopen to a server started
+    first with the command's own options (and a socket if they name none)."""
+    action = next(word for word in words if word in ACTIONS)
+    rest = [word for word in words if word not in (*ACTIONS, *ACTION_FLAGS)]
+    config = _config(rest, setting)
+    server: subprocess.Popen[bytes] | None = None
+    pid = None
+    if action in ("stop", "reload", "reopen"):
+        if config.pidfile is None:
+            raise Failed(f"{action} needs the pidfile of a server")
+        # The server the page's command finds; its /run directory is gone after a boot.
+        start = ["./manage.py", "runfcgi", *rest, "daemonize=true"]
+        if not config.mkdir:
+            start.append("mkdir=true")
+        if isinstance(config.bind, options.Inherited):
+            start += ["socket=/run/doc-sandbox/control.sock"]
+        server = subprocess.Popen(start, cwd=PROJECT, env=env)
+        if server.wait(SECONDS) != 0:
+            raise Failed(f"the server for {action} did not start: {start}")
+        pid = int(config.pidfile.read_text())
+    result = subprocess.run(
+        ["bash", "-c", text], cwd=PROJECT, env=env, capture_output=True, text=True, check=False
+    )
+    sys.stdout.write(result.stdout + result.stderr)
+    try:
+        if result.returncode != 0 or ACTION_OUTPUT[action] not in result.stdout:
+            raise Failed(f"{action} exited with status {result.returncode}")
+    finally:
+        if pid is not None and not _gone(pid):
+            os.kill(pid, signal.SIGTERM)
+            _wait(lambda: _gone(pid), "stop after TERM", None)
+    left = [p for p in (config.pidfile, getattr(config.bind, "path", None)) if p]
+    if any(Path(p).exists() for p in left):
+        raise Failed(f"left behind: {[str(p) for p in left if Path(p).exists()]}")
+
+
 def run_command(text: str, env: dict[str, str]) -> None:
     words = shlex.split(text)[2:]
+    setting = _runfcgi_setting()
+    if any(word in ACTIONS for word in words):
+        run_action(text, words, setting, env)
+        return
     log = PROJECT / "doc-command.out"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -184,7 +262,8 @@ def run_command(text: str, env: dict[str, str]) -> None:
             if proc.wait(SECONDS) != 0 or "Options:" not in log.read_text():
                 raise Failed(f"help failed with status {proc.returncode}")
             return
-        raw, _ = options.parse_words(options.dashed_to_words(words, set()))
+        given, _ = options.parse_words(options.dashed_to_words(words, set()))
+        raw, _ = options.layer(setting, given)
         config = options.resolve(raw, cwd=PROJECT)
         source = None
         if isinstance(config.bind, options.TCP):

@@ -54,7 +54,20 @@ class LineJob:
     def stop_when_idle(self) -> None:
         """Nothing to do: the connection ends after its one line anyway."""
 
+    watch: Any = None
+    """Told when each line, a request, begins and ends (watch_requests)."""
+
     def handle(self, line: str) -> None:
+        if self.watch is None:
+            self._handle(line)
+            return
+        self.watch.request_begins()
+        try:
+            self._handle(line)
+        finally:
+            self.watch.request_ends()
+
+    def _handle(self, line: str) -> None:
         command, _, argument = line.strip().partition(" ")
         self.sock.sendall(f"{os.getpid()} {threading.get_ident()}\n".encode())
         if command == "sleep":
@@ -104,15 +117,19 @@ class Jobs:
 
     def __init__(self, job: type[LineJob]) -> None:
         self._job = job
+        self._watch: Any = None
 
     def allows(self, addr: Any) -> bool:
         return True
 
     def connection(self, sock: socket.socket, addr: Any) -> LineJob:
-        return self._job(sock, addr)
+        job = self._job(sock, addr)
+        job.watch = self._watch
+        return job
 
     def watch_requests(self, watch: Any) -> None:
-        raise AssertionError("test jobs are not timed")
+        """Recycling counts requests: here each line a job serves."""
+        self._watch = watch
 
 
 # Our process models' limits under the names flup's constructors take, so that one

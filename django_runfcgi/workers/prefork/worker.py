@@ -22,10 +22,11 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any, NoReturn
 
-from django_runfcgi.protocols import Connection, ServedProtocol
+from django_runfcgi.protocols import Connection, RequestWatch, ServedProtocol
 from django_runfcgi.sockets import Acceptor
 from django_runfcgi.workers import Limits, stop_when_idle
 from django_runfcgi.workers.hooks import Hooks
+from django_runfcgi.workers.prefork.recycling import Recycling, Watches
 from django_runfcgi.workers.prefork.scoreboard import BUSY, IDLE, Scoreboard
 from django_runfcgi.workers.signals import INTENTS, WORKER_SIGNALS, Intent, SignalQueue
 
@@ -109,9 +110,15 @@ class Worker:
                 leave_master()
                 self._signals = SignalQueue(WORKER_SIGNALS, self._signalled)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+                self._recycling = Recycling(self._limits, self._end_connection)
+                watches: list[RequestWatch] = []
                 if self._limits.requesttimeout > 0:
                     faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
-                    self._protocol.watch_requests(RequestTimer(self._link))
+                    watches.append(RequestTimer(self._link))
+                if self._recycling.watches_requests:
+                    watches.append(self._recycling)
+                if watches:
+                    self._protocol.watch_requests(Watches(watches))
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._serve(sock)
             except KeyboardInterrupt:
@@ -143,7 +150,6 @@ class Worker:
         link.settimeout(NOTIFY_TIMEOUT)
         board, slot, limits = self._board, self._slot, self._limits
         allows = self._protocol.allows
-        served = 0
         accept = Acceptor(sock)
         with _Waiter(sock, link, self._signals.fd) as waiter:
             while True:
@@ -172,11 +178,15 @@ class Worker:
                     _notify(link, POOL_CHANGES)
                 self._serve_client(client, addr)
                 board.mark(slot, IDLE)
-                served += 1
-                if 0 < limits.maxrequests <= served:
+                if self._recycling.due:
                     return
                 if board.counts()[0] > limits.maxspare:
                     _notify(link, POOL_CHANGES)
+
+    def _end_connection(self) -> None:
+        """Recycling: the connection in progress ends after its request."""
+        if self._connection is not None:
+            stop_when_idle(self._connection)
 
     def _serve_client(self, client: socket.socket, addr: Any) -> None:
         """Serve one connection; an exception is logged and the worker goes on serving."""

@@ -1,0 +1,354 @@
+"""``runfcgi stop``, ``reload`` and ``reopen`` on real daemons: the signal, then the
+outcome; and the docs' deploy script and logrotate recipe that use them.
+
+The testproject reads TESTPROJECT_RELEASE_FILE when it loads; only the server gets it
+(a command that loaded a broken release would fail itself), so what /echo/ reports as
+"release" is the code the server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.clients import fcgi_request
+from tests.support.frontends import recipe
+from tests.support.paths import TESTPROJECT
+from tests.support.processes import tagged_pids, wait_for
+from tests.support.runner import Run, Runner
+
+
+def running(pid: int) -> bool:
+    """Not gone and not a zombie (a daemon's parent here may never reap it)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@dataclass
+class Daemon:
+    """A daemonized runfcgi, started in ``site`` with its options in settings.RUNFCGI."""
+
+    runner: Runner
+    site: Path
+    sock: Path
+    pidfile: Path
+    release: Path
+    env: dict[str, str]
+
+    @property
+    def pid(self) -> int:
+        return int(self.pidfile.read_text())
+
+    def command(self, *words: str, timeout: float = 60) -> Run:
+        """``manage.py runfcgi WORDS`` as an operator types it: without the release."""
+        return self.runner.run(
+            command=[sys.executable, str(self.site / "manage.py"), "runfcgi", *words],
+            cwd=self.site,
+            env={"TESTPROJECT_RUNFCGI_FILE": self.env["TESTPROJECT_RUNFCGI_FILE"]},
+            timeout=timeout,
+        )
+
+    def release_served(self) -> str:
+        data = fcgi_request(str(self.sock), "GET", "/echo/", timeout=10).json()
+        release: str = data["release"]
+        return release
+
+    def log(self) -> str:
+        path = self.site / "runfcgi.log"
+        return path.read_text() if path.exists() else ""
+
+
+def start_daemon(runner: Runner, **setting: object) -> Daemon:
+    """No errlog=: the daemon logs to runfcgi.log in its site, or nowhere."""
+    site = runner.tmp / "mysite"
+    site.mkdir()
+    shutil.copy(TESTPROJECT / "manage.py", site / "manage.py")
+    sock, pidfile, release = site / "fcgi.sock", site / "mysite.pid", site / "release"
+    release.write_text("v1")
+    settings = site / "runfcgi.json"
+    settings.write_text(json.dumps({"socket": str(sock), "pidfile": str(pidfile), **setting}))
+    env = {"TESTPROJECT_RUNFCGI_FILE": str(settings), "TESTPROJECT_RELEASE_FILE": str(release)}
+    run = runner.run(
+        command=[sys.executable, str(site / "manage.py"), "runfcgi"], cwd=site, env=env
+    )
+    assert run.proc.returncode == 0, run.describe()
+    daemon = Daemon(runner, site, sock, pidfile, release, env)
+    assert daemon.release_served() == "v1"
+    return daemon
+
+
+def test_stop_waits_for_the_request_in_progress_and_the_process(runner: Runner) -> None:
+    daemon = start_daemon(runner)
+    pid = daemon.pid
+    slow: dict[str, int] = {}
+
+    def request() -> None:
+        slow["status"] = fcgi_request(str(daemon.sock), "GET", "/slow/", query="s=2").status
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    run = daemon.command("stop")
+    took = time.monotonic() - began
+    thread.join(30)
+    assert run.proc.returncode == 0, run.describe()
+    assert run.stdout.strip() == f"Stopped: PID {pid} is gone."
+    assert slow == {"status": 200}
+    assert took > 1.0, "stop returned before the request finished"
+    assert not running(pid)
+    assert not daemon.pidfile.exists()
+    assert not daemon.sock.exists()
+    assert tagged_pids(runner.tag) == []
+
+
+def test_stop_now_sends_int(runner: Runner) -> None:
+    daemon = start_daemon(runner)
+    pid = daemon.pid
+    failed: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            fcgi_request(str(daemon.sock), "GET", "/slow/", query="s=20", timeout=30)
+        except Exception as err:  # The connection is cut: what the client says varies.
+            failed.append(err)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    time.sleep(0.5)
+    began = time.monotonic()
+    run = daemon.command("stop", "--now")
+    assert run.proc.returncode == 0, run.describe()
+    assert time.monotonic() - began < 8
+    assert run.stdout.strip() == f"Stopped: PID {pid} is gone."
+    thread.join(30)
+    assert "Stopped, PID" in daemon.log()
+
+
+def test_stop_gives_up_after_shutdowntimeout_and_a_margin(runner: Runner) -> None:
+    """A server that cannot act on TERM (stopped here with SIGSTOP) is reported, not
+    waited on for ever."""
+    daemon = start_daemon(runner, shutdowntimeout=0)
+    pid = daemon.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        run = daemon.command("stop")
+        took = time.monotonic() - began
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert run.proc.returncode == 1, run.describe()
+    assert run.stderr.strip() == (
+        f"CommandError: PID {pid} is still running 10 s after SIGTERM; 'runfcgi stop --now' "
+        "sends INT."
+    )
+    assert 9 < took < 20
+    # The TERM was pending: once it runs again, the server stops.
+    assert wait_for(lambda: not running(pid), timeout=15)
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_reload_reports_both_outcomes_without_an_errlog(runner: Runner, method: str) -> None:
+    daemon = start_daemon(runner, method=method)
+    pid = daemon.pid
+    # Whatever the daemon logs, the command does not read it.
+    (daemon.site / "runfcgi.log").unlink()
+
+    daemon.release.write_text("v2")
+    run = daemon.command("reload")
+    assert run.proc.returncode == 0, run.describe()
+    assert run.stdout.strip() == f"Reloaded: serving the new code, PID {pid}."
+    assert wait_for(lambda: daemon.release_served() == "v2", timeout=5)
+
+    daemon.release.write_text("broken")
+    run = daemon.command("reload")
+    assert run.proc.returncode == 1, run.describe()
+    assert run.stderr.strip() == (
+        "CommandError: Reload cancelled, still serving the old code: RuntimeError: this "
+        "release does not load"
+    )
+    assert daemon.release_served() == "v2"
+    assert daemon.pid == pid
+
+
+def test_reload_says_why_when_the_settings_would_move_the_server(runner: Runner) -> None:
+    daemon = start_daemon(runner)
+    setting = Path(daemon.env["TESTPROJECT_RUNFCGI_FILE"])
+    moved = daemon.site / "moved.sock"
+    setting.write_text(json.dumps({"socket": str(moved), "pidfile": str(daemon.pidfile)}))
+    # The command reads the settings too: give it the pidfile the server has.
+    run = daemon.command("reload")
+    assert run.proc.returncode == 1, run.describe()
+    assert "Reload cancelled, still serving the old code: CommandError: A reload keeps the " in (
+        run.stderr
+    )
+    assert f"unix:{daemon.sock}, and the options now give unix:{moved}" in run.stderr
+    assert daemon.release_served() == "v1"
+
+
+def test_reopen_waits_until_the_logs_are_reopened(runner: Runner) -> None:
+    daemon = start_daemon(runner)
+    log = daemon.site / "runfcgi.log"
+    log.rename(daemon.site / "runfcgi.log.1")
+    run = daemon.command("reopen")
+    assert run.proc.returncode == 0, run.describe()
+    assert run.stdout.strip() == f"Reopened the log files of PID {daemon.pid}."
+    assert log.exists()
+    os.kill(daemon.pid, signal.SIGHUP)  # The historic kill: its outcome lands there.
+    assert wait_for(lambda: "Reloaded; serving" in log.read_text(), timeout=30)
+    assert "Reloaded" not in (daemon.site / "runfcgi.log.1").read_text()
+
+
+def test_the_historic_kill_and_the_commands_mix(runner: Runner) -> None:
+    daemon = start_daemon(runner)
+    daemon.release.write_text("v2")
+    os.kill(daemon.pid, signal.SIGHUP)
+    assert wait_for(lambda: daemon.release_served() == "v2", timeout=30)
+    daemon.release.write_text("v3")
+    run = daemon.command("reload")
+    assert run.proc.returncode == 0, run.describe()
+    assert wait_for(lambda: daemon.release_served() == "v3", timeout=5)
+    pid = daemon.pid
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not running(pid), timeout=20)
+    assert not daemon.pidfile.exists()
+    assert not (daemon.site / "mysite.pid.state").exists()
+
+
+@pytest.mark.parametrize("action", ["stop", "reload", "reopen"])
+def test_each_command_refuses_a_pidfile_that_names_no_server(runner: Runner, action: str) -> None:
+    pidfile = runner.tmp / "app.pid"
+
+    def refusal(*words: str) -> str:
+        run = runner.run(action, f"pidfile={pidfile}", *words)
+        assert run.proc.returncode == 1, run.describe()
+        [line] = run.stderr.splitlines()
+        return line
+
+    assert refusal() == (
+        f"CommandError: No server to control: pidfile {str(pidfile)!r} does not exist (or is "
+        "empty); it is not running, or was started with another pidfile=."
+    )
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pidfile.write_text(f"{gone.pid}\n")
+    assert refusal() == (
+        f"CommandError: Stale pidfile {str(pidfile)!r}: PID {gone.pid} is not running; the "
+        "server is gone (remove the pidfile, or start the server)."
+    )
+    with subprocess.Popen(["sleep", "60"]) as other:
+        try:
+            pidfile.write_text(f"{other.pid}\n")
+            assert refusal() == (
+                f"CommandError: PID {other.pid} (pidfile {str(pidfile)!r}) is not a runfcgi "
+                "server: it runs 'sleep 60'. The server is gone; remove the pidfile."
+            )
+        finally:
+            other.kill()
+
+
+def test_a_state_file_of_another_process_does_not_vouch_for_the_pid(runner: Runner) -> None:
+    """A pid reused after the server died: the state file names the old process."""
+    daemon = start_daemon(runner)
+    state = daemon.site / "mysite.pid.state"
+    recorded = json.loads(state.read_text())
+    os.kill(daemon.pid, signal.SIGTERM)
+    assert wait_for(lambda: not daemon.pidfile.exists(), timeout=20)
+    with subprocess.Popen(["sleep", "60"]) as other:
+        try:
+            daemon.pidfile.write_text(f"{other.pid}\n")
+            state.write_text(json.dumps({**recorded, "pid": other.pid}))
+            run = daemon.command("reload")
+            assert run.proc.returncode == 1
+            assert "is not a runfcgi server: it runs 'sleep 60'" in run.stderr
+            assert other.poll() is None, "the other process got the signal"
+        finally:
+            other.kill()
+
+
+# The docs' recipes.
+
+
+def test_the_documented_deploy_script(runner: Runner) -> None:
+    daemon = start_daemon(runner)
+    script = runner.tmp / "deploy.sh"
+    script.write_text(
+        recipe("deploy.sh", {"venv/bin/python": sys.executable, "/srv/mysite": str(daemon.site)})
+    )
+
+    def deploy() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["/bin/sh", str(script)],
+            env=runner.env(daemon.env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    daemon.release.write_text("v2")
+    result = deploy()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OK: runfcgi would serve over FastCGI (prefork) on unix:{daemon.sock}." in (
+        result.stdout
+    )
+    assert f"Reloaded: serving the new code, PID {daemon.pid}." in result.stdout
+    assert wait_for(lambda: daemon.release_served() == "v2", timeout=5)
+
+    # A release whose application does not load stops at the check: no HUP is sent.
+    daemon.release.write_text("broken-app")
+    result = deploy()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        "Cannot load the application: RuntimeError: this release's application does not load"
+        in result.stderr
+    )
+    assert "Reloaded" not in result.stdout
+    assert daemon.release_served() == "v2"
+    assert "Reload cancelled" not in daemon.log()
+
+
+def test_the_documented_logrotate_recipe(runner: Runner) -> None:
+    logrotate = shutil.which("logrotate")
+    if logrotate is None:
+        if os.environ.get("CI"):
+            pytest.fail("logrotate is not installed (Debian package: logrotate)")
+        pytest.skip("logrotate is not installed (Debian package: logrotate)")
+    daemon = start_daemon(runner)
+    config = runner.tmp / "logrotate.conf"
+    config.write_text(
+        recipe(
+            "logrotate-mysite",
+            {"/srv/mysite/venv/bin/python": sys.executable, "/srv/mysite": str(daemon.site)},
+        )
+    )
+    config.chmod(0o644)
+    result = subprocess.run(
+        [logrotate, "--force", "--state", str(runner.tmp / "logrotate.state"), str(config)],
+        env=runner.env({"TESTPROJECT_RUNFCGI_FILE": daemon.env["TESTPROJECT_RUNFCGI_FILE"]}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rotated, log = daemon.site / "runfcgi.log.1", daemon.site / "runfcgi.log"
+    assert "Serving over FastCGI" in rotated.read_text()
+    # postrotate's reopen returned once the server had reopened: the file is there.
+    assert log.exists()
+    os.kill(daemon.pid, signal.SIGHUP)
+    assert wait_for(lambda: "Reloaded; serving" in log.read_text(), timeout=30)
+    assert "Reloaded" not in rotated.read_text()
