@@ -31,36 +31,27 @@ def values(config: options.Config, given: Mapping[str, object], start_dir: Path)
         name: (None if name not in given else options.BY_NAME[name].parse(name, given[name]))
         for name in ("socketowner", "socketgroup", "user", "group")
     }
+    # The options whose Config field is not their value as JSON shows it; every other
+    # option's value is its Config field, read by name.
     shown: dict[str, Any] = {
-        "protocol": config.protocol,
         "host": bind.host if isinstance(bind, TCP) else None,
         "port": bind.port if isinstance(bind, TCP) else None,
         "socket": str(bind.path) if isinstance(bind, Unix) else None,
         "allow": None if config.allow is None else [str(entry) for entry in config.allow],
-        "method": config.method,
-        "maxrequests": config.maxrequests,
-        "maxrequestsjitter": config.maxrequestsjitter,
-        "maxmemory": config.maxmemory,
-        "maxspare": config.maxspare,
-        "minspare": config.minspare,
-        "maxchildren": config.maxchildren,
-        "shutdowntimeout": config.shutdowntimeout,
-        "requesttimeout": config.requesttimeout,
-        "daemonize": config.daemonize,
         "pidfile": _path(config.pidfile),
         "workdir": _path(config.workdir),
-        "debug": config.debug,
         "outlog": _path(logs.outlog),
         "errlog": _path(logs.errlog),
         "umask": f"{config.umask:03o}",
         "socketmode": None if config.socketmode is None else f"{config.socketmode:03o}",
-        "mkdir": config.mkdir,
         "scriptname": None if config.scriptname is None else config.scriptname or "/",
         "secret": None if config.secret is None else HIDDEN,
-        "handover": config.handover,
         **account,
     }
-    return {option.name: shown[option.name] for option in options.OPTIONS}
+    return {
+        option.name: shown[option.name] if option.name in shown else getattr(config, option.name)
+        for option in options.OPTIONS
+    }
 
 
 def _text(value: Any) -> str:
