@@ -67,16 +67,25 @@ class _SCGIInput(LineReading):
             pass
 
 
-class _HeadersOnly:
-    """Response output for HEAD: the CGI header block (the first write) and no body."""
+class _Response:
+    """Response output: the CGI header block (the first write) with the status code, and
+    the body, counted for the request watches and left out for HEAD."""
 
-    def __init__(self, wfile: IO[bytes]) -> None:
+    def __init__(self, wfile: IO[bytes], body: bool) -> None:
         self._wfile = wfile
+        self._body = body
         self._headers_written = False
+        self.status = 0
+        self.sent = 0
 
     def write(self, data: bytes) -> int:
         if not self._headers_written:
             self._headers_written = True
+            if data.startswith(b"Status: ") and data[8:11].isdigit():
+                self.status = int(data[8:11])
+            self._wfile.write(data)
+        elif self._body:
+            self.sent += len(data)
             self._wfile.write(data)
         return len(data)
 
@@ -105,7 +114,7 @@ class SCGIConnection(ProtocolConnection):
         with self._sock.makefile("rb") as rfile, self._sock.makefile("wb") as wfile:
             environ = parse_headers(read_netstring(rfile, self.max_header_bytes))
             stdin = _SCGIInput(rfile, int(environ["CONTENT_LENGTH"]))
-            output = wfile if has_body(environ) else _HeadersOnly(wfile)
+            output = _Response(wfile, has_body(environ))
             scgi_base.Request(self, environ, stdin, output).run()
             wfile.flush()
             # The response ends at EOF: send it now, even while the unread body drains.

@@ -23,6 +23,7 @@ from contextlib import suppress
 from typing import Any, NoReturn
 
 from django_runfcgi.protocols import Connection, ServedProtocol
+from django_runfcgi.protocols.wsgi import Environ
 from django_runfcgi.sockets import Acceptor
 from django_runfcgi.workers import Limits, stop_when_idle
 from django_runfcgi.workers.hooks import Hooks
@@ -69,10 +70,10 @@ class RequestTimer:
     def __init__(self, link: socket.socket) -> None:
         self._link = link
 
-    def request_begins(self) -> None:
+    def request_begins(self, environ: Environ) -> None:
         _notify(self._link, REQUEST_BEGINS)
 
-    def request_ends(self) -> None:
+    def request_ends(self, status: int, sent: int) -> None:
         _notify(self._link, REQUEST_ENDS)
 
 

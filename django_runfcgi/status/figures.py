@@ -1,0 +1,363 @@
+"""The figures of the status page, under PHP-FPM's names, and how they are gathered.
+
+A worker keeps the figures of its own requests in a record of its own: a prefork
+worker in its slot of the scoreboard's shared memory
+(:class:`~django_runfcgi.workers.prefork.scoreboard.SlotRecord`), a thread in a
+:class:`ThreadRecord`. Only that worker writes its record, so nothing is locked on the
+request path; the pool's figures are sums over the records, plus what the main loop
+samples (:class:`Sampler`): the listen queue's peak and the times the pool was full.
+A status page shows a moment: figures a worker is writing may be one request apart.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from django_runfcgi.protocols.wsgi import Environ
+from django_runfcgi.status.listen import Queue
+
+STATE_IDLE, STATE_READING, STATE_RUNNING = 0, 1, 2
+"""A worker's state: waiting for a connection; on a connection, waiting for or reading
+the request; in the application."""
+STATE_NAMES = ("Idle", "Reading headers", "Running")
+"""The states as PHP-FPM names them."""
+
+METHOD_BYTES = 16
+URI_BYTES = 512
+"""How much of a request's method and URI a record keeps (PHP-FPM keeps 16 and 640)."""
+
+cpu_time = time.thread_time
+"""The calling thread's processor seconds. getrusage() is no substitute: it leaves out
+the time since the thread was last scheduled, so a short request counted 0."""
+
+
+def peak_memory() -> int:
+    """The process's peak resident memory in bytes (Linux counts ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class WorkerWatch(Protocol):
+    """What a process model tells a worker's record: each connection and each request
+    (the request calls come through the protocol's ``watch_requests``)."""
+
+    def connection_begins(self, active: int) -> None:
+        """A connection was accepted; `active` workers are busy, this one included."""
+
+    def connection_ends(self) -> None: ...
+
+    def request_begins(self, environ: Environ) -> None: ...
+
+    def request_ends(self, status: int, sent: int) -> None: ...
+
+    def slow_request(self) -> None:
+        """Count one more request that ran past the slow-request limit."""
+
+
+@dataclass(frozen=True)
+class WorkerFigures:
+    """One worker as ``?full`` shows it (PHP-FPM's per-process fields)."""
+
+    pid: int
+    state: str
+    start_time: float
+    start_since: int
+    requests: int
+    request_duration: float
+    """Seconds, of the request in progress when Running, else of the last one."""
+    request_method: str
+    request_uri: str
+    content_length: int
+    last_request_cpu: float
+    """Processor seconds of the last finished request."""
+    last_request_memory: int
+    """Peak resident memory of the worker's process at the end of its last request."""
+
+    @property
+    def last_request_cpu_percent(self) -> float:
+        """PHP-FPM's "last request cpu": its processor time over its duration."""
+        if self.state == STATE_NAMES[STATE_RUNNING] or self.request_duration <= 0:
+            return 0.0
+        return 100.0 * self.last_request_cpu / self.request_duration
+
+
+def worker_figures(
+    *,
+    pid: int,
+    state: int,
+    start_time: float,
+    requests: int,
+    request_start: float,
+    duration: float,
+    method: str,
+    uri: str,
+    content_length: int,
+    cpu: float,
+    memory: int,
+    now: float,
+) -> WorkerFigures:
+    """A worker's figures from its record, as read at `now` (time.time())."""
+    if state == STATE_RUNNING:
+        duration = max(0.0, now - request_start)
+    return WorkerFigures(
+        pid=pid,
+        state=STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else "Unknown",
+        start_time=start_time,
+        start_since=max(0, int(now - start_time)),
+        requests=requests,
+        request_duration=duration,
+        request_method=method or "-",
+        request_uri=uri or "-",
+        content_length=content_length,
+        last_request_cpu=cpu,
+        last_request_memory=memory,
+    )
+
+
+def request_uri(environ: Environ) -> str:
+    """The URI as the browser asked for it, with its query: AJP sends the query apart,
+    and some front ends no REQUEST_URI at all."""
+    uri: str = environ.get("REQUEST_URI") or (
+        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    )
+    query = environ.get("QUERY_STRING")
+    if query and "?" not in uri:
+        uri = f"{uri}?{query}"
+    return uri
+
+
+def content_length(environ: Environ) -> int:
+    try:
+        return int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a process model counts, for the pool's figures."""
+
+    idle: int
+    total: int
+    accepted: int
+    slow: int
+    max_active: int
+    max_children_reached: int
+    max_listen_queue: int
+
+
+class PoolSource(Protocol):
+    """What the status page reads from a process model."""
+
+    def status_counts(self) -> Counts: ...
+
+    def workers(self) -> Sequence[WorkerFigures]: ...
+
+
+class PoolCounters(Protocol):
+    """The pool's figures that only the main loop writes (see Sampler)."""
+
+    max_listen_queue: int
+    max_children_reached: int
+    full_noticed: bool
+
+
+@dataclass
+class History:
+    """The figures a server carries over a reload (HUP), which re-executes it: they stay
+    counted since the first start."""
+
+    start_time: float = field(default_factory=time.time)
+    reloads: int = 0
+    accepted_conn: int = 0
+    slow_requests: int = 0
+    max_active_processes: int = 0
+    max_children_reached: int = 0
+    max_listen_queue: int = 0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)
+
+    def after(self, counts: Counts) -> History:
+        """This history once a server that counted `counts` reloads."""
+        return History(
+            start_time=self.start_time,
+            reloads=self.reloads + 1,
+            accepted_conn=counts.accepted,
+            slow_requests=counts.slow,
+            max_active_processes=counts.max_active,
+            max_children_reached=counts.max_children_reached,
+            max_listen_queue=counts.max_listen_queue,
+        )
+
+
+@dataclass(frozen=True)
+class PoolFigures:
+    """The pool as the status page shows it, PHP-FPM's fields first."""
+
+    pool: str
+    process_manager: str
+    start_time: float
+    start_since: int
+    accepted_conn: int
+    listen_queue: int | None
+    max_listen_queue: int
+    listen_queue_len: int | None
+    idle_processes: int
+    active_processes: int
+    total_processes: int
+    max_active_processes: int
+    max_children_reached: int
+    slow_requests: int
+    protocol: str
+    version: str
+    reloads: int
+    limits: dict[str, float]
+    """maxchildren, minspare, maxspare, maxrequests, requesttimeout, shutdowntimeout."""
+    processes: tuple[WorkerFigures, ...] | None
+    """One entry per worker with ?full, else None."""
+
+
+class ThreadRecord:
+    """One thread's figures (method=threaded): written by that thread only."""
+
+    __slots__ = (
+        "_cpu_at_start",
+        "accepted",
+        "content_length",
+        "cpu",
+        "duration",
+        "max_active",
+        "memory",
+        "method",
+        "pid",
+        "request_start",
+        "requests",
+        "slow",
+        "start_time",
+        "state",
+        "uri",
+    )
+
+    def __init__(self) -> None:
+        self.pid = threading.get_native_id()
+        self.start_time = time.time()
+        self.state = STATE_IDLE
+        self.accepted = self.requests = self.slow = self.max_active = 0
+        self.request_start = self.duration = self.cpu = self._cpu_at_start = 0.0
+        self.memory = self.content_length = 0
+        self.method = self.uri = ""
+
+    def connection_begins(self, active: int) -> None:
+        self.accepted += 1
+        self.max_active = max(self.max_active, active)
+        self.state = STATE_READING
+
+    def connection_ends(self) -> None:
+        self.state = STATE_IDLE
+
+    def request_begins(self, environ: Environ) -> None:
+        self._cpu_at_start = cpu_time()
+        self.method = environ.get("REQUEST_METHOD", "")[:METHOD_BYTES]
+        self.uri = request_uri(environ)[:URI_BYTES]
+        self.content_length = content_length(environ)
+        self.request_start = time.time()
+        self.state = STATE_RUNNING
+
+    def request_ends(self, status: int, sent: int) -> None:
+        self.duration = time.time() - self.request_start
+        self.cpu = cpu_time() - self._cpu_at_start
+        self.memory = peak_memory()
+        self.requests += 1
+        self.state = STATE_READING
+
+    def slow_request(self) -> None:
+        self.slow += 1
+
+    def figures(self, now: float) -> WorkerFigures:
+        return worker_figures(
+            pid=self.pid,
+            state=self.state,
+            start_time=self.start_time,
+            requests=self.requests,
+            request_start=self.request_start,
+            duration=self.duration,
+            method=self.method,
+            uri=self.uri,
+            content_length=self.content_length,
+            cpu=self.cpu,
+            memory=self.memory,
+            now=now,
+        )
+
+
+SAMPLE_SECONDS = 1.0
+"""How often the main loop samples the listen queue, as PHP-FPM's master does."""
+FULL_SAMPLE_SECONDS = 0.1
+"""How often, while the pool is full and no connection has been seen waiting yet."""
+
+
+class Sampler:
+    """In the main loop (the prefork master, the threaded server's main thread): the
+    figures that need watching over time.
+
+    ``max_listen_queue`` is the longest accept queue seen. ``max_children_reached``
+    counts the times every worker the pool may have (maxchildren) was busy while a
+    connection waited in the listen queue: once per such time, which ends when a
+    worker is idle again. A worker that makes the pool full calls :meth:`pool_full`
+    (through its master), so a short time is seen too.
+    """
+
+    def __init__(
+        self,
+        counters: PoolCounters,
+        queue: Callable[[], Queue | None],
+        full: Callable[[], bool],
+    ) -> None:
+        self._counters = counters
+        self._queue = queue
+        self._full = full
+        self._counted = False
+        self._next = 0.0
+
+    def pool_full(self) -> None:
+        """Sample at the next turn of the main loop."""
+        self._next = 0.0
+
+    def due(self, now: float) -> float:
+        """Sample if it is time; when to sample next (time.monotonic())."""
+        if now < self._next:
+            return self._next
+        counters = self._counters
+        queue = self._queue()
+        if queue is not None and queue.waiting > counters.max_listen_queue:
+            counters.max_listen_queue = queue.waiting
+        if not self._full():
+            self._counted = False
+            counters.full_noticed = False
+            self._next = now + SAMPLE_SECONDS
+            return self._next
+        counters.full_noticed = True
+        if not self._counted and (queue is None or queue.waiting > 0):
+            counters.max_children_reached += 1
+            self._counted = True
+        self._next = now + (SAMPLE_SECONDS if self._counted else FULL_SAMPLE_SECONDS)
+        return self._next
+
+
+@dataclass
+class ThreadedCounters:
+    """PoolCounters for method=threaded: plain attributes the main thread writes."""
+
+    max_listen_queue: int = 0
+    max_children_reached: int = 0
+    full_noticed: bool = False
