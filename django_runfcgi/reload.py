@@ -34,6 +34,8 @@ class State:
     created: tuple[int, int] | None
     retiring: tuple[int, ...]
     start_dir: str
+    figures: dict[str, float] | None = None
+    """The status page's figures counted since the first start (status.figures.History)."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -43,6 +45,7 @@ class State:
                 "created": self.created,
                 "retiring": self.retiring,
                 "start_dir": self.start_dir,
+                "figures": self.figures,
             }
         )
 
@@ -65,6 +68,7 @@ def take_state() -> State | None:
         created=(int(created[0]), int(created[1])) if created else None,
         retiring=tuple(int(pid) for pid in data["retiring"]),
         start_dir=str(data["start_dir"]),
+        figures=data.get("figures"),
     )
 
 

@@ -37,6 +37,9 @@ logger = logging.getLogger("django_runfcgi.workers")
 POOL_CHANGES = b"\x00"
 REQUEST_BEGINS = b"\x01"
 REQUEST_ENDS = b"\x02"
+# With a status page: every worker the pool may have is busy (the master samples the
+# listen queue for max_children_reached); sent only while the master does not know it.
+POOL_FULL = b"\x03"
 
 DUMP_SIGNAL = signal.SIGUSR2
 """A worker past its request timeout gets this signal, which makes it write where it is
@@ -99,6 +102,8 @@ class Worker:
         """The worker's end of its status link to the master."""
         self._stopping = False
         self._connection: Connection | None = None
+        self._record = board.figures.record(slot) if board.figures is not None else None
+        """The worker's figures for the status page, when there is one."""
 
     def run(
         self, sock: socket.socket, leave_master: Callable[[], None], mask: Iterable[int]
@@ -113,6 +118,9 @@ class Worker:
                 if self._limits.requesttimeout > 0:
                     faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
                     self._protocol.watch_requests(RequestTimer(self._link))
+                if self._record is not None:
+                    self._record.started()
+                    self._protocol.watch_requests(self._record)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._serve(sock)
             except KeyboardInterrupt:
@@ -143,6 +151,8 @@ class Worker:
         link = self._link
         link.settimeout(NOTIFY_TIMEOUT)
         board, slot, limits = self._board, self._slot, self._limits
+        record = self._record
+        counters = board.figures.counters if board.figures is not None else None
         allows = self._protocol.allows
         served = 0
         accept = Acceptor(sock)
@@ -171,7 +181,14 @@ class Worker:
                 idle, alive = board.counts()
                 if idle < limits.minspare and alive < limits.maxchildren:
                     _notify(link, POOL_CHANGES)
+                if record is not None:
+                    record.connection_begins(alive - idle)
+                    full = not idle and alive >= limits.maxchildren
+                    if full and counters is not None and not counters.full_noticed:
+                        _notify(link, POOL_FULL)
                 self._serve_client(client, addr)
+                if record is not None:
+                    record.connection_ends()
                 board.mark(slot, IDLE)
                 served += 1
                 if 0 < limits.maxrequests <= served:
