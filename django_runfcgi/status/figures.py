@@ -11,7 +11,6 @@ A status page shows a moment: figures a worker is writing may be one request apa
 
 from __future__ import annotations
 
-import resource
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,9 +35,21 @@ cpu_time = time.thread_time
 the time since the thread was last scheduled, so a short request counted 0."""
 
 
-def peak_memory() -> int:
-    """The process's peak resident memory in bytes (Linux counts ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_memory(pid: int) -> int:
+    """The peak resident memory of process `pid` in bytes (VmHWM), 0 where unknown.
+
+    Read when the page is shown, not after each request: getrusage() per request cost
+    more than the rest of the figures together. For an idle worker it is what it had
+    reached by the end of its last request.
+    """
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 class WorkerWatch(Protocol):
@@ -75,7 +86,7 @@ class WorkerFigures:
     last_request_cpu: float
     """Processor seconds of the last finished request."""
     last_request_memory: int
-    """Peak resident memory of the worker's process at the end of its last request."""
+    """Peak resident memory of the worker's process (VmHWM), in bytes."""
 
     @property
     def last_request_cpu_percent(self) -> float:
@@ -237,7 +248,6 @@ class ThreadRecord:
         "cpu",
         "duration",
         "max_active",
-        "memory",
         "method",
         "pid",
         "request_start",
@@ -254,7 +264,7 @@ class ThreadRecord:
         self.state = STATE_IDLE
         self.accepted = self.requests = self.slow = self.max_active = 0
         self.request_start = self.duration = self.cpu = self._cpu_at_start = 0.0
-        self.memory = self.content_length = 0
+        self.content_length = 0
         self.method = self.uri = ""
 
     def connection_begins(self, active: int) -> None:
@@ -276,14 +286,14 @@ class ThreadRecord:
     def request_ends(self, status: int, sent: int) -> None:
         self.duration = time.time() - self.request_start
         self.cpu = cpu_time() - self._cpu_at_start
-        self.memory = peak_memory()
         self.requests += 1
         self.state = STATE_READING
 
     def slow_request(self) -> None:
         self.slow += 1
 
-    def figures(self, now: float) -> WorkerFigures:
+    def figures(self, now: float, memory: int) -> WorkerFigures:
+        """As read at `now`; the threads share the process's `memory`."""
         return worker_figures(
             pid=self.pid,
             state=self.state,
@@ -295,7 +305,7 @@ class ThreadRecord:
             uri=self.uri,
             content_length=self.content_length,
             cpu=self.cpu,
-            memory=self.memory,
+            memory=memory,
             now=now,
         )
 

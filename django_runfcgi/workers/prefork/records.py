@@ -41,20 +41,19 @@ _SAMPLED = struct.Struct("<QIB")
 _SAMPLED_AT = 4 + _FOLD.size
 
 # A slot's record. Offsets: pid 0, start time 4, connections 12, most busy 20, slow 24,
-# requests 32, duration 40, cpu 48, memory 56, state 64, request start 65, content
-# length 73, method 81, URI 97.
-_RECORD = struct.Struct("<idQIQQddQBdq16s512s")
+# requests 32, duration 40, cpu 48, state 56, request start 57, content length 65,
+# method 73, URI 89.
+_RECORD = struct.Struct("<idQIQQddBdq16s512s")
 _STARTED = struct.Struct("<id")
 _CONNECTION = struct.Struct("<QI")
 _CONNECTION_AT = 12
 _SLOW = struct.Struct("<Q")
 _SLOW_AT = 24
-_ENDS = struct.Struct("<QddQB")
+_ENDS = struct.Struct("<QddB")
 _ENDS_AT = 32
-_STATE = struct.Struct("<B")
-_STATE_AT = 64
+_STATE_AT = 56
 _BEGINS = struct.Struct("<Bdq16s512s")
-_BEGINS_AT = 64
+_BEGINS_AT = 56
 _NO_RECORD = bytes(_RECORD.size)
 READ_ATTEMPTS = 100
 
@@ -136,16 +135,16 @@ class BoardFigures:
             found.append(
                 worker_figures(
                     pid=pid,
-                    state=record[9],
+                    state=record[8],
                     start_time=started,
                     requests=record[5],
-                    request_start=record[10],
+                    request_start=record[9],
                     duration=record[6],
-                    method=_text(record[12]),
-                    uri=_text(record[13]),
-                    content_length=record[11],
+                    method=_text(record[11]),
+                    uri=_text(record[12]),
+                    content_length=record[10],
                     cpu=record[7],
-                    memory=record[8],
+                    memory=peak_memory(pid),
                     now=now,
                 )
             )
@@ -234,11 +233,12 @@ class SlotRecord:
     """A worker's own record in the shared memory (figures.WorkerWatch): one
     ``pack_into`` when a request begins, one when it ends."""
 
-    __slots__ = ("_accepted", "_at", "_board", "_cpu", "_most", "_requests", "_since")
+    __slots__ = ("_accepted", "_at", "_board", "_cpu", "_most", "_requests", "_since", "_state")
 
     def __init__(self, board: mmap.mmap, at: int) -> None:
         self._board = board
         self._at = at
+        self._state = at + _STATE_AT
         self._accepted = self._requests = self._most = 0
         self._cpu = self._since = 0.0
 
@@ -250,10 +250,10 @@ class SlotRecord:
         self._accepted += 1
         self._most = max(self._most, active)
         _CONNECTION.pack_into(self._board, self._at + _CONNECTION_AT, self._accepted, self._most)
-        _STATE.pack_into(self._board, self._at + _STATE_AT, STATE_READING)
+        self._board[self._state] = STATE_READING
 
     def connection_ends(self) -> None:
-        _STATE.pack_into(self._board, self._at + _STATE_AT, STATE_IDLE)
+        self._board[self._state] = STATE_IDLE
 
     def request_begins(self, environ: Environ) -> None:
         self._cpu = cpu_time()
@@ -276,7 +276,6 @@ class SlotRecord:
             self._requests,
             time.time() - self._since,
             cpu_time() - self._cpu,
-            peak_memory(),
             STATE_READING,
         )
 

@@ -4,6 +4,7 @@ the counters the main thread samples."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,6 +16,7 @@ from django_runfcgi.status.figures import (
     ThreadedCounters,
     ThreadRecord,
     WorkerFigures,
+    peak_memory,
 )
 
 
@@ -90,6 +92,7 @@ class ThreadedFigures:
 
     def workers(self) -> Sequence[WorkerFigures]:
         now = time.time()
+        memory = peak_memory(os.getpid())
         with self._lock:
             records = list(self._records.values())
-        return [record.figures(now) for record in records]
+        return [record.figures(now, memory) for record in records]
