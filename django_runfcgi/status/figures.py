@@ -28,7 +28,8 @@ STATE_NAMES = ("Idle", "Reading headers", "Running")
 
 METHOD_BYTES = 16
 URI_BYTES = 512
-"""How much of a request's method and URI a record keeps (PHP-FPM keeps 16 and 640)."""
+"""How much of a request's method, URI and query a record keeps (as PHP-FPM: 16, 128
+and 512)."""
 
 cpu_time = time.thread_time
 """The calling thread's processor seconds. getrusage() is no substitute: it leaves out
@@ -53,13 +54,12 @@ def peak_memory(pid: int) -> int:
 
 
 class WorkerWatch(Protocol):
-    """What a process model tells a worker's record: each connection and each request
-    (the request calls come through the protocol's ``watch_requests``)."""
+    """What a process model tells a worker's record: each connection it accepts, and
+    each request (through the protocol's ``watch_requests``). Whether the worker is on a
+    connection at all, the process model knows already (the scoreboard, the pool)."""
 
     def connection_begins(self, active: int) -> None:
         """A connection was accepted; `active` workers are busy, this one included."""
-
-    def connection_ends(self) -> None: ...
 
     def request_begins(self, environ: Environ) -> None: ...
 
@@ -102,18 +102,19 @@ def worker_figures(
     state: int,
     start_time: float,
     requests: int,
-    request_start: float,
     duration: float,
     method: str,
     uri: str,
-    content_length: int,
+    query: str,
+    length: str,
     cpu: float,
     memory: int,
     now: float,
 ) -> WorkerFigures:
-    """A worker's figures from its record, as read at `now` (time.time())."""
-    if state == STATE_RUNNING:
-        duration = max(0.0, now - request_start)
+    """A worker's figures from its record, read at `now` (time.time()): the request's
+    fields as the web server sent them, put together here rather than per request."""
+    if query and "?" not in uri:
+        uri = f"{uri}?{query}"  # AJP sends the query apart
     return WorkerFigures(
         pid=pid,
         state=STATE_NAMES[state] if 0 <= state < len(STATE_NAMES) else "Unknown",
@@ -123,29 +124,10 @@ def worker_figures(
         request_duration=duration,
         request_method=method or "-",
         request_uri=uri or "-",
-        content_length=content_length,
+        content_length=int(length) if length.isdigit() else 0,
         last_request_cpu=cpu,
         last_request_memory=memory,
     )
-
-
-def request_uri(environ: Environ) -> str:
-    """The URI as the browser asked for it, with its query: AJP sends the query apart,
-    and some front ends no REQUEST_URI at all."""
-    uri: str = environ.get("REQUEST_URI") or (
-        environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    )
-    query = environ.get("QUERY_STRING")
-    if query and "?" not in uri:
-        uri = f"{uri}?{query}"
-    return uri
-
-
-def content_length(environ: Environ) -> int:
-    try:
-        return int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return 0
 
 
 @dataclass(frozen=True)
@@ -244,12 +226,13 @@ class ThreadRecord:
     __slots__ = (
         "_cpu_at_start",
         "accepted",
-        "content_length",
         "cpu",
         "duration",
+        "length",
         "max_active",
         "method",
         "pid",
+        "query",
         "request_start",
         "requests",
         "slow",
@@ -264,8 +247,7 @@ class ThreadRecord:
         self.state = STATE_IDLE
         self.accepted = self.requests = self.slow = self.max_active = 0
         self.request_start = self.duration = self.cpu = self._cpu_at_start = 0.0
-        self.content_length = 0
-        self.method = self.uri = ""
+        self.method = self.uri = self.query = self.length = ""
 
     def connection_begins(self, active: int) -> None:
         self.accepted += 1
@@ -276,16 +258,17 @@ class ThreadRecord:
         self.state = STATE_IDLE
 
     def request_begins(self, environ: Environ) -> None:
+        self.request_start = time.monotonic()
         self._cpu_at_start = cpu_time()
-        self.method = environ.get("REQUEST_METHOD", "")[:METHOD_BYTES]
-        self.uri = request_uri(environ)[:URI_BYTES]
-        self.content_length = content_length(environ)
-        self.request_start = time.time()
+        self.method = environ.get("REQUEST_METHOD", "")
+        self.uri = environ.get("REQUEST_URI", "")
+        self.query = environ.get("QUERY_STRING", "")
+        self.length = environ.get("CONTENT_LENGTH", "")
         self.state = STATE_RUNNING
 
     def request_ends(self, status: int, sent: int) -> None:
-        self.duration = time.time() - self.request_start
         self.cpu = cpu_time() - self._cpu_at_start
+        self.duration = time.monotonic() - self.request_start
         self.requests += 1
         self.state = STATE_READING
 
@@ -293,17 +276,18 @@ class ThreadRecord:
         self.slow += 1
 
     def figures(self, now: float, memory: int) -> WorkerFigures:
-        """As read at `now`; the threads share the process's `memory`."""
+        """As read at `now` (time.time()); the threads share the process's `memory`."""
+        running = self.state == STATE_RUNNING
         return worker_figures(
             pid=self.pid,
             state=self.state,
             start_time=self.start_time,
             requests=self.requests,
-            request_start=self.request_start,
-            duration=self.duration,
-            method=self.method,
-            uri=self.uri,
-            content_length=self.content_length,
+            duration=time.monotonic() - self.request_start if running else self.duration,
+            method=self.method[:METHOD_BYTES],
+            uri=self.uri[:URI_BYTES],
+            query=self.query[:URI_BYTES],
+            length=self.length,
             cpu=self.cpu,
             memory=memory,
             now=now,

@@ -20,10 +20,8 @@ from django_runfcgi.status.figures import (
     STATE_RUNNING,
     Counts,
     WorkerFigures,
-    content_length,
     cpu_time,
     peak_memory,
-    request_uri,
     worker_figures,
 )
 
@@ -41,9 +39,9 @@ _SAMPLED = struct.Struct("<QIB")
 _SAMPLED_AT = 4 + _FOLD.size
 
 # A slot's record. Offsets: pid 0, start time 4, connections 12, most busy 20, slow 24,
-# requests 32, duration 40, cpu 48, state 56, request start 57, content length 65,
-# method 73, URI 89.
-_RECORD = struct.Struct("<idQIQQddBdq16s512s")
+# requests 32, duration 40, cpu 48, state 56, request start 57, then CONTENT_LENGTH,
+# REQUEST_METHOD, REQUEST_URI and QUERY_STRING as the web server sent them, at 65.
+_RECORD = struct.Struct("<idQIQQddBd16s16s512s512s")
 _STARTED = struct.Struct("<id")
 _CONNECTION = struct.Struct("<QI")
 _CONNECTION_AT = 12
@@ -51,8 +49,7 @@ _SLOW = struct.Struct("<Q")
 _SLOW_AT = 24
 _ENDS = struct.Struct("<QddB")
 _ENDS_AT = 32
-_STATE_AT = 56
-_BEGINS = struct.Struct("<Bdq16s512s")
+_BEGINS = struct.Struct("<Bd16s16s512s512s")
 _BEGINS_AT = 56
 _NO_RECORD = bytes(_RECORD.size)
 READ_ATTEMPTS = 100
@@ -121,28 +118,29 @@ class BoardFigures:
         )
 
     def workers(self) -> Sequence[WorkerFigures]:
-        """Each started worker's figures, in slot order."""
-        now = time.time()
+        """Each started worker's figures, in slot order; an idle slot's worker is Idle,
+        whatever its record last said."""
+        now, clock = time.time(), time.monotonic()
         found = []
         states = self._board[: self._slots]
-        for slot, state in enumerate(states):
-            if state == FREE:
+        for slot, slot_state in enumerate(states):
+            if slot_state == FREE:
                 continue
             record = self._record(slot)
-            pid, started = record[0], record[1]
+            pid, state = record[0], record[8]
             if not pid:
                 continue  # forked, not yet started
             found.append(
                 worker_figures(
                     pid=pid,
-                    state=record[8],
-                    start_time=started,
+                    state=STATE_IDLE if slot_state == IDLE else state,
+                    start_time=record[1],
                     requests=record[5],
-                    request_start=record[9],
-                    duration=record[6],
+                    duration=clock - record[9] if state == STATE_RUNNING else record[6],
                     method=_text(record[11]),
                     uri=_text(record[12]),
-                    content_length=record[10],
+                    query=_text(record[13]),
+                    length=_text(record[10]),
                     cpu=record[7],
                     memory=peak_memory(pid),
                     now=now,
@@ -233,12 +231,11 @@ class SlotRecord:
     """A worker's own record in the shared memory (figures.WorkerWatch): one
     ``pack_into`` when a request begins, one when it ends."""
 
-    __slots__ = ("_accepted", "_at", "_board", "_cpu", "_most", "_requests", "_since", "_state")
+    __slots__ = ("_accepted", "_at", "_board", "_cpu", "_most", "_requests", "_since")
 
     def __init__(self, board: mmap.mmap, at: int) -> None:
         self._board = board
         self._at = at
-        self._state = at + _STATE_AT
         self._accepted = self._requests = self._most = 0
         self._cpu = self._since = 0.0
 
@@ -250,32 +247,44 @@ class SlotRecord:
         self._accepted += 1
         self._most = max(self._most, active)
         _CONNECTION.pack_into(self._board, self._at + _CONNECTION_AT, self._accepted, self._most)
-        self._board[self._state] = STATE_READING
-
-    def connection_ends(self) -> None:
-        self._board[self._state] = STATE_IDLE
 
     def request_begins(self, environ: Environ) -> None:
+        get = environ.get
+        self._since = time.monotonic()
         self._cpu = cpu_time()
-        self._since = time.time()
-        _BEGINS.pack_into(
-            self._board,
-            self._at + _BEGINS_AT,
-            STATE_RUNNING,
-            self._since,
-            content_length(environ),
-            environ.get("REQUEST_METHOD", "").encode("latin-1", "replace"),
-            request_uri(environ).encode("latin-1", "replace"),
-        )
+        try:
+            # The protocols decode what the web server sent as latin-1, as WSGI has it.
+            _BEGINS.pack_into(
+                self._board,
+                self._at + _BEGINS_AT,
+                STATE_RUNNING,
+                self._since,
+                get("CONTENT_LENGTH", "").encode("latin-1"),
+                get("REQUEST_METHOD", "").encode("latin-1"),
+                get("REQUEST_URI", "").encode("latin-1"),
+                get("QUERY_STRING", "").encode("latin-1"),
+            )
+        except UnicodeEncodeError:
+            _BEGINS.pack_into(
+                self._board,
+                self._at + _BEGINS_AT,
+                STATE_RUNNING,
+                self._since,
+                *(
+                    get(name, "").encode("latin-1", "replace")
+                    for name in ("CONTENT_LENGTH", "REQUEST_METHOD", "REQUEST_URI", "QUERY_STRING")
+                ),
+            )
 
     def request_ends(self, status: int, sent: int) -> None:
+        cpu = cpu_time() - self._cpu
         self._requests += 1
         _ENDS.pack_into(
             self._board,
             self._at + _ENDS_AT,
             self._requests,
-            time.time() - self._since,
-            cpu_time() - self._cpu,
+            time.monotonic() - self._since,
+            cpu,
             STATE_READING,
         )
 

@@ -187,8 +187,6 @@ class Worker:
                     if full and counters is not None and not counters.full_noticed:
                         _notify(link, POOL_FULL)
                 self._serve_client(client, addr)
-                if record is not None:
-                    record.connection_ends()
                 board.mark(slot, IDLE)
                 served += 1
                 if 0 < limits.maxrequests <= served:
