@@ -11,6 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_runfcgi import options
 from django_runfcgi.lifecycle import StartupError, serve
+from django_runfcgi.status import probe
+from django_runfcgi.status.probe import DEFAULT_TIMEOUT
 
 
 class RunfcgiParser(CommandParser):
@@ -58,13 +60,34 @@ class Command(BaseCommand):
             "words",
             nargs="*",
             metavar="key=value",
-            help="Options in the historic form, e.g. protocol=scgi port=8025; or 'help'.",
+            help="Options in the historic form, e.g. protocol=scgi port=8025; or 'help'; "
+            "or 'status' and the server's options: ask the running server for its status.",
         )
         options.add_arguments(parser)
+        probe = parser.add_argument_group("runfcgi status (the probe) only")
+        probe.add_argument(
+            "--json", action="store_true", help="Print the status page as JSON instead of text."
+        )
+        probe.add_argument(
+            "--full", action="store_true", help="Add one entry per worker (the page's ?full)."
+        )
+        probe.add_argument(
+            "--timeout",
+            default=None,
+            metavar="SECONDS",
+            help=f"How long to wait for the server (default: {DEFAULT_TIMEOUT:g}).",
+        )
 
     def handle(self, *args: Any, **opts: Any) -> None:
+        given_words = list(opts.get("words", ()))
+        if given_words[:1] == ["status"]:
+            self._probe(given_words[1:], opts)
+            return
+        for name in ("json", "full", "timeout"):
+            if opts.get(name) not in (None, False):
+                raise CommandError(f"--{name} applies to 'runfcgi status' only.")
         try:
-            words, wants_help = options.parse_words(opts.get("words", ()))
+            words, wants_help = options.parse_words(given_words)
             if wants_help:
                 self.stdout.write(options.help_text())
                 return
@@ -74,6 +97,31 @@ class Command(BaseCommand):
             serve(config, self._announce if opts["verbosity"] >= 1 else lambda _: None)
         except (options.OptionError, StartupError) as err:
             raise CommandError(str(err)) from err
+
+    def _probe(self, words: list[str], opts: dict[str, Any]) -> None:
+        """``runfcgi status``: print the server's status page, or say in one line why
+        not and exit with the reason's status (status/probe.py)."""
+        try:
+            raw, wants_help = options.parse_words(words)
+            if wants_help:
+                raise options.OptionError("'help' lists the server's options; leave it out here.")
+            given = {name: opts[name] for name in options.BY_NAME if name in opts}
+            timeout = DEFAULT_TIMEOUT
+            if opts.get("timeout") is not None:
+                timeout = options.parse_seconds("--timeout", opts["timeout"])
+                if timeout <= 0:
+                    raise options.OptionError("--timeout must be above 0 seconds.")
+            target = probe.target_from(options.merge(raw, given))
+            outcome = probe.probe(target, as_json=opts["json"], full=opts["full"], timeout=timeout)
+        except options.OptionError as err:
+            raise CommandError(str(err)) from err
+        except probe.ProbeFailed as failed:
+            outcome = probe.Outcome(failed.code, "", str(failed))
+        if outcome.output:
+            self.stdout.write(outcome.output, ending="")
+        if outcome.code != probe.EXIT_OK:
+            self.stderr.write(outcome.line)
+            sys.exit(outcome.code)
 
     def _announce(self, line: str) -> None:
         self.stdout.write(self.style.SUCCESS(line))

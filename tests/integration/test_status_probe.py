@@ -1,0 +1,249 @@
+"""``manage.py runfcgi status``: the probe against real servers, and each way it ends.
+
+Exit statuses: 0 the status page answered, 1 a bad option, 2 nothing to connect to, 3
+no answer in time, 4 an answer that is not runfcgi's, 5 alive without a status page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from tests.conftest import TESTPROJECT, Run, Runner, free_port
+from tests.process_jobs import wait_for
+
+SERVERS = {
+    "fcgi": ["protocol=fcgi"],
+    "scgi": ["protocol=scgi"],
+    "ajp": ["protocol=ajp"],
+}
+
+
+def probe(runner: Runner, *words: str, timeout: float = 30) -> Run:
+    """``manage.py runfcgi status WORDS``, run to its end."""
+    return runner.run("status", *words, timeout=timeout)
+
+
+def bind_words(runner: Runner, protocol: str) -> list[str]:
+    if protocol == "ajp":
+        return ["host=127.0.0.1", f"port={free_port()}"]
+    return [f"socket={runner.tmp / 'app.sock'}"]
+
+
+def serve(runner: Runner, *words: str) -> Run:
+    values = dict(word.split("=", 1) for word in words)
+    if "socket" in values:
+        address: str | tuple[str, int] = values["socket"]
+    else:
+        address = (values["host"], int(values["port"]))
+    return runner.serve("daemonize=false", *words, address=address)
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "scgi", "ajp"])
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_the_servers_own_options_probe_it(runner: Runner, protocol: str, method: str) -> None:
+    """The server's command line with ``status`` in front prints its status page."""
+    words = [*SERVERS[protocol], f"method={method}", *bind_words(runner, protocol)]
+    words += ["status=/status", "maxchildren=4"]
+    serve(runner, *words)
+    text = probe(runner, *words)
+    assert text.proc.returncode == 0, text.describe()
+    lines = text.stdout.splitlines()
+    assert lines[1] == f"process manager:      {method}"
+    assert f"protocol:             {protocol}" in lines
+    assert text.stderr == ""
+    as_json = probe(runner, *words, "--json", "--full")
+    assert as_json.proc.returncode == 0, as_json.describe()
+    data = json.loads(as_json.stdout)
+    assert data["maxchildren"] == 4
+    assert data["process_manager"] == method
+    assert any(p["request_uri"] == "/status?json&full" for p in data["processes"])
+
+
+def test_the_pidfile_finds_the_server_and_its_options(runner: Runner) -> None:
+    """pidfile= alone: the server's socket from the process, status= from its command line."""
+    pidfile = runner.tmp / "app.pid"
+    sock = runner.tmp / "app.sock"
+    # A relative socket path on the server's command line, started from another directory.
+    workdir = runner.tmp / "elsewhere"
+    workdir.mkdir()
+    run = runner.start(
+        "daemonize=false", "socket=../app.sock", f"pidfile={pidfile}", "status=/st", cwd=workdir
+    )
+    assert wait_for(pidfile.exists, 20), run.describe()
+    assert wait_for(sock.exists, 20), run.describe()
+    found = probe(runner, f"pidfile={pidfile}", "--json")
+    assert found.proc.returncode == 0, found.describe()
+    pool = json.loads(found.stdout)["pool"]
+    assert pool.startswith("unix:")
+    assert os.path.samefile(pool[len("unix:") :], sock)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "alive"),
+    [
+        ("fcgi", "FCGI_GET_VALUES answered (FCGI_MAX_CONNS="),
+        ("ajp", "CPing answered with CPong"),
+        ("scgi", "the connection was accepted (SCGI has no liveness message"),
+    ],
+)
+def test_without_a_status_page_it_reports_liveness(
+    runner: Runner, protocol: str, alive: str
+) -> None:
+    words = [*SERVERS[protocol], *bind_words(runner, protocol)]
+    serve(runner, *words)
+    result = probe(runner, *words)
+    assert result.proc.returncode == 5, result.describe()
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert " is alive: " + alive in line
+    assert line.endswith(
+        "but no status= given: start the server with status=PATH and give the probe the same."
+    )
+    # A status path the server does not have: Django answers it (404).
+    wrong = probe(runner, *words, "status=/status")
+    assert wrong.proc.returncode == 5, wrong.describe()
+    assert "/status?json" not in wrong.stderr
+    assert "/status answered 404 (text/html; charset=utf-8), not runfcgi's status page" in (
+        wrong.stderr
+    )
+
+
+def test_ping_is_the_liveness_check_when_given(runner: Runner) -> None:
+    words = ["protocol=scgi", *bind_words(runner, "scgi"), "ping=/ping"]
+    serve(runner, *words)
+    result = probe(runner, *words)
+    assert result.proc.returncode == 5, result.describe()
+    assert "is alive: /ping answered pong; but no status= given" in result.stderr
+
+
+def test_nothing_listening(runner: Runner) -> None:
+    refused = probe(runner, "protocol=ajp", "host=127.0.0.1", f"port={free_port()}")
+    assert refused.proc.returncode == 2
+    assert refused.stderr.strip().endswith(": connection refused.")
+    missing = probe(runner, f"socket={runner.tmp / 'none.sock'}", "status=/status")
+    assert missing.proc.returncode == 2
+    assert missing.stderr.strip() == f"FastCGI on unix:{runner.tmp / 'none.sock'}: no such socket."
+
+
+def test_a_pidfile_without_a_server(runner: Runner) -> None:
+    pidfile = runner.tmp / "app.pid"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pidfile.write_text(f"{gone.pid}\n")
+    stale = probe(runner, f"pidfile={pidfile}")
+    assert stale.proc.returncode == 2
+    assert (
+        stale.stderr.strip()
+        == f"No server is running as PID {gone.pid} (pidfile {str(pidfile)!r})."
+    )
+    # This test's own process is alive, and is no runfcgi.
+    pidfile.write_text(f"{os.getpid()}\n")
+    other = probe(runner, f"pidfile={pidfile}")
+    assert other.proc.returncode == 4
+    assert other.stderr.strip() == (
+        f"PID {os.getpid()} (pidfile {str(pidfile)!r}) is not a runfcgi server."
+    )
+    absent = probe(runner, f"pidfile={runner.tmp / 'none.pid'}")
+    assert absent.proc.returncode == 2
+    assert "no server running" in absent.stderr
+
+
+@contextmanager
+def listener(answer: bytes | None) -> Iterator[int]:
+    """A TCP port whose program accepts and sends `answer` then closes; None: it never
+    accepts (connections wait in its queue, unanswered)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        stop = threading.Event()
+
+        def serve() -> None:
+            sock.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    assert answer is not None
+                    conn.sendall(answer)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        if answer is not None:
+            thread.start()
+        try:
+            yield sock.getsockname()[1]
+        finally:
+            stop.set()
+            if answer is not None:
+                thread.join(5)
+
+
+def test_no_answer_in_time(runner: Runner) -> None:
+    with listener(None) as port:
+        late = probe(runner, "host=127.0.0.1", f"port={port}", "status=/s", "--timeout", "1")
+    assert late.proc.returncode == 3, late.describe()
+    assert late.stderr.strip() == (
+        f"FastCGI on 127.0.0.1:{port}: no answer within 1 s while waiting for the answer."
+    )
+
+
+@pytest.mark.parametrize("protocol", ["fcgi", "scgi", "ajp"])
+def test_an_answer_that_is_not_runfcgis(runner: Runner, protocol: str) -> None:
+    """An HTTP server where the probe expected this protocol."""
+    with listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as port:
+        other = probe(
+            runner, f"protocol={protocol}", "host=127.0.0.1", f"port={port}", "status=/s"
+        )
+    assert other.proc.returncode == 4, other.describe()
+    [line] = other.stderr.splitlines()
+    assert line.startswith(
+        f"{ {'fcgi': 'FastCGI', 'scgi': 'SCGI', 'ajp': 'AJP'}[protocol] } on 127.0.0.1:{port}: "
+    )
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        ([], "runfcgi status needs the server's address: host= and port=, socket=, or pidfile="),
+        (["socket=/tmp/x.sock", "--timeout", "0"], "--timeout must be above 0 seconds."),
+        (["socket=/tmp/x.sock", "--timeout", "soon"], "--timeout='soon' is not a number of"),
+        (["socket=/tmp/x.sock", "status=x"], "status='x' is not a URL path"),
+        (["socket=/tmp/x.sock", "host=::1"], "Use either socket= or host=/port=, not both."),
+        (["bogus=1"], "Unknown option 'bogus'."),
+    ],
+)
+def test_bad_options_are_one_line(runner: Runner, words: list[str], message: str) -> None:
+    result = probe(runner, *words)
+    assert result.proc.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"CommandError: {message}")
+
+
+def test_probe_words_are_the_probes_own(runner: Runner) -> None:
+    result = runner.run("socket=/tmp/x.sock", "--json")
+    assert result.proc.returncode == 1
+    assert result.stderr.strip() == "CommandError: --json applies to 'runfcgi status' only."
+
+
+def test_help_lists_the_probe(runner: Runner) -> None:
+    result = subprocess.run(
+        [sys.executable, str(TESTPROJECT / "manage.py"), "runfcgi", "--help"],
+        capture_output=True,
+        text=True,
+        env=runner.env(),
+        timeout=30,
+        check=True,
+    )
+    assert "runfcgi status (the probe) only" in result.stdout
+    assert "--timeout SECONDS" in result.stdout
