@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import TESTPROJECT, Run, Runner, free_port
+from tests.doc_commands import DocCommand, commands
 from tests.process_jobs import wait_for
 
 SERVERS = {
@@ -247,3 +252,129 @@ def test_help_lists_the_probe(runner: Runner) -> None:
     )
     assert "runfcgi status (the probe) only" in result.stdout
     assert "--timeout SECONDS" in result.stdout
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOC_RUN = "/run/mysite/"
+
+
+def test_docs_show_the_exit_statuses() -> None:
+    page = (DOCS / "status.rst").read_text()
+    for code in range(6):
+        assert f"``{code}``" in page
+
+
+def documented_server(runner: Runner) -> tuple[Run, list[str]]:
+    """The page's own command that turns the status page on, with its paths in the
+    test's directory, in the foreground."""
+    [start] = [c for c in commands((DOCS / "status.rst",)) if "status=/status" in c.words]
+    words = [word.replace(DOC_RUN, f"{runner.tmp}/") for word in start.words]
+    run = runner.serve(*words, "daemonize=false", address=str(runner.tmp / "fcgi.sock"))
+    return run, words
+
+
+PROBES = commands((DOCS / "status.rst",), probes=True)
+
+
+def test_the_page_shows_probes() -> None:
+    assert len(PROBES) >= 2
+    assert any("pidfile=" in command.text for command in PROBES)
+
+
+@pytest.mark.parametrize("command", PROBES, ids=lambda command: command.where)
+def test_documented_probe_runs_as_written(runner: Runner, command: DocCommand) -> None:
+    documented_server(runner)
+    words = [word.replace(DOC_RUN, f"{runner.tmp}/") for word in command.words]
+    result = runner.run(*words)
+    assert result.proc.returncode == 0, f"{command.where}\n{result.describe()}"
+    if "--json" in words:
+        assert json.loads(result.stdout)["pool"] == f"unix:{runner.tmp / 'fcgi.sock'}"
+    else:
+        assert result.stdout.startswith(f"pool:                 unix:{runner.tmp}/fcgi.sock\n")
+
+
+def unit(name: str) -> dict[str, list[str]]:
+    settings: dict[str, list[str]] = {}
+    for line in (DOCS / "configs" / name).read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def documented_argv(line: str, runner: Runner) -> list[str]:
+    """A unit's command line, run here: the venv's python is this one, the project the
+    test project, /run/mysite/ the test's directory."""
+    argv = shlex.split(line.replace(DOC_RUN, f"{runner.tmp}/"))
+    assert argv[:3] == ["/srv/mysite/venv/bin/python", "manage.py", "runfcgi"], argv
+    return [sys.executable, str(TESTPROJECT / "manage.py"), *argv[2:]]
+
+
+def test_documented_systemd_probes(runner: Runner) -> None:
+    """The drop-in's ExecStart serves with a status page and its ExecStartPost passes;
+    the health check passes while the server runs, and fails with 2 once it is gone."""
+    dropin = unit("mysite-status.conf")
+    assert dropin["ExecStart"][0] == ""  # resets mysite.service's own command
+    serve_argv = documented_argv(dropin["ExecStart"][1], runner)
+    sock = runner.tmp / "fcgi.sock"
+    run = runner.serve(
+        command=[*serve_argv, f"socket={sock}", "daemonize=false"], address=str(sock)
+    )
+    health = unit("mysite-health.service")
+    for line in (dropin["ExecStartPost"][0], health["ExecStart"][0]):
+        result = subprocess.run(
+            documented_argv(line, runner),
+            capture_output=True,
+            text=True,
+            env=runner.env(),
+            cwd=TESTPROJECT,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, (line, result.stdout, result.stderr)
+        assert result.stdout.startswith(f"pool:                 unix:{sock}\n")
+    run.signal(signal.SIGTERM)
+    run.wait(30)
+    gone = subprocess.run(
+        documented_argv(health["ExecStart"][0], runner),
+        capture_output=True,
+        text=True,
+        env=runner.env(),
+        cwd=TESTPROJECT,
+        timeout=60,
+        check=False,
+    )
+    assert gone.returncode == 2, gone.stderr
+    # The health check's ExecStopPost restarts the site for 2, 3 and 4, not for 5.
+    [stop_post] = health["ExecStopPost"]
+    assert "2|3|4)" in stop_post
+    assert "$$EXIT_STATUS" in stop_post
+
+
+def test_documented_units_pass_systemd_analyze_verify(short_tmp: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package: systemd).")
+    configs = DOCS / "configs"
+    service = (configs / "mysite.service").read_text() + (
+        configs / "mysite-status.conf"
+    ).read_text()
+    files = {
+        "mysite.service": service,
+        "mysite.socket": (configs / "mysite.socket").read_text(),
+        "mysite-health.service": (configs / "mysite-health.service").read_text(),
+        "mysite-health.timer": (configs / "mysite-health.timer").read_text(),
+    }
+    for name, text in files.items():
+        (short_tmp / name).write_text(text.replace("/srv/mysite/venv/bin/python", sys.executable))
+    result = subprocess.run(
+        [analyze, "verify", *(str(short_tmp / name) for name in files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.strip() == "", output
