@@ -583,6 +583,11 @@ def probe(target: Target, *, as_json: bool, full: bool, timeout: float) -> Outco
                 f"({answer.headers.get('content-type', 'no content type')}), not runfcgi's "
                 "status page: the server's status= is another path, or unset"
             )
+            if target.protocol == "ajp" and answer.status == 403 and target.secret is None:
+                why = (
+                    f"{shown} answered 403: the server wants a secret; give the probe "
+                    "the server's secret="
+                )
         else:
             why = "no status= given: start the server with status=PATH and give the probe the same"
         alive = liveness(target, timeout)

@@ -378,3 +378,17 @@ def test_documented_units_pass_systemd_analyze_verify(short_tmp: Path) -> None:
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert output.strip() == "", output
+
+
+def test_ajp_with_a_secret(runner: Runner) -> None:
+    """The probe sends the secret= of the server's options, as Apache's ProxyPass does."""
+    words = ["protocol=ajp", *bind_words(runner, "ajp"), "status=/status"]
+    serve(runner, *words, "secret=s3cret")
+    answered = probe(runner, *words, "secret=s3cret", "--json")
+    assert answered.proc.returncode == 0, answered.describe()
+    refused = probe(runner, *words)
+    assert refused.proc.returncode == 5, refused.describe()
+    assert refused.stderr.strip().endswith(
+        "is alive: CPing answered with CPong; but /status answered 403: the server wants "
+        "a secret; give the probe the server's secret=."
+    )
