@@ -330,6 +330,9 @@ class _Conversation:
             parts.append(piece)
         return b"".join(parts)
 
+    def closed(self) -> BaseException:
+        return self._failure(EOFError(), "reading the answer")
+
     def not_runfcgi(self, what: str) -> ProbeFailed:
         return ProbeFailed(EXIT_NOT_RUNFCGI, f"{self._target.describe()}: {what}.")
 
@@ -354,6 +357,8 @@ def _cgi_params(path: str, query: str) -> dict[str, str]:
 
 
 def _cgi_answer(conversation: _Conversation, output: bytes) -> Answer:
+    if not output:
+        raise conversation.closed()
     head, sep, body = output.partition(_CGI_SEPARATOR)
     # runfcgi's CGI answers (FastCGI, SCGI) begin with their status.
     if not sep or not head.startswith(b"Status: "):

@@ -392,3 +392,16 @@ def test_ajp_with_a_secret(runner: Runner) -> None:
         "is alive: CPing answered with CPong; but /status answered 403: the server wants "
         "a secret; give the probe the server's secret=."
     )
+
+
+def test_the_wrong_protocol(runner: Runner) -> None:
+    """A FastCGI server probed as SCGI: it closes on the netstring, which is no answer."""
+    words = [*bind_words(runner, "fcgi"), "status=/status"]
+    serve(runner, *words)
+    wrong = probe(runner, *words, "protocol=scgi")
+    assert wrong.proc.returncode == 4, wrong.describe()
+    assert wrong.stderr.strip() == (
+        f"SCGI on unix:{runner.tmp / 'app.sock'}: the connection was closed without an "
+        "answer (not a runfcgi server of this protocol, or this client is not allowed: "
+        "allow=)."
+    )
