@@ -12,6 +12,7 @@ the worker shows here in one run, where the load benchmark needs many.
 
     python -m benchmarks.instructions
     python -m benchmarks.instructions --servers runfcgi-fcgi-prefork,uwsgi-fastcgi -n 500
+    python -m benchmarks.instructions --servers runfcgi-fcgi-prefork --runfcgi-options=status=/s
 
 It needs valgrind (Debian package ``valgrind``) and takes a few minutes: programs run
 some fifty times slower under it.
@@ -62,6 +63,8 @@ PARAMS = {
     "HTTP_USER_AGENT": "wrk",
 }
 WARM_UP = 200
+EXTRA_OPTIONS: list[str] = []
+"""--runfcgi-options: added to each runfcgi server's command line."""
 START_SECONDS = 300.0
 
 
@@ -115,6 +118,7 @@ def runfcgi(sock: Path) -> list[str]:
         "minspare=1",
         "maxspare=1",
         "maxchildren=1",
+        *EXTRA_OPTIONS,
     ]
 
 
@@ -238,7 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions", description=__doc__)
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
     parser.add_argument("-n", "--requests", type=int, default=1000, help="requests counted")
+    parser.add_argument(
+        "--runfcgi-options",
+        default="",
+        metavar="WORDS",
+        help="more key=value options for the runfcgi servers, such as 'status=/status'",
+    )
     args = parser.parse_args(argv)
+    EXTRA_OPTIONS[:] = args.runfcgi_options.split()
     names = args.servers.split(",")
     unknown = set(names) - set(SERVERS)
     if unknown:
@@ -255,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     base = results.get("uwsgi-fastcgi")
-    print(f"hello, {args.requests} requests, one connection each, counted by callgrind")
+    shown = f", runfcgi {args.runfcgi_options}" if args.runfcgi_options else ""
+    print(f"hello, {args.requests} requests, one connection each, counted by callgrind{shown}")
     print(f"{'server':26} {'per request':>12} {'server part':>12} {'/uwsgi-fcgi':>12}")
     for name, total in results.items():
         share = f"{total / base:11.2f}x" if base else ""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 from django.core.servers.basehttp import get_internal_wsgi_application
@@ -47,10 +47,13 @@ from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
 from django_runfcgi.protocols.ajp import open_without_secret
 from django_runfcgi.protocols.base import peer
 from django_runfcgi.protocols.clients import ip_address_of
-from django_runfcgi.server import make_protocol, make_server
+from django_runfcgi.server import make_protocol, make_server, make_status
 from django_runfcgi.workers import ProcessModel
 from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.signals import SERVER_SIGNALS
+
+if TYPE_CHECKING:
+    from django_runfcgi.status.page import Status
 
 # From the moment the pidfile or the announcement can be seen until run() has its
 # handlers in place, the signals the servers handle (SERVER_SIGNALS) wait instead of
@@ -508,14 +511,27 @@ def _hooks(
     )
 
 
-def _reexec(start: Start, server: ProcessModel, notifier: systemd.Notifier) -> None:
-    """Reload: run the command again in this process, handing it the socket and the
-    workers that are still finishing their requests."""
+def _status_page(config: Config, start: Start) -> Status | None:
+    """The status page and ping, with the figures a reload carried over."""
+    carried = start.reloaded.figures if start.reloaded is not None else None
+    if not carried:
+        return make_status(config)
+    from django_runfcgi.status.figures import History  # noqa: PLC0415 - status= only
+
+    return make_status(config, History.from_dict(carried))
+
+
+def _reexec(
+    start: Start, server: ProcessModel, notifier: systemd.Notifier, status: Status | None
+) -> None:
+    """Reload: run the command again in this process, handing it the socket, the
+    workers that are still finishing their requests and the status page's figures."""
     successor = reload.State(
         fd=start.listener.sock.fileno(),
         created=start.listener.created,
         retiring=tuple(server.retiring),
         start_dir=start.start_dir,
+        figures=status.history_after_reload().to_dict() if status is not None else None,
     )
     notifier.restore_environment()
     if start.by_systemd:
@@ -649,7 +665,10 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         stop.owner = notifier.owner = os.getpid()
         application = _settle(config, start, stop.owner)
         status = _status(config, start, stop.owner)
-        server = make_server(config, application, _hooks(config, start, notifier, status, stop))
+        page = _status_page(config, start)
+        server = make_server(
+            config, application, _hooks(config, start, notifier, status, stop), page
+        )
         if start.reloaded is not None:
             server.adopt_workers(start.reloaded.retiring)
         if start.by_systemd or not isinstance(config.bind, Inherited):
@@ -660,7 +679,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         if start.reloaded is not None and start.state is not None:
             start.state.record(control.RELOADED)
         if server.run(start.listener.sock):
-            _reexec(start, server, notifier)
+            _reexec(start, server, notifier, page)
     except BaseException as err:
         readiness.failed(str(err) or type(err).__name__)
         # Workers are forked once serving; before, this is the reloaded master failing.

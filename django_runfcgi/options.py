@@ -170,6 +170,16 @@ def parse_scriptname(name: str, value: object) -> str:
     return prefix.rstrip("/")
 
 
+def parse_url_path(name: str, value: object) -> str:
+    """A URL path such as ``/status``, compared with each request's whole path."""
+    path = "" if isinstance(value, bool) else str(value).strip()
+    if not path.startswith("/") or any(char in path for char in "?#% "):
+        raise OptionError(
+            f"{name}={value!r} is not a URL path; use a path such as /{name} (decoded, no query)."
+        )
+    return path
+
+
 def parse_secret(name: str, value: object) -> str:
     """A shared secret as Apache's ``secret=`` takes it: printable ASCII, no spaces."""
     text = str(value)
@@ -476,6 +486,25 @@ OPTIONS: tuple[Option, ...] = (
         default_text="unset: requests are served with or without a secret",
     ),
     Option(
+        "status",
+        parse_url_path,
+        None,
+        "URL path of the status page, such as /status: a request for it is answered by "
+        "runfcgi with the pool's figures (PHP-FPM's fields; ?json, ?openmetrics, ?html, "
+        "?full), never by Django. Expose it to localhost only (see the docs).",
+        "PATH",
+        default_text="unset: no status page",
+    ),
+    Option(
+        "ping",
+        parse_url_path,
+        None,
+        "URL path that runfcgi answers with 'pong' (text/plain, 200) without Django, for "
+        "the web server's or a monitor's health checks, such as /ping.",
+        "PATH",
+        default_text="unset: no ping",
+    ),
+    Option(
         "handover",
         parse_seconds,
         10.0,
@@ -664,6 +693,8 @@ class Config:
     user: privileges.Account | None
     secret: str | None
     allow: tuple[AllowEntry, ...] | None
+    status: str | None
+    ping: str | None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -689,6 +720,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     maxspare, minspare = _spares(values, given)
     _check_method(values, given)
     _check_protocol(values, given)
+    _check_status_paths(values)
     _check_permissions(given, bind)
     socketowner, socketgroup, user = _accounts(given)
     paths = {
@@ -729,6 +761,7 @@ def check(raw: Mapping[str, object]) -> None:
     _spares(values, given)
     _check_method(values, given)
     _check_protocol(values, given)
+    _check_status_paths(values)
     _check_group(given)
 
 
@@ -808,6 +841,14 @@ def _check_method(values: Mapping[str, Any], given: Mapping[str, Any]) -> None:
         raise OptionError(
             "requesttimeout= applies to method=prefork only; a thread cannot be stopped "
             "in the middle of a request."
+        )
+
+
+def _check_status_paths(values: Mapping[str, Any]) -> None:
+    """status= and ping= answer different requests."""
+    if values["status"] is not None and values["status"] == values["ping"]:
+        raise OptionError(
+            f"status= and ping= are both {values['status']!r}; give each its own path."
         )
 
 

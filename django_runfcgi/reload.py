@@ -35,6 +35,8 @@ class State:
     created: tuple[int, int] | None
     retiring: tuple[int, ...]
     start_dir: str
+    figures: dict[str, float] | None = None
+    """The status page's figures counted since the first start (status.figures.History)."""
 
     def to_json(self) -> str:
         return json.dumps(
@@ -44,6 +46,7 @@ class State:
                 "created": self.created,
                 "retiring": self.retiring,
                 "start_dir": self.start_dir,
+                "figures": self.figures,
             }
         )
 
@@ -66,6 +69,7 @@ def take_state() -> State | None:
         created=(int(created[0]), int(created[1])) if created else None,
         retiring=tuple(int(pid) for pid in data["retiring"]),
         start_dir=str(data["start_dir"]),
+        figures=data.get("figures"),
     )
 
 

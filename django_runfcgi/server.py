@@ -7,6 +7,8 @@ and signals. Neither inherits from the other.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django_runfcgi import protocols
 from django_runfcgi.options import Config
 from django_runfcgi.protocols.wsgi import WSGIApplication
@@ -14,6 +16,10 @@ from django_runfcgi.workers import Limits, ProcessModel
 from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.prefork import PreforkMaster
 from django_runfcgi.workers.threaded import ThreadedServer
+
+if TYPE_CHECKING:
+    from django_runfcgi.status.figures import History
+    from django_runfcgi.status.page import Status
 
 PROCESS_MODELS: dict[str, type[PreforkMaster] | type[ThreadedServer]] = {
     "prefork": PreforkMaster,
@@ -56,10 +62,35 @@ def make_protocol(config: Config, application: WSGIApplication) -> protocols.Gat
     )
 
 
+def make_status(config: Config, history: History | None = None) -> Status | None:
+    """The status page and ping the options ask for; None without status= and ping=."""
+    if config.status is None and config.ping is None:
+        return None
+    # Imported only here: a server without a status page loads nothing of it.
+    from django_runfcgi.status.page import Status  # noqa: PLC0415
+
+    return Status(
+        status_path=config.status,
+        ping_path=config.ping,
+        protocol=config.protocol,
+        process_manager=config.method,
+        limits=limits(config),
+        history=history,
+    )
+
+
 def make_server(
-    config: Config, application: WSGIApplication, hooks: Hooks | None = None
+    config: Config,
+    application: WSGIApplication,
+    hooks: Hooks | None = None,
+    status: Status | None = None,
 ) -> ProcessModel:
     """Build the server; threads and processes start only in run(), so this is safe before
-    a fork."""
+    a fork. With `status`, its paths are answered in front of the application, and the
+    process model keeps the figures when there is a status page."""
     protocol = make_protocol(config, application)
-    return PROCESS_MODELS[config.method](protocol, limits(config), hooks)
+    if status is not None:
+        protocol.application = status.around(protocol.application)
+        if status.status_path is None:
+            status = None  # ping alone needs no figures
+    return PROCESS_MODELS[config.method](protocol, limits(config), hooks, status=status)

@@ -79,11 +79,20 @@ class Connection(Protocol):
 
 
 class RequestWatch(Protocol):
-    """Told when each request begins and ends: a prefork worker timing its requests."""
+    """Told when each request begins and ends: what a worker observes of its requests.
 
-    def request_begins(self) -> None: ...
+    ``request_begins`` gets the request's environ as the web server sent it (before the
+    application runs; read it, never change it). ``request_ends`` comes once the
+    response is written: its status code and the bytes of its body that were written.
+    When the application raised before its response began, the status is 500 and the
+    error page follows. A prefork worker timing its requests (requesttimeout) and the
+    figures of the status page are such watches; a watch must be quick, as it runs on
+    every request.
+    """
 
-    def request_ends(self) -> None: ...
+    def request_begins(self, environ: Environ) -> None: ...
+
+    def request_ends(self, status: int, sent: int) -> None: ...
 
 
 class Gateway:
@@ -140,17 +149,35 @@ class Gateway:
         raise NotImplementedError
 
     def watch_requests(self, watch: RequestWatch) -> None:
-        """From now on, tell `watch` when each request begins and ends."""
-        respond = self.respond
+        """From now on, tell `watch` when each request begins and ends; watches added
+        one after another are all told, the first added the innermost."""
+        inner = self.handler
+        environ_of, outcome_of = self.environ_of, self.outcome_of
 
-        def timed(request: Any) -> None:
-            watch.request_begins()
+        def watched(request: Any) -> None:
+            watch.request_begins(environ_of(request))
             try:
-                respond(request)
-            finally:
-                watch.request_ends()
+                inner(request)
+            except BaseException:
+                watch.request_ends(*outcome_of(request, failed=True))
+                raise
+            watch.request_ends(*outcome_of(request, failed=False))
 
-        self.handler = timed
+        self.handler = watched
+
+    def environ_of(self, request: Any) -> Environ:
+        """The environ of a protocol's request, for the watches."""
+        environ: Environ = request.environ
+        return environ
+
+    def outcome_of(self, request: Any, *, failed: bool) -> tuple[int, int]:
+        """The status code and body bytes of a request's response, for the watches; a
+        request whose application `failed` before answering gets the 500 page."""
+        raise NotImplementedError
+
+    def failed_outcome(self, environ: Environ) -> tuple[int, int]:
+        """The outcome of a request answered with the 500 page."""
+        return 500, len(error_page(self.debug)[1]) if has_body(environ) else 0
 
     def _sanitizeEnv(self, environ: Environ) -> None:
         """SCRIPT_NAME and PATH_INFO from the URI, under the mount prefix (scriptname=, or

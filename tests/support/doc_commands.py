@@ -71,7 +71,9 @@ def _joined_lines(text: str) -> list[tuple[int, str]]:
     return joined
 
 
-def commands(pages: tuple[Path, ...] = PAGES) -> list[DocCommand]:
+def commands(pages: tuple[Path, ...] = PAGES, *, probes: bool = False) -> list[DocCommand]:
+    """The commands that start a server; with `probes`, the ``runfcgi status`` probes
+    instead, which tests/integration/test_status_probe.py runs against a server."""
     found: list[DocCommand] = []
     for page in pages:
         text = page.read_text()
@@ -85,4 +87,4 @@ def commands(pages: tuple[Path, ...] = PAGES) -> list[DocCommand]:
                 setup.append(directories.group(1))
             if included := _SETTINGS.match(line):
                 settings = page.parent / included.group(1)
-    return found
+    return [command for command in found if (command.words[:1] == ["status"]) == probes]

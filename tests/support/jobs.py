@@ -54,18 +54,17 @@ class LineJob:
     def stop_when_idle(self) -> None:
         """Nothing to do: the connection ends after its one line anyway."""
 
-    watch: Any = None
+    watches: tuple[Any, ...] = ()
     """Told when each line, a request, begins and ends (watch_requests)."""
 
     def handle(self, line: str) -> None:
-        if self.watch is None:
-            self._handle(line)
-            return
-        self.watch.request_begins()
+        for watch in self.watches:
+            watch.request_begins({})
         try:
             self._handle(line)
         finally:
-            self.watch.request_ends()
+            for watch in self.watches:
+                watch.request_ends(200, 0)
 
     def _handle(self, line: str) -> None:
         command, _, argument = line.strip().partition(" ")
@@ -117,19 +116,20 @@ class Jobs:
 
     def __init__(self, job: type[LineJob]) -> None:
         self._job = job
-        self._watch: Any = None
+        self._watches: tuple[Any, ...] = ()
 
     def allows(self, addr: Any) -> bool:
         return True
 
     def connection(self, sock: socket.socket, addr: Any) -> LineJob:
         job = self._job(sock, addr)
-        job.watch = self._watch
+        job.watches = self._watches
         return job
 
     def watch_requests(self, watch: Any) -> None:
-        """Recycling counts requests: here each line a job serves."""
-        self._watch = watch
+        """Recycling counts requests: here each line a job serves; every watch added is
+        told, as a protocol tells them."""
+        self._watches = (*self._watches, watch)
 
 
 # Our process models' limits under the names flup's constructors take, so that one

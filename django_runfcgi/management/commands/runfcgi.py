@@ -1,6 +1,6 @@
 """``manage.py runfcgi``: Django 1.8's command, with its options in both forms, and the
-actions that inspect and control a server (``config``, ``check``, ``stop``, ``reload``,
-``reopen``)."""
+actions that inspect and control a server (``config``, ``check``, ``status``,
+``stop``, ``reload``, ``reopen``)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ from django_runfcgi import conf, control, effective, options, reload
 from django_runfcgi.addresses import Inherited
 from django_runfcgi.lifecycle import StartupError, serve, verify
 from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
+from django_runfcgi.status import probe
+from django_runfcgi.status.probe import DEFAULT_TIMEOUT
 
-ACTIONS = ("config", "check", "stop", "reload", "reopen")
+ACTIONS = ("config", "check", "status", "stop", "reload", "reopen")
 CONTROL = ("stop", "reload", "reopen")
 
 
@@ -80,7 +82,8 @@ class Command(BaseCommand):
         "given as key=value words (as in Django 1.8) or as --key value, over the "
         "defaults in settings.RUNFCGI; 'manage.py runfcgi help' lists them. "
         "'runfcgi config' shows the options in effect, 'runfcgi check' checks them "
-        "without serving, 'runfcgi stop|reload|reopen' controls the server a pidfile names."
+        "without serving, 'runfcgi status' asks the running server for its status page, "
+        "'runfcgi stop|reload|reopen' controls the server a pidfile names."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -96,10 +99,21 @@ class Command(BaseCommand):
             nargs="*",
             metavar="key=value",
             help="Options in the historic form, e.g. protocol=scgi port=8025; 'help'; or "
-            "an action first: config, check, stop, reload, reopen.",
+            "an action first: config, check, status, stop, reload, reopen.",
         )
         parser.add_argument(
-            "--json", action="store_true", help="With config: print the options as JSON."
+            "--json",
+            action="store_true",
+            help="With config: print the options as JSON; with status: the status page.",
+        )
+        parser.add_argument(
+            "--full", action="store_true", help="With status: one entry per worker (?full)."
+        )
+        parser.add_argument(
+            "--timeout",
+            default=None,
+            metavar="SECONDS",
+            help=f"With status: how long to wait for the server (default: {DEFAULT_TIMEOUT:g}).",
         )
         parser.add_argument(
             "--now",
@@ -123,6 +137,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             action, rest = split_action(opts.get("words", ()))
+            if action == "status":
+                self._only_with(action, opts)
+                self._probe(rest, opts)
+                return
             words, wants_help = options.parse_words(rest)
             if wants_help:
                 self.stdout.write(options.help_text())
@@ -153,9 +171,42 @@ class Command(BaseCommand):
 
     @staticmethod
     def _only_with(action: str | None, opts: dict[str, Any]) -> None:
-        for flag, applies in (("json", "config"), ("now", "stop")):
-            if opts.get(flag) and action != applies:
-                raise options.OptionError(f"--{flag} applies to 'runfcgi {applies}' only.")
+        for flag, applies in (
+            ("json", ("config", "status")),
+            ("full", ("status",)),
+            ("timeout", ("status",)),
+            ("now", ("stop",)),
+        ):
+            if opts.get(flag) not in (None, False) and action not in applies:
+                names = " and ".join(f"'runfcgi {name}'" for name in applies)
+                raise options.OptionError(f"--{flag} applies to {names} only.")
+
+    def _probe(self, words: list[str], opts: dict[str, Any]) -> None:
+        """``runfcgi status``: print the server's status page, or say in one line why
+        not and exit with the reason's status (status/probe.py). The server is found by
+        the options it was started with, over the defaults in settings.RUNFCGI."""
+        try:
+            raw, wants_help = options.parse_words(words)
+            if wants_help:
+                raise options.OptionError("'help' lists the server's options; leave it out here.")
+            given = {name: opts[name] for name in options.BY_NAME if name in opts}
+            timeout = DEFAULT_TIMEOUT
+            if opts.get("timeout") is not None:
+                timeout = options.parse_seconds("--timeout", opts["timeout"])
+                if timeout <= 0:
+                    raise options.OptionError("--timeout must be above 0 seconds.")
+            layered, _ = options.layer(conf.runfcgi_options(), options.merge(raw, given))
+            target = probe.target_from(layered)
+            outcome = probe.probe(target, as_json=opts["json"], full=opts["full"], timeout=timeout)
+        except options.OptionError as err:
+            raise CommandError(str(err)) from err
+        except probe.ProbeFailed as failed:
+            outcome = probe.Outcome(failed.code, "", str(failed))
+        if outcome.output:
+            self.stdout.write(outcome.output, ending="")
+        if outcome.code != probe.EXIT_OK:
+            self.stderr.write(outcome.line)
+            sys.exit(outcome.code)
 
     def _check(self, command_line: dict[str, object]) -> None:
         """Everything a start checks before serving, each problem in one line."""

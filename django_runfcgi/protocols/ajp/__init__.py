@@ -41,6 +41,11 @@ class AJP(Gateway):
     def connection(self, sock: socket.socket, addr: ClientAddress) -> AJPConnection:
         return AJPConnection(sock, addr, self)
 
+    def outcome_of(self, request: Any, *, failed: bool) -> tuple[int, int]:
+        if failed and not request._headersSent:
+            return self.failed_outcome(request.environ)
+        return request.status, request.sent
+
     def error(self, request: Any) -> None:
         """500, not flup's 200 (flup.rst#ajp-error-status)."""
         content_type, body = error_page(self.debug)

@@ -52,6 +52,9 @@ class _AJPRequest:
         self.input: IO[bytes] = io.BytesIO()
         self._headersSent = False
         self.logger = conn.logger
+        self.status = 0
+        self.sent = 0
+        """The response's status code and body bytes written, for the request watches."""
 
     def run(self) -> None:
         """The whole request body first, so a broken body costs its connection, not a 500.
@@ -78,6 +81,7 @@ class _AJPRequest:
     ) -> None:
         """Hold SEND_HEADERS back so it goes out with the first body chunk."""
         assert not self._headersSent, "Headers already sent!"
+        self.status = statusCode
         self._conn.hold(
             container_packet(
                 ajp_base.PKTTYPE_SEND_HEADERS
@@ -92,6 +96,7 @@ class _AJPRequest:
     def write(self, data: bytes) -> None:
         """SEND_BODY_CHUNK packets; none for HEAD (flup sent the body)."""
         if has_body(self.environ):
+            self.sent += len(data)
             self._conn.send_body(data)
 
 

@@ -116,5 +116,14 @@ class FastCGI(Gateway):
             if lock is not None:
                 lock.release()
 
+    def environ_of(self, req: FCGIRequest) -> Environ:
+        return req.params
+
+    def outcome_of(self, req: FCGIRequest, *, failed: bool) -> tuple[int, int]:
+        if failed and not req._headers_sent:
+            return self.failed_outcome(req.params)
+        headers = req._headers
+        return (int(headers[0][:3]) if headers is not None else 0), req.sent
+
     def error(self, req: FCGIRequest) -> None:
         write_cgi_error(req.stdout, self.debug)

@@ -175,6 +175,8 @@ class FCGIRequest:
         self._head = False
         self._add_length = False
         self.dataWritten = False
+        self.sent = 0
+        """Bytes of the response body written, for the request watches."""
 
     # The parameters.
 
@@ -238,6 +240,8 @@ class FCGIRequest:
     def write(self, data: bytes | str, *, flush: bool = False) -> None:
         """Queue response output; with `flush`, send it and what was queued before."""
         data = latin1(data, "response data")
+        if not self._head:
+            self.sent += len(data)
         if not self._headers_sent:
             self._headers_sent = True
             self.dataWritten = True

@@ -28,6 +28,13 @@ class SCGI(Gateway):
     def connection(self, sock: socket.socket, addr: ClientAddress) -> SCGIConnection:
         return SCGIConnection(sock, addr, self)
 
+    def outcome_of(self, request: Any, *, failed: bool) -> tuple[int, int]:
+        # flup's request wraps the output in a StdoutWrapper; ours is inside.
+        output = request.stdout._file
+        if failed and not request.stdout.dataWritten:
+            return self.failed_outcome(request.environ)
+        return output.status, output.sent
+
     def error(self, request: Any) -> None:
         """Called by flup's request class when the application raised."""
         write_cgi_error(request.stdout, self.debug)

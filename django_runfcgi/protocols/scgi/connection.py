@@ -104,20 +104,27 @@ class _SCGIInput(LineReading):
 
 
 class _Output:
-    """Response output: a failed write is kept for the connection to log once. For HEAD
-    only the CGI header block (the first write) goes out."""
+    """Response output: the CGI header block (the first write) with the status code, and
+    the body, counted for the request watches and left out for HEAD. A failed write is
+    kept for the connection to log once."""
 
     def __init__(self, wfile: IO[bytes], conn: SCGIConnection, *, head: bool) -> None:
         self._wfile = wfile
         self._conn = conn
         self._headers_only = head
         self._headers_written = False
+        self.status = 0
+        self.sent = 0
 
     def write(self, data: bytes) -> int:
-        if self._headers_only:
-            if self._headers_written:
-                return len(data)
+        if not self._headers_written:
             self._headers_written = True
+            if data.startswith(b"Status: ") and data[8:11].isdigit():
+                self.status = int(data[8:11])
+        elif self._headers_only:
+            return len(data)
+        else:
+            self.sent += len(data)
         try:
             return self._wfile.write(data)
         except OSError as exc:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django_runfcgi.protocols import ServedProtocol
 from django_runfcgi.workers import Limits
@@ -25,12 +26,17 @@ from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.prefork.scoreboard import BUSY, Scoreboard
 from django_runfcgi.workers.prefork.worker import (
     DUMP_SIGNAL,
+    POOL_FULL,
     REQUEST_BEGINS,
     REQUEST_ENDS,
     Worker,
     flush_stdio,
 )
 from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
+
+if TYPE_CHECKING:
+    from django_runfcgi.status.figures import Sampler
+    from django_runfcgi.status.page import Status
 
 logger = logging.getLogger("django_runfcgi.workers")
 
@@ -78,7 +84,12 @@ class PreforkMaster:
     """
 
     def __init__(
-        self, protocol: ServedProtocol, limits: Limits, hooks: Hooks | None = None
+        self,
+        protocol: ServedProtocol,
+        limits: Limits,
+        hooks: Hooks | None = None,
+        *,
+        status: Status | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -88,6 +99,8 @@ class PreforkMaster:
         self._orders = Orders(self.hooks)
         self._retry_at: float | None = None
         self._board: Scoreboard | None = None
+        self._status = status
+        self._sampler: Sampler | None = None
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Wait for the workers of the master this process replaced (same pid, after exec).
@@ -113,7 +126,11 @@ class PreforkMaster:
         sock.setblocking(False)
         self._selector = selectors.DefaultSelector()
         # Every worker of this master has a slot: the pool never exceeds the larger.
-        self._board = Scoreboard(max(self._limits.maxspare, self._limits.maxchildren))
+        self._board = Scoreboard(
+            max(self._limits.maxspare, self._limits.maxchildren),
+            records=self._status is not None,
+        )
+        self._show_status(sock)
         self._signals = SignalQueue(MASTER_SIGNALS)
         self._selector.register(self._signals.fd, selectors.EVENT_READ)
         try:
@@ -125,10 +142,37 @@ class PreforkMaster:
                 self._shutdown()
         finally:
             self._kill_workers()
+            if self._status is not None:
+                self._status.stopped()
             self._signals.close()
             self._selector.close()
             self._board.close()
         return self._orders.stop is Stop.RELOAD
+
+    def _show_status(self, sock: socket.socket) -> None:
+        """With a status page: the counters carried over a reload, the page reading the
+        scoreboard, and the sampling of the listen queue."""
+        status, figures = self._status, self._scoreboard().figures
+        if status is None or figures is None:
+            self._sampler = None
+            return
+        from django_runfcgi.status.figures import Sampler  # noqa: PLC0415 - status= only
+
+        counters = figures.counters
+        history = status.history
+        counters.carry(
+            history.accepted_conn,
+            history.slow_requests,
+            history.max_active_processes,
+            history.max_children_reached,
+            history.max_listen_queue,
+        )
+        status.serving(sock, figures)
+        self._sampler = Sampler(counters, status.queue, self._pool_is_full)
+
+    def _pool_is_full(self) -> bool:
+        idle, alive = self._scoreboard().counts()
+        return idle == 0 and alive >= self._limits.maxchildren
 
     def _serve(self, sock: socket.socket) -> None:
         while True:
@@ -138,6 +182,8 @@ class PreforkMaster:
             self._reap_workers()
             self._maintain_pool(sock)
             wake_at = [self._retry_at, self._expire_retiring(), self._expire_requests()]
+            if self._sampler is not None:
+                wake_at.append(self._sampler.due(time.monotonic()))
             timeout = min((t for t in wake_at if t is not None), default=None)
             if timeout is not None:
                 timeout = max(0.0, timeout - time.monotonic())
@@ -238,6 +284,8 @@ class PreforkMaster:
                     worker.request_since = now
                 elif message == REQUEST_ENDS[0]:
                     worker.request_since = None
+                elif message == POOL_FULL[0] and self._sampler is not None:
+                    self._sampler.pool_full()
         else:
             # The worker is on its way out; SIGCHLD will wake us to reap it.
             self._close_link(pid)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from django_runfcgi.protocols import RequestWatch
+from django_runfcgi.protocols.wsgi import Environ
 from django_runfcgi.workers import Limits
 
 logger = logging.getLogger("django_runfcgi.workers")
@@ -49,10 +49,10 @@ class Recycling:
     def watches_requests(self) -> bool:
         return self.limit > 0 or self._maxmemory > 0
 
-    def request_begins(self) -> None:
+    def request_begins(self, environ: Environ) -> None:
         """Nothing to do before a request."""
 
-    def request_ends(self) -> None:
+    def request_ends(self, status: int, sent: int) -> None:
         """After each request: a worker at its limit ends its connection, then leaves.
 
         Requests, not connections, are counted: a web server that keeps its connections
@@ -76,18 +76,3 @@ class Recycling:
                 )
         if self.due:
             self._end_connection()
-
-
-class Watches:
-    """Several watches of the requests, told in turn (the protocol takes one)."""
-
-    def __init__(self, watches: Sequence[RequestWatch]) -> None:
-        self._watches = tuple(watches)
-
-    def request_begins(self) -> None:
-        for watch in self._watches:
-            watch.request_begins()
-
-    def request_ends(self) -> None:
-        for watch in self._watches:
-            watch.request_ends()

@@ -22,11 +22,12 @@ from collections.abc import Callable, Iterable
 from contextlib import suppress
 from typing import Any, NoReturn
 
-from django_runfcgi.protocols import Connection, RequestWatch, ServedProtocol
+from django_runfcgi.protocols import Connection, ServedProtocol
+from django_runfcgi.protocols.wsgi import Environ
 from django_runfcgi.sockets import Acceptor
 from django_runfcgi.workers import Limits, stop_when_idle
 from django_runfcgi.workers.hooks import Hooks
-from django_runfcgi.workers.prefork.recycling import Recycling, Watches
+from django_runfcgi.workers.prefork.recycling import Recycling
 from django_runfcgi.workers.prefork.scoreboard import BUSY, IDLE, Scoreboard
 from django_runfcgi.workers.signals import INTENTS, WORKER_SIGNALS, Intent, SignalQueue
 
@@ -37,6 +38,9 @@ logger = logging.getLogger("django_runfcgi.workers")
 POOL_CHANGES = b"\x00"
 REQUEST_BEGINS = b"\x01"
 REQUEST_ENDS = b"\x02"
+# With a status page: every worker the pool may have is busy (the master samples the
+# listen queue for max_children_reached); sent only while the master does not know it.
+POOL_FULL = b"\x03"
 
 DUMP_SIGNAL = signal.SIGUSR2
 """A worker past its request timeout gets this signal, which makes it write where it is
@@ -70,10 +74,10 @@ class RequestTimer:
     def __init__(self, link: socket.socket) -> None:
         self._link = link
 
-    def request_begins(self) -> None:
+    def request_begins(self, environ: Environ) -> None:
         _notify(self._link, REQUEST_BEGINS)
 
-    def request_ends(self) -> None:
+    def request_ends(self, status: int, sent: int) -> None:
         _notify(self._link, REQUEST_ENDS)
 
 
@@ -99,6 +103,8 @@ class Worker:
         """The worker's end of its status link to the master."""
         self._stopping = False
         self._connection: Connection | None = None
+        self._record = board.figures.record(slot) if board.figures is not None else None
+        """The worker's figures for the status page, when there is one."""
 
     def run(
         self, sock: socket.socket, leave_master: Callable[[], None], mask: Iterable[int]
@@ -111,14 +117,14 @@ class Worker:
                 self._signals = SignalQueue(WORKER_SIGNALS, self._signalled)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 self._recycling = Recycling(self._limits, self._end_connection)
-                watches: list[RequestWatch] = []
                 if self._limits.requesttimeout > 0:
                     faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
-                    watches.append(RequestTimer(self._link))
+                    self._protocol.watch_requests(RequestTimer(self._link))
                 if self._recycling.watches_requests:
-                    watches.append(self._recycling)
-                if watches:
-                    self._protocol.watch_requests(Watches(watches))
+                    self._protocol.watch_requests(self._recycling)
+                if self._record is not None:
+                    self._record.started()
+                    self._protocol.watch_requests(self._record)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._serve(sock)
             except KeyboardInterrupt:
@@ -149,6 +155,8 @@ class Worker:
         link = self._link
         link.settimeout(NOTIFY_TIMEOUT)
         board, slot, limits = self._board, self._slot, self._limits
+        record = self._record
+        counters = board.figures.counters if board.figures is not None else None
         allows = self._protocol.allows
         accept = Acceptor(sock)
         with _Waiter(sock, link, self._signals.fd) as waiter:
@@ -176,6 +184,11 @@ class Worker:
                 idle, alive = board.counts()
                 if idle < limits.minspare and alive < limits.maxchildren:
                     _notify(link, POOL_CHANGES)
+                if record is not None:
+                    record.connection_begins(alive - idle)
+                    full = not idle and alive >= limits.maxchildren
+                    if full and counters is not None and not counters.full_noticed:
+                        _notify(link, POOL_FULL)
                 self._serve_client(client, addr)
                 board.mark(slot, IDLE)
                 if self._recycling.due:

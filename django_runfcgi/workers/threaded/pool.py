@@ -17,12 +17,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django_runfcgi.protocols import Connection
 from django_runfcgi.sockets import Acceptor
 from django_runfcgi.workers import stop_when_idle
 from django_runfcgi.workers.signals import start_thread
+
+if TYPE_CHECKING:
+    from django_runfcgi.workers.threaded.figures import ThreadedFigures
 
 logger = logging.getLogger("django_runfcgi.workers")
 
@@ -81,8 +84,16 @@ class ThreadPool:
     """
 
     def __init__(
-        self, minSpare: int = 1, maxSpare: int = 5, maxThreads: int = sys.maxsize
+        self,
+        minSpare: int = 1,
+        maxSpare: int = 5,
+        maxThreads: int = sys.maxsize,
+        figures: ThreadedFigures | None = None,
     ) -> None:
+        self._figures = figures
+        """The status page's figures, when there is one."""
+        if figures is not None:
+            figures.reads_pool(self._idle_and_alive)
         self._minSpare = minSpare
         self._maxSpare = maxSpare
         self._maxThreads = max(minSpare, maxThreads)
@@ -158,6 +169,15 @@ class ThreadPool:
         with self._lock:
             return self._workerCount
 
+    def _idle_and_alive(self) -> tuple[int, int]:
+        with self._lock:
+            return self._workerCount - len(self._running), self._workerCount
+
+    def full(self) -> bool:
+        """Whether every thread the pool may have is serving a connection."""
+        with self._lock:
+            return len(self._running) >= self._maxThreads
+
     def detach(self) -> None:
         """Forget the wake-up callback, whose pipe is about to be closed."""
         with self._lock:
@@ -173,12 +193,17 @@ class ThreadPool:
                 self._stop_fds = None
 
     def _worker(self) -> None:
+        figures = self._figures
+        if figures is not None:
+            figures.thread_starts()
         try:
             while (job := self._wait_for_job()) is not None:
                 while job is not None:
                     self._run(job)
                     job = self._next_job()
         finally:
+            if figures is not None:
+                figures.thread_ends()
             with self._lock:
                 self._workerCount -= 1
                 self._threads.remove(threading.current_thread())
@@ -193,11 +218,18 @@ class ThreadPool:
             if self._watch_idle:
                 self._watch_idle = False
                 self._watch.notify()
-            idle = self._workerCount - len(self._running)
+            active = len(self._running)
+            idle = self._workerCount - active
             while idle < self._minSpare and self._workerCount < self._maxThreads:
                 if not self._start_new_thread():
                     break
                 idle += 1
+            wake = self._wake
+        figures = self._figures
+        if figures is not None:
+            figures.connection_begins(active)
+            if active >= self._maxThreads and not figures.counters.full_noticed and wake:
+                wake()  # the main thread samples the listen queue (max_children_reached)
         try:
             if stopping:
                 job.stop_when_idle()
@@ -205,6 +237,8 @@ class ThreadPool:
         except Exception:
             logger.exception("Error while serving a connection.")
         finally:
+            if figures is not None:
+                figures.connection_ends()
             with self._lock:
                 self._running.remove(job)
 

@@ -10,14 +10,20 @@ from __future__ import annotations
 import logging
 import selectors
 import socket
+import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django_runfcgi.protocols import ServedProtocol
 from django_runfcgi.workers import Limits
 from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
 from django_runfcgi.workers.threaded.pool import Accepted, ThreadPool
+
+if TYPE_CHECKING:
+    from django_runfcgi.status.figures import Sampler
+    from django_runfcgi.status.page import Status
+    from django_runfcgi.workers.threaded.figures import ThreadedFigures
 
 logger = logging.getLogger("django_runfcgi.workers")
 
@@ -33,14 +39,31 @@ class ThreadedServer:
     """
 
     def __init__(
-        self, protocol: ServedProtocol, limits: Limits, hooks: Hooks | None = None
+        self,
+        protocol: ServedProtocol,
+        limits: Limits,
+        hooks: Hooks | None = None,
+        *,
+        status: Status | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
         self.hooks = hooks if hooks is not None else Hooks()
         self.retiring: list[int] = []
-        self._pool = ThreadPool(limits.minspare, limits.maxspare, limits.maxchildren)
+        self._status = status
+        self._figures: ThreadedFigures | None = None
+        if status is not None:
+            from django_runfcgi.workers.threaded.figures import (  # noqa: PLC0415
+                ThreadedFigures,
+            )
+
+            self._figures = ThreadedFigures(status.history)
+            protocol.watch_requests(self._figures)
+        self._pool = ThreadPool(
+            limits.minspare, limits.maxspare, limits.maxchildren, figures=self._figures
+        )
         self._orders = Orders(self.hooks)
+        self._sampler: Sampler | None = None
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Nothing to wait for: a threaded server's threads end before it reloads."""
@@ -58,6 +81,11 @@ class ThreadedServer:
         sock.setblocking(False)
         pool = self._pool
         self._signals = SignalQueue(SERVER_SIGNALS)
+        if self._status is not None and self._figures is not None:
+            from django_runfcgi.status.figures import Sampler  # noqa: PLC0415 - status= only
+
+            self._status.serving(sock, self._figures)
+            self._sampler = Sampler(self._figures.counters, self._status.queue, pool.full)
         try:
             with selectors.DefaultSelector() as selector:
                 selector.register(self._signals.fd, selectors.EVENT_READ)
@@ -71,6 +99,8 @@ class ThreadedServer:
                     self.hooks.stop_begins(self._orders.stop is Stop.GRACEFUL)
                 self._wait_for_threads(selector)
         finally:
+            if self._status is not None:
+                self._status.stopped()
             pool.detach()
             self._signals.close()
         return self._orders.stop is Stop.RELOAD
@@ -81,7 +111,11 @@ class ThreadedServer:
             self._orders.take(self._signals.pop())
             if self._orders.stop is not None:
                 return
-            selector.select()
+            timeout = None
+            if self._sampler is not None:
+                now = time.monotonic()
+                timeout = max(0.0, self._sampler.due(now) - now)
+            selector.select(timeout)
 
     def _make_job(self, client: socket.socket, addr: Any) -> Accepted | None:
         if not self._protocol.allows(addr):
