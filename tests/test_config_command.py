@@ -77,7 +77,7 @@ def test_allow_is_a_list_in_json() -> None:
 @pytest.mark.parametrize(
     ("words", "message"),
     [
-        (["check", "--json"], "--json applies to 'runfcgi config' only."),
+        (["check", "--json"], "--json applies to 'runfcgi config' and 'runfcgi status' only."),
         (["--now", "socket=/x.sock"], "--now applies to 'runfcgi stop' only."),
         (["stop", "reload"], "Give one action at a time, not 'stop' and 'reload'."),
         (["config", "protocol=http"], "protocol='http' is not supported; use fcgi or scgi"),

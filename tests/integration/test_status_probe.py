@@ -238,9 +238,9 @@ def test_bad_options_are_one_line(runner: Runner, words: list[str], message: str
 
 
 def test_probe_words_are_the_probes_own(runner: Runner) -> None:
-    result = runner.run("socket=/tmp/x.sock", "--json")
+    result = runner.run("socket=/tmp/x.sock", "--full")
     assert result.proc.returncode == 1
-    assert result.stderr.strip() == "CommandError: --json applies to 'runfcgi status' only."
+    assert result.stderr.strip() == "CommandError: --full applies to 'runfcgi status' only."
 
 
 def test_help_lists_the_probe(runner: Runner) -> None:
@@ -252,7 +252,7 @@ def test_help_lists_the_probe(runner: Runner) -> None:
         timeout=30,
         check=True,
     )
-    assert "runfcgi status (the probe) only" in result.stdout
+    assert "With status: one entry per worker (?full)." in result.stdout
     assert "--timeout SECONDS" in result.stdout
 
 
