@@ -7,7 +7,8 @@ and signals. Neither inherits from the other.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import fields
+from typing import TYPE_CHECKING, TypeVar
 
 from django_runfcgi import protocols
 from django_runfcgi.options import Config
@@ -18,6 +19,8 @@ from django_runfcgi.workers.prefork import PreforkMaster
 from django_runfcgi.workers.threaded import ThreadedServer
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from django_runfcgi.status.figures import History
     from django_runfcgi.status.page import Status
 
@@ -27,26 +30,22 @@ PROCESS_MODELS: dict[str, type[PreforkMaster] | type[ThreadedServer]] = {
 }
 """The method= option's values."""
 
+_Fields = TypeVar("_Fields", bound="DataclassInstance")
+
+
+def _from_config(kind: type[_Fields], config: Config) -> _Fields:
+    """A dataclass of option values (the pool's Limits, the protocols' Bounds), each
+    field read from the Config field of the same name: a new option is added in one
+    place, not also here."""
+    return kind(**{field.name: getattr(config, field.name) for field in fields(kind)})
+
 
 def limits(config: Config) -> Limits:
-    return Limits(
-        minspare=config.minspare,
-        maxspare=config.maxspare,
-        maxchildren=config.maxchildren,
-        maxrequests=config.maxrequests,
-        maxrequestsjitter=config.maxrequestsjitter,
-        maxmemory=config.maxmemory,
-        shutdowntimeout=config.shutdowntimeout,
-        requesttimeout=config.requesttimeout,
-    )
+    return _from_config(Limits, config)
 
 
 def bounds(config: Config) -> protocols.Bounds:
-    return protocols.Bounds(
-        readtimeout=config.readtimeout,
-        maxheadsize=config.maxheadsize,
-        maxheaders=config.maxheaders,
-    )
+    return _from_config(protocols.Bounds, config)
 
 
 def make_protocol(config: Config, application: WSGIApplication) -> protocols.Gateway:
