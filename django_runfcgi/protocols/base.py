@@ -148,6 +148,15 @@ class ProtocolConnection:
     def run(self) -> None:
         raise NotImplementedError
 
+    def serve_ready(self) -> bool:
+        """Serve the requests that have come; True if the connection is left open and idle
+        (call again once its socket is readable), False once it is closed.
+
+        A protocol that cannot leave a connection between requests serves all of it here.
+        """
+        self.run()
+        return False
+
     def stop_when_idle(self) -> None:
         """Finish the request in progress, then close instead of waiting for another."""
         self._stopping = True

@@ -74,6 +74,11 @@ class Connection(Protocol):
     def run(self) -> None:
         """Serve the client's requests; return when the connection is done."""
 
+    def serve_ready(self) -> bool:
+        """Serve the requests that have come, without waiting for another once the last
+        has been answered: True if the connection is then kept open and idle (serve again
+        when its socket is readable), False once it is closed."""
+
     def stop_when_idle(self) -> None:
         """End after the request in progress instead of waiting for another."""
 

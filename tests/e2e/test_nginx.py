@@ -10,8 +10,11 @@ is written with one kind of address; the other kind replaces it, as a user would
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +31,7 @@ from tests.support.frontends import (
     recipe,
 )
 from tests.support.http import http_request
-from tests.support.net import Address
+from tests.support.net import Address, free_port
 from tests.support.processes import wait_for
 from tests.support.runner import Runner
 from tests.support.scenarios import SCENARIOS, STREAM_PAUSE, Site, stream_lead
@@ -243,3 +246,66 @@ def test_kept_connections_idle_past_readtimeout_still_serve(
             )
             assert (posted.status, posted.json()["body_length"]) == (200, 100_000)
         assert "timed out" not in served.runner.runs[0].stderr
+
+
+BURST_REQUESTS = 200
+BURST_CLIENTS = 8
+BURST_SLOWEST = 2.0
+
+
+def test_kept_connections_beyond_the_workers_hold_no_request(
+    runner: Runner, nginx_binary: str
+) -> None:
+    """nginx keeps more connections (keepalive 8) than runfcgi has workers (2): a burst
+    from more concurrent clients than workers is served with no request waiting behind
+    a connection that idles between its requests.
+
+    Each worker serves whichever of its kept connections, and the listening socket,
+    has a request; a worker that served a kept connection until nginx closed it left the
+    connections beyond the workers' number in the accept queue, with their requests.
+    """
+    backend, port = free_port(), free_port()
+    runner.serve(
+        "daemonize=false",
+        "host=127.0.0.1",
+        f"port={backend}",
+        "method=prefork",
+        "minspare=2",
+        "maxspare=2",
+        "maxchildren=2",
+        address=("127.0.0.1", backend),
+    )
+    config = recipe(
+        "nginx-fastcgi-keepalive.conf",
+        {
+            DOC_LISTEN: f"listen 127.0.0.1:{port};",
+            DOC_TCP[0]: f"127.0.0.1:{backend}",
+            "keepalive 4;": "keepalive 8;",
+        },
+    )
+    nginx = Nginx(runner.tmp / "nginx", config, port)
+    nginx.start()
+    failed = threading.Event()
+
+    def timed_request(_: int) -> tuple[str, float]:
+        if failed.is_set():
+            return "not sent", 0.0  # One failure fails the test: no need to wait for more.
+        started = time.monotonic()
+        try:
+            outcome = str(http_request(port, "GET", "/echo/", timeout=BURST_SLOWEST + 1).status)
+        except OSError as err:
+            outcome = type(err).__name__
+        took = time.monotonic() - started
+        if outcome != "200" or took > BURST_SLOWEST:
+            failed.set()
+        return outcome, took
+
+    try:
+        with ThreadPoolExecutor(BURST_CLIENTS) as pool:
+            results = list(pool.map(timed_request, range(BURST_REQUESTS)))
+    finally:
+        nginx.stop()
+    outcomes = Counter(outcome for outcome, _ in results)
+    slowest = max(took for _, took in results)
+    assert outcomes == {"200": BURST_REQUESTS}, outcomes
+    assert slowest <= BURST_SLOWEST, f"a request took {slowest:.2f} s"

@@ -51,6 +51,11 @@ class LineJob:
             if line:
                 self.handle(line.decode())
 
+    def serve_ready(self) -> bool:
+        """As a protocol that cannot leave a connection between requests: all of it."""
+        self.run()
+        return False
+
     def stop_when_idle(self) -> None:
         """Nothing to do: the connection ends after its one line anyway."""
 

@@ -122,11 +122,31 @@ class FCGIConnection(ProtocolConnection):
         self._max_headers = self.bounds.maxheaders
 
     def run(self) -> None:
+        """Serve requests until the front end closes, waiting for each in turn."""
+        self._serve(until_idle=False)
+
+    def serve_ready(self) -> bool:
+        """Serve the requests that have come; once none waits, True if the connection is
+        kept open (FCGI_KEEP_CONN) and idle, False once it is closed.
+
+        The first request of a connection is waited for, within readtimeout of its
+        accept, as in run(): the front end connected to send it. A request whose first
+        bytes have come is read whole within readtimeout, and served. Between requests
+        nothing is waited for: the caller watches the socket with others, and calls again
+        when it is readable. Once stop_when_idle() was called, an idle connection closes.
+        """
+        return self._serve(until_idle=True)
+
+    def _serve(self, *, until_idle: bool) -> bool:
         self._keepGoing = True
+        kept = False
         try:
             with self._logging_failures():
                 while self._keepGoing:
                     if self._active is None:
+                        if until_idle and not self._first and not self._has_input():
+                            kept = not (self._stopping or self._input_ended)
+                            break
                         if not self._wait_for_request():
                             break
                         if self._start_request():
@@ -135,7 +155,13 @@ class FCGIConnection(ProtocolConnection):
                         self._head_begins()
                     self.process_input()
         finally:
-            self._cleanupSocket()
+            if not kept:
+                self._cleanupSocket()
+        return kept
+
+    def _has_input(self) -> bool:
+        """Whether input is buffered or has arrived, read without waiting."""
+        return self._pos < len(self._buffer) or self._fill(block=False)
 
     def _wait_for_request(self) -> bool:
         """A request already read, or one the front end sent before we looked, starts at

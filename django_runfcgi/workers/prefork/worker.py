@@ -46,6 +46,11 @@ DUMP_SIGNAL = signal.SIGUSR2
 """A worker past its request timeout gets this signal, which makes it write where it is
 stuck to standard error; the master kills it soon after."""
 
+KEPT_CONNECTIONS = 64
+"""The most idle kept connections one worker holds. Past that, the one idle the longest
+is closed (after the request that may have come on it): the front end, which reuses its
+most recent connections first, then opens a new one when it needs more."""
+
 NOTIFY_TIMEOUT = 5.0
 """A worker that cannot tell the master its state in this time takes it for gone."""
 
@@ -103,6 +108,9 @@ class Worker:
         """The worker's end of its status link to the master."""
         self._stopping = False
         self._connection: Connection | None = None
+        """The connection being served, which a stop or recycling ends after its request."""
+        self._kept: dict[int, tuple[Connection, socket.socket]] = {}
+        """Idle kept connections by socket fd, the one idle the longest first."""
         self._record = board.figures.record(slot) if board.figures is not None else None
         """The worker's figures for the status page, when there is one."""
 
@@ -146,74 +154,141 @@ class Worker:
                 stop_when_idle(self._connection)
 
     def _serve(self, sock: socket.socket) -> None:
-        """Accept and serve connections until told to stop, or maxrequests is reached.
+        """Serve new connections and kept ones until told to stop, or recycled.
 
         Per request, the worker makes no system call of its own beyond the wait and
         accept(): its state goes to the scoreboard, and the master is woken only when
         the pool has to change.
         """
-        link = self._link
-        link.settimeout(NOTIFY_TIMEOUT)
-        board, slot, limits = self._board, self._slot, self._limits
-        record = self._record
-        counters = board.figures.counters if board.figures is not None else None
+        self._link.settimeout(NOTIFY_TIMEOUT)
         allows = self._protocol.allows
         accept = Acceptor(sock)
-        with _Waiter(sock, link, self._signals.fd) as waiter:
-            while True:
-                if self._stopping:
-                    return
-                ready = waiter.wait()
-                if "signal" in ready:
-                    for signum in self._signals.pop():
-                        # TERM and HUP set the stop flag in the handler already.
-                        if INTENTS[signal.Signals(signum)][1] is Intent.REOPEN_LOGS:
-                            self._hooks.usr1()
-                if "master" in ready:
-                    return  # Retired, stopping, or the master is gone.
-                if "listener" not in ready or self._stopping:
-                    continue
-                accepted = accept()
-                if accepted is None:
-                    continue  # Another worker took it (flup.rst#sock-timeout).
-                client, addr = accepted
-                if not allows(addr):
-                    client.close()
-                    continue
-                board.mark(slot, BUSY)
-                idle, alive = board.counts()
-                if idle < limits.minspare and alive < limits.maxchildren:
-                    _notify(link, POOL_CHANGES)
-                if record is not None:
-                    record.connection_begins(alive - idle)
-                    full = not idle and alive >= limits.maxchildren
-                    if full and counters is not None and not counters.full_noticed:
-                        _notify(link, POOL_FULL)
-                self._serve_client(client, addr)
-                board.mark(slot, IDLE)
-                if self._recycling.due:
-                    return
-                if board.counts()[0] > limits.maxspare:
-                    _notify(link, POOL_CHANGES)
+        with _Waiter(sock, self._link, self._signals.fd) as waiter:
+            self._waiter = waiter
+            try:
+                while not self._stopping:
+                    ready, kept = waiter.wait()
+                    if "signal" in ready:
+                        for signum in self._signals.pop():
+                            # TERM and HUP set the stop flag in the handler already.
+                            if INTENTS[signal.Signals(signum)][1] is Intent.REOPEN_LOGS:
+                                self._hooks.usr1()
+                    if "master" in ready or self._stopping:
+                        return  # Retired, stopping, or the master is gone.
+                    for fd in kept:
+                        if self._stopping or self._recycling.due:
+                            return
+                        self._serve_kept(fd)
+                    if "listener" in ready and not self._stopping and not self._recycling.due:
+                        accepted = accept()
+                        # None: another worker took it (flup.rst#sock-timeout).
+                        if accepted is not None:
+                            client, addr = accepted
+                            if allows(addr):
+                                self._serve_new(client, addr)
+                            else:
+                                client.close()
+                    if self._recycling.due:
+                        return
+            finally:
+                self._close_kept()
+
+    def _busy(self) -> tuple[int, int]:
+        """Mark the worker busy, telling the master if the pool should grow; returns the
+        number of idle workers and of workers alive."""
+        board, limits = self._board, self._limits
+        board.mark(self._slot, BUSY)
+        idle, alive = board.counts()
+        if idle < limits.minspare and alive < limits.maxchildren:
+            _notify(self._link, POOL_CHANGES)
+        return idle, alive
+
+    def _idle(self) -> None:
+        """Mark the worker idle (kept connections wait in its set), telling the master if
+        the pool has more idle workers than maxspare."""
+        board = self._board
+        board.mark(self._slot, IDLE)
+        if board.counts()[0] > self._limits.maxspare:
+            _notify(self._link, POOL_CHANGES)
+
+    def _serve_new(self, client: socket.socket, addr: Any) -> None:
+        idle, alive = self._busy()
+        record = self._record
+        if record is not None:
+            record.connection_begins(alive - idle)
+            counters = self._board.figures.counters if self._board.figures else None
+            full = not idle and alive >= self._limits.maxchildren
+            if full and counters is not None and not counters.full_noticed:
+                _notify(self._link, POOL_FULL)
+        try:
+            connection = self._protocol.connection(client, addr)
+        except Exception:
+            logger.exception("Error while serving a connection.")
+            client.close()
+        else:
+            self._serve_client(connection, client)
+        self._idle()
+
+    def _serve_kept(self, fd: int) -> None:
+        """A kept connection is readable: serve its request (or see it closed)."""
+        kept = self._kept.pop(fd, None)
+        if kept is None:
+            return  # Closed since the wait, to keep a newer one.
+        connection, client = kept
+        self._busy()
+        self._serve_client(connection, client, fd)
+        self._idle()
+
+    def _serve_client(
+        self, connection: Connection, client: socket.socket, fd: int | None = None
+    ) -> None:
+        """Serve what has come on a connection; one left idle and open joins the kept set
+        (`fd`: it is watched already). An exception is logged and the worker goes on."""
+        kept = False
+        try:
+            self._connection = connection
+            if self._stopping:
+                stop_when_idle(connection)
+            kept = connection.serve_ready()
+        except Exception:
+            logger.exception("Error while serving a connection.")
+        finally:
+            self._connection = None
+            if not kept:
+                if fd is not None:
+                    self._waiter.forget(fd)
+                client.close()
+        if kept:
+            self._keep(connection, client, fd)
+
+    def _keep(self, connection: Connection, client: socket.socket, fd: int | None) -> None:
+        """Hold an idle kept connection until it is readable; past KEPT_CONNECTIONS the
+        one idle the longest is closed."""
+        if len(self._kept) >= KEPT_CONNECTIONS:
+            oldest = next(iter(self._kept))
+            stale, stale_client = self._kept.pop(oldest)
+            stop_when_idle(stale)
+            self._serve_client(stale, stale_client, oldest)
+        if fd is None:
+            fd = client.fileno()
+            self._waiter.watch(fd)
+        self._kept[fd] = (connection, client)
+
+    def _close_kept(self) -> None:
+        """Leaving: each kept connection serves the requests that have come, then closes."""
+        self._stopping = True
+        if self._kept:
+            self._board.mark(self._slot, BUSY)
+        while self._kept:
+            fd = next(iter(self._kept))
+            connection, client = self._kept.pop(fd)
+            stop_when_idle(connection)
+            self._serve_client(connection, client, fd)
 
     def _end_connection(self) -> None:
         """Recycling: the connection in progress ends after its request."""
         if self._connection is not None:
             stop_when_idle(self._connection)
-
-    def _serve_client(self, client: socket.socket, addr: Any) -> None:
-        """Serve one connection; an exception is logged and the worker goes on serving."""
-        try:
-            connection = self._protocol.connection(client, addr)
-            self._connection = connection
-            if self._stopping:
-                stop_when_idle(connection)
-            connection.run()
-        except Exception:
-            logger.exception("Error while serving a connection.")
-        finally:
-            self._connection = None
-            client.close()
 
 
 def leave(status: int) -> NoReturn:
@@ -252,11 +327,34 @@ class _Waiter:
             for fd in self._names:
                 self._selector.register(fd, selectors.EVENT_READ)
 
-    def wait(self) -> set[str]:
+    def watch(self, fd: int) -> None:
+        """Wake up too when this kept connection is readable: a request, or its end."""
         if self._epoll is not None:
-            return {self._names[fd] for fd, _ in self._epoll.poll()}
-        assert self._selector is not None
-        return {self._names[key.fd] for key, _ in self._selector.select()}
+            self._epoll.register(fd, select.EPOLLIN)
+        else:
+            assert self._selector is not None
+            self._selector.register(fd, selectors.EVENT_READ)
+
+    def forget(self, fd: int) -> None:
+        """Stop watching a kept connection; one already closed has left epoll by itself."""
+        with suppress(OSError, KeyError, ValueError):
+            if self._epoll is not None:
+                self._epoll.unregister(fd)
+            else:
+                assert self._selector is not None
+                self._selector.unregister(fd)
+
+    def wait(self) -> tuple[set[str], list[int]]:
+        """What is ready: by name the listener, master and signals; the kept connections
+        by fd."""
+        if self._epoll is not None:
+            events = [fd for fd, _ in self._epoll.poll()]
+        else:
+            assert self._selector is not None
+            events = [key.fd for key, _ in self._selector.select()]
+        names = self._names
+        ready = {names[fd] for fd in events if fd in names}
+        return ready, [fd for fd in events if fd not in names]
 
     def __enter__(self) -> _Waiter:
         return self
