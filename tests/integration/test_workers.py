@@ -17,7 +17,15 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support.clients import ProtocolError, Response, connect, fcgi_request, scgi_request
+from tests.support.clients import (
+    ProtocolError,
+    Response,
+    ajp_request,
+    connect,
+    fcgi_request,
+    scgi_request,
+)
+from tests.support.net import free_port
 from tests.support.processes import alive, children_of, tagged_pids, wait_for
 from tests.support.runner import Run, Runner
 
@@ -292,3 +300,48 @@ def test_requesttimeout_changes_nothing_in_what_the_web_server_receives(
         for address in (plain, timed_path)
     }
     assert headers[plain] == headers[timed_path]
+
+
+KEPT = 4
+"""Connections a web server keeps open in the test below: twice the workers."""
+
+
+@pytest.mark.parametrize(
+    ("protocol", "pure_python"),
+    [("fcgi", False), ("fcgi", True), ("ajp", False)],
+    ids=["fcgi", "fcgi-pure-python", "ajp"],
+)
+def test_more_kept_connections_than_workers_are_each_served(
+    runner: Runner, protocol: str, pure_python: bool
+) -> None:
+    """Four connections kept open (FastCGI keep-conn, AJP) and two workers: a request on
+    each in turn, twice over, is answered at once, with the accelerated and the pure
+    Python FastCGI reader. A worker that waited on a kept connection until the web
+    server closed it left the third connection in the accept queue."""
+    address = ("127.0.0.1", free_port())
+    runner.serve(
+        "daemonize=false",
+        f"protocol={protocol}",
+        "method=prefork",
+        "minspare=2",
+        "maxspare=2",
+        "maxchildren=2",
+        f"host={address[0]}",
+        f"port={address[1]}",
+        address=address,
+        env={"RUNFCGI_PURE_PYTHON": "1"} if pure_python else {},
+    )
+    conns = [connect(address, timeout=2) for _ in range(KEPT)]
+    try:
+        for _ in range(2):
+            for conn in conns:
+                if protocol == "fcgi":
+                    response = fcgi_request(
+                        address, "GET", "/echo/", keep_conn=True, sock=conn, timeout=5
+                    )
+                else:
+                    response = ajp_request(address, "GET", "/echo/", sock=conn, timeout=5)
+                assert response.status == 200
+    finally:
+        for conn in conns:
+            conn.close()

@@ -1,4 +1,6 @@
-"""An AJP 1.3 connection: requests one after another until the front end closes.
+"""An AJP 1.3 connection: requests one after another until the front end closes; a
+prefork worker watches it between requests (``serve_ready()``), with its other
+connections, rather than wait on it alone.
 
 flup's CPING answer (ajp_base.Connection._cping) runs here, called openly; reading
 packets, decoding the request head (forward.py), the secret, the request body, the
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import select
 import socket
 import struct
 import tempfile
@@ -126,12 +129,35 @@ class AJPConnection(ProtocolConnection):
 
     def run(self) -> None:
         """Requests until the front end closes; once stopping, the last answer says no reuse."""
+        self._serve(until_idle=False)
+
+    def serve_ready(self) -> bool:
+        """The requests that have come; then True if the connection is open and idle.
+
+        As FastCGI's: the first request (and one after a CPING) is waited for, one
+        that has begun is read whole, and between requests nothing is waited for.
+        """
+        return self._serve(until_idle=True)
+
+    def _serve(self, *, until_idle: bool) -> bool:
+        kept = False
         try:
             with self._logging_failures():
-                while self._wait_for_request():
+                while True:
+                    if until_idle and not self._first and not self._readable():
+                        kept = not self._stopping
+                        break
+                    if not self._wait_for_request():
+                        break
                     self.processInput()
         finally:
-            self._sock.close()
+            if not kept:
+                self._sock.close()
+        return kept
+
+    def _readable(self) -> bool:
+        """Whether a packet, or the end of the connection, has come."""
+        return bool(select.select([self._sock], [], [], 0)[0])
 
     def processInput(self) -> None:
         """Read one packet and act on it; also called by a request reading its body."""
