@@ -31,8 +31,8 @@ from tests.support.processes import parent_of
 from tests.support.runner import Runner, runner_in_tmp
 from tests.support.scenarios import SCENARIOS, Site
 
-# Enough workers for the eight concurrent requests of a scenario, plus the connections a
-# front end keeps open (each holds a prefork worker while it waits for the next request).
+# Enough workers for the eight concurrent requests of a scenario; a connection the front
+# end keeps open holds no prefork worker while it waits for its next request.
 WORKERS = ("method=prefork", "minspare=2", "maxspare=10", "maxchildren=20")
 
 

@@ -6,6 +6,15 @@ is told to stop, its master goes away, or it has served ``maxrequests`` requests
 it leaves through os._exit() whatever happens: flup's workers raised SystemExit, or
 their job's exception, into the master's code, whose finally blocks and atexit hooks
 then ran in every worker.
+
+A connection the web server keeps open between requests (FastCGI keep-conn, AJP) is
+not waited on alone: once it has no request, the worker watches it with the listening
+socket and its other kept connections, and serves whichever has a request. Waiting on
+it alone held the worker while nginx let the connection idle, and with as many kept
+connections as workers, new connections waited in the accept queue for seconds. A new
+connection's first request is still waited for (it comes with the connection): kept
+in the set, the connection would belong to this worker while another, idle, could
+serve it, and its readtimeout would run while this worker served others.
 """
 
 from __future__ import annotations
