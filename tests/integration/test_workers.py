@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from django_runfcgi.workers.prefork.worker import KEPT_CONNECTIONS
 from tests.support.clients import (
     ProtocolError,
     Response,
@@ -342,6 +343,24 @@ def test_more_kept_connections_than_workers_are_each_served(
                 else:
                     response = ajp_request(address, "GET", "/echo/", sock=conn, timeout=5)
                 assert response.status == 200
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_worker_closes_its_longest_idle_connection_past_the_bound(runner: Runner) -> None:
+    """One worker holds at most KEPT_CONNECTIONS idle kept connections: one more, and the
+    one idle the longest is closed between its requests; the others still serve."""
+    address, _ = serve_unix(runner, "method=prefork", "minspare=1", "maxspare=1", "maxchildren=1")
+    conns = [connect(address, timeout=5) for _ in range(KEPT_CONNECTIONS + 1)]
+    try:
+        for conn in conns:
+            response = fcgi_request(address, "GET", "/echo/", keep_conn=True, sock=conn, timeout=5)
+            assert response.status == 200
+        assert conns[0].recv(1) == b"", "the longest idle connection is still open"
+        for conn in (conns[1], conns[-1]):
+            response = fcgi_request(address, "GET", "/echo/", keep_conn=True, sock=conn, timeout=5)
+            assert response.status == 200
     finally:
         for conn in conns:
             conn.close()
