@@ -184,19 +184,25 @@ class Worker:
                                 self._hooks.usr1()
                     if "master" in ready or self._stopping:
                         return  # Retired, stopping, or the master is gone.
-                    for fd in kept:
+                    # Kept connections and new ones take turns: the accept queue is
+                    # not left to wait behind every kept connection with a request.
+                    listening = "listener" in ready
+                    for fd in [*kept, None]:
                         if self._stopping or self._recycling.due:
                             return
-                        self._serve_kept(fd)
-                    if "listener" in ready and not self._stopping and not self._recycling.due:
+                        if fd is not None:
+                            self._serve_kept(fd)
+                        if not listening or self._stopping or self._recycling.due:
+                            continue
                         accepted = accept()
-                        # None: another worker took it (flup.rst#sock-timeout).
-                        if accepted is not None:
-                            client, addr = accepted
-                            if allows(addr):
-                                self._serve_new(client, addr)
-                            else:
-                                client.close()
+                        # None: the queue is empty, or another worker took the connection
+                        # (flup.rst#sock-timeout).
+                        if accepted is None:
+                            listening = False
+                        elif allows(accepted[1]):
+                            self._serve_new(*accepted)
+                        else:
+                            accepted[0].close()
                     if self._recycling.due:
                         return
             finally:
