@@ -159,14 +159,7 @@ class PreforkMaster:
         from django_runfcgi.status.figures import Sampler  # noqa: PLC0415 - status= only
 
         counters = figures.counters
-        history = status.history
-        counters.carry(
-            history.accepted_conn,
-            history.slow_requests,
-            history.max_active_processes,
-            history.max_children_reached,
-            history.max_listen_queue,
-        )
+        counters.carry(status.history)
         status.serving(sock, figures)
         self._sampler = Sampler(counters, status.queue, self._pool_is_full)
 

@@ -116,7 +116,11 @@ class Worker:
                 leave_master()
                 self._signals = SignalQueue(WORKER_SIGNALS, self._signalled)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                self._recycling = Recycling(self._limits, self._end_connection)
+                self._recycling = Recycling(
+                    self._limits,
+                    self._end_connection,
+                    self._record.recycled if self._record is not None else None,
+                )
                 if self._limits.requesttimeout > 0:
                     faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
                     self._protocol.watch_requests(RequestTimer(self._link))
