@@ -301,6 +301,11 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
                 raise StartupError(str(err)) from err
         _become_user(config)
         application = load_application()
+        # ping= answers; status= says it has no figures: a process that serves one
+        # connection has no pool to show.
+        status = make_status(config)
+        if status is not None:
+            application = status.around(application)
         protocol = make_protocol(config, application)
         addr = sock.getpeername()
         if not protocol.allows(addr):

@@ -770,3 +770,21 @@ def test_documented_accept_units_serve_one_connection_per_process(runner: Runner
     assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
     responses = [fcgi_request(path, "GET", "/echo/", timeout=20) for _ in range(2)]
     assert len(served_by_new_processes(responses)) == 2
+
+
+def test_one_connection_answers_ping_and_says_it_has_no_status_figures(runner: Runner) -> None:
+    """A process that serves one connection has no pool: ping= answers as ever, the
+    status page says it has nothing to show instead of sending the request to Django."""
+    path = str(runner.tmp / "inetd.sock")
+    spawner = socat_inetd(
+        runner,
+        f"UNIX-LISTEN:{path}",
+        [sys.executable, str(MANAGE), "runfcgi", "ping=/ping", "status=/status"],
+    )
+    assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
+    pong = fcgi_request(path, "GET", "/ping", timeout=20)
+    assert (pong.status, pong.body) == (200, b"pong")
+    page = fcgi_request(path, "GET", "/status", timeout=20)
+    assert page.status == 503
+    assert page.body == b"The status page is not available in this process.\n"
+    assert fcgi_request(path, "GET", "/echo/", timeout=20).status == 200
