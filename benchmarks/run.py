@@ -39,6 +39,10 @@ STOP_SECONDS = 5.0
 # The scaling run: the 50 ms view at this many connections, pools of these sizes.
 SCALING_CONNECTIONS = 64
 SCALING_CHILDREN = "2,8,32"
+# nginx's idle kept connections (keepalive N), below and above the WORKERS of runfcgi.
+# uWSGI has no such row: its FastCGI mode ignores FCGI_KEEP_CONN and closes the
+# connection after every request (proto/fastcgi.c, uWSGI 2.0.31).
+KEEPALIVES = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -72,21 +76,32 @@ VIEWS = {
 }
 
 
-def fastcgi_block(port: int, sock: Path, keep_conn: bool = False) -> str:
-    """The documented nginx FastCGI recipe with only its addresses changed."""
+def fastcgi_block(port: int, sock: Path, keepalive: int | None = None) -> str:
+    """The documented nginx FastCGI recipe with only its addresses changed; with
+    ``keepalive``, connections kept open as nginx's documentation configures it (an
+    upstream with ``keepalive N`` and ``fastcgi_keep_conn on``)."""
     text = (ROOT / "docs" / "configs" / "nginx-fastcgi.conf").read_text()
     for old in (DOC_LISTEN, DOC_SOCKET):
         if old not in text:
             raise AssertionError(f"docs/configs/nginx-fastcgi.conf no longer contains {old!r}")
     text = text.replace(DOC_LISTEN, f"listen 127.0.0.1:{port};")
-    if not keep_conn:
+    if keepalive is None:
         return text.replace(DOC_SOCKET, str(sock))
     upstream = f"keep{port}"
     text = text.replace(
         f"fastcgi_pass unix:{DOC_SOCKET};",
         f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;",
     )
-    return f"upstream {upstream} {{\n    server unix:{sock};\n    keepalive {WORKERS};\n}}\n{text}"
+    return (
+        f"upstream {upstream} {{\n    server unix:{sock};\n    keepalive {keepalive};\n}}\n{text}"
+    )
+
+
+def keep_conn(keepalive: int) -> Callable[[int, Path], str]:
+    def block(port: int, sock: Path) -> str:
+        return fastcgi_block(port, sock, keepalive)
+
+    return block
 
 
 def scgi_block(port: int, sock: Path) -> str:
@@ -198,11 +213,15 @@ SERVERS = {
             fastcgi_block,
             f"{WORKERS} worker processes, a new FastCGI connection per request",
         ),
-        ServerSpec(
-            "runfcgi-fcgi-keepconn",
-            runfcgi("fcgi", "prefork"),
-            lambda port, sock: fastcgi_block(port, sock, keep_conn=True),
-            f"{WORKERS} worker processes, fastcgi_keep_conn on, keepalive {WORKERS}",
+        *(
+            ServerSpec(
+                f"runfcgi-fcgi-keepconn-{keepalive}",
+                runfcgi("fcgi", "prefork"),
+                keep_conn(keepalive),
+                f"{WORKERS} worker processes, fastcgi_keep_conn on, keepalive {keepalive}"
+                f" ({'below' if keepalive < WORKERS else 'above'} the {WORKERS} workers)",
+            )
+            for keepalive in KEEPALIVES
         ),
         ServerSpec(
             "runfcgi-scgi-prefork",
@@ -228,6 +247,12 @@ SERVERS = {
             uwsgi("fastcgi-socket"),
             fastcgi_block,
             f"--master --processes={WORKERS} --fastcgi-socket",
+        ),
+        ServerSpec(
+            "uwsgi-scgi",
+            uwsgi("scgi-socket"),
+            scgi_block,
+            f"--master --processes={WORKERS} --scgi-socket, scgi_pass",
         ),
         ServerSpec(
             "uwsgi-native",
