@@ -332,20 +332,24 @@ def test_reopen_and_reload_find_the_server_by_its_unix_socket(runner: Runner, me
     assert server.proc.poll() is None
 
 
-@pytest.mark.parametrize("method", ["prefork", "threaded"])
-def test_stop_finds_the_server_by_its_host_and_port(runner: Runner, method: str) -> None:
-    port = free_port()
+@pytest.mark.parametrize(
+    ("method", "host"), [("prefork", "127.0.0.1"), ("threaded", "127.0.0.1"), ("prefork", "::1")]
+)
+def test_stop_finds_the_server_by_its_host_and_port(
+    runner: Runner, method: str, host: str
+) -> None:
+    port = free_port(host)
     server = runner.serve(
         "daemonize=false",
         f"method={method}",
-        "host=127.0.0.1",
+        f"host={host}",
         f"port={port}",
-        address=("127.0.0.1", port),
+        address=(host, port),
     )
     pid = server.proc.pid
     if method == "prefork":
         assert wait_for(lambda: len(tagged_pids(runner.tag)) > 1, timeout=10)  # workers
-    run = runner.run("stop", "host=127.0.0.1", f"port={port}")
+    run = runner.run("stop", f"host={host}", f"port={port}")
     assert run.proc.returncode == 0, run.describe()
     assert run.stdout.strip() == f"Stopped: PID {pid} is gone."
     assert server.proc.wait(timeout=5) == 0
