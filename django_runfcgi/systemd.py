@@ -132,6 +132,7 @@ class Notifier:
         self._shown: str | None = None
         self._status_at = 0.0
         self._ping_at = 0.0
+        self._full = False
 
     @classmethod
     def from_environment(cls) -> Notifier:
@@ -184,17 +185,29 @@ class Notifier:
         return None
 
     def send(self, *fields: str) -> None:
+        """One datagram, never waited for: while the receiver reads nothing its queue
+        fills, and a blocking send would stall the main loop (and so the server)."""
         if os.getpid() != self.owner:
             return
         target = self._target()
         if target is None:
             return
         message = "\n".join(fields).encode("utf-8", "replace")
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
                 sock.sendto(message, target)
+        except BlockingIOError:
+            if not self._full:
+                logger.warning(
+                    "NOTIFY_SOCKET=%r reads nothing; notifications are lost until it does.",
+                    self.address,
+                )
+            self._full = True
         except OSError as err:
             logger.warning("Cannot notify systemd on NOTIFY_SOCKET=%r: %s", self.address, err)
+        else:
+            self._full = False
 
     def ready(self, status: str) -> None:
         """Serving, as `status` says; the figures follow it in later STATUS= lines."""

@@ -543,6 +543,20 @@ def test_watchdog_meant_for_another_process_is_not_pinged(
     assert exits(run) == 0, run.describe()
 
 
+def test_a_notify_socket_that_reads_nothing_never_stalls_the_server(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    """Pings every 0.05 s to a socket nobody reads: its queue is full in a moment."""
+    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "100000"}
+    run, path = served_under_systemd(runner, "method=threaded", env=env)
+    time.sleep(1.5)
+    assert pid_of(path) == run.proc.pid
+    run.signal(signal.SIGTERM)
+    assert exits(run) == 0, run.describe()
+    lost = f"NOTIFY_SOCKET={notify.address!r} reads nothing; notifications are lost until it does."
+    assert run.stderr.count(lost) == 1, run.describe()
+
+
 # One connection per process: inetd, socat, systemd Accept=yes.
 
 
