@@ -492,7 +492,8 @@ def _hooks(
     config: Config, start: Start, notifier: systemd.Notifier, status: str, stop: _Stop
 ) -> Hooks:
     """What the process model calls back: the reload check (HUP), reopening the logs
-    (USR1) and the beginning of a stop."""
+    (USR1), the beginning of a stop, and each turn of its main loop (systemd's status
+    and watchdog)."""
 
     def stop_begins(graceful: bool) -> None:
         notifier.stopping()
@@ -513,6 +514,7 @@ def _hooks(
         ),
         on_usr1=reopen_logs,
         on_stop=stop_begins,
+        on_turn=notifier.turn,
     )
 
 
@@ -538,6 +540,7 @@ def _reexec(
         start_dir=start.start_dir,
         figures=status.history_after_reload().to_dict() if status is not None else None,
     )
+    notifier.ping()
     notifier.restore_environment()
     if start.by_systemd:
         systemd.keep_activated()

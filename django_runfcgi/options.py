@@ -962,9 +962,10 @@ def help_text() -> str:
         "Actions, with the same options (or none, when settings.RUNFCGI has them):",
         "  manage.py runfcgi config [--json]   each option's value and where it came from",
         "  manage.py runfcgi check             check everything a start would, serve nothing",
-        "  manage.py runfcgi stop [--now]      TERM (INT) to the server pidfile= names; wait",
+        "  manage.py runfcgi stop [--now]      TERM (INT) to the server; wait until it is gone",
         "  manage.py runfcgi reload            HUP, then say whether the new code serves",
         "  manage.py runfcgi reopen            USR1: the server reopens its log files",
+        "  (the server pidfile= names; without it, the one listening on socket= or host=/port=)",
         "",
         "Options:",
     ]

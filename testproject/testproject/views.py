@@ -80,6 +80,11 @@ def meta(request: HttpRequest) -> JsonResponse:
     return JsonResponse({k: v for k, v in request.META.items() if isinstance(v, str)})
 
 
+def environ(request: HttpRequest) -> JsonResponse:
+    """The names in the process's environment, to see what the server left there."""
+    return JsonResponse({"pid": os.getpid(), "names": sorted(os.environ)})
+
+
 def unicode_route(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"route": "unicode", "path": request.path})
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from django_runfcgi.protocols import ServedProtocol
 from django_runfcgi.workers import Limits
-from django_runfcgi.workers.hooks import Hooks
+from django_runfcgi.workers.hooks import Hooks, Load
 from django_runfcgi.workers.prefork.scoreboard import BUSY, Scoreboard
 from django_runfcgi.workers.prefork.worker import (
     DUMP_SIGNAL,
@@ -174,7 +174,12 @@ class PreforkMaster:
                 return
             self._reap_workers()
             self._maintain_pool(sock)
-            wake_at = [self._retry_at, self._expire_retiring(), self._expire_requests()]
+            wake_at = [
+                self._retry_at,
+                self._expire_retiring(),
+                self._expire_requests(),
+                self.hooks.turn(self._load),
+            ]
             if self._sampler is not None:
                 wake_at.append(self._sampler.due(time.monotonic()))
             timeout = min((t for t in wake_at if t is not None), default=None)
@@ -183,6 +188,16 @@ class PreforkMaster:
             for key, _ in self._selector.select(timeout):
                 if key.fd != self._signals.fd:
                     self._read_state(key.data)
+
+    def _load(self) -> Load:
+        """The pool's load from the scoreboard; the connections too with status=."""
+        board = self._scoreboard()
+        if board.figures is None:
+            idle, alive = board.counts()
+            return Load(alive - idle, alive, board.slots, "processes")
+        counts = board.figures.status_counts()
+        busy = counts.total - counts.idle
+        return Load(busy, counts.total, board.slots, "processes", counts.accepted)
 
     def _handle_signals(self) -> None:
         signums = self._signals.pop()
