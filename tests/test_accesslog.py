@@ -12,6 +12,7 @@ import pytest
 from django_runfcgi import options
 from django_runfcgi.accessformat import (
     DEFAULT_FORMAT,
+    FIELDS,
     Ended,
     FormatError,
     compile_format,
@@ -151,3 +152,10 @@ def test_the_log_appends_whole_lines_and_reopens(tmp_path: Path) -> None:
         log.close()
     assert (tmp_path / "access.log.1").read_text() == "GET 404 7\n"
     assert path.read_text() == "POST 201 0\n"
+
+
+def test_the_docs_describe_every_field_and_the_default_format() -> None:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "access-log.rst").read_text()
+    for name in FIELDS:
+        assert f"   * - ``{{{name}}}``\n" in page, name
+    assert f"\n   {DEFAULT_FORMAT}\n" in page

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.clients import Response, ajp_attribute, ajp_request, fcgi_request, scgi_request
 from tests.support.net import Address, can_connect, free_port
-from tests.support.processes import children_of, wait_for
+from tests.support.processes import children_of, holding, wait_for
 from tests.support.runner import Run, Runner, wait_until_accepting
 
 REQUESTS: dict[str, Callable[..., Response]] = {
@@ -209,23 +209,6 @@ def test_an_access_log_that_cannot_be_opened_stops_the_start(runner: Runner) -> 
     assert f"Cannot open accesslog='{missing}': No such file or directory." in check.stderr
 
 
-def holding(pids: set[int], path: Path) -> set[int]:
-    """The processes among `pids` that have `path` open."""
-    found = set()
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
-                    found.add(pid)
-            except OSError:
-                continue
-    return found
-
-
 @pytest.mark.parametrize("method", ["prefork", "threaded"])
 def test_usr1_reopens_the_access_log_in_every_worker(runner: Runner, method: str) -> None:
     server = start(runner, "fcgi", method, "minspare=2", "maxspare=2")
@@ -278,3 +261,19 @@ def test_a_daemon_writes_a_dash_to_outlog(runner: Runner) -> None:
     fcgi_request(str(address), "GET", "/echo/", query="to=outlog")
     assert wait_for(lambda: "GET /echo/?to=outlog" in outlog.read_text(), timeout=10)
     assert "GET /echo/" not in errlog.read_text()
+
+
+def test_a_reloaded_server_keeps_logging(runner: Runner) -> None:
+    """HUP runs the command again: the new code's workers write to the same file."""
+    server = start(runner, "fcgi", "prefork", "minspare=1", "maxspare=1")
+    before = server.request("GET", "/echo/", "code=old").json()["pid"]
+    server.run.signal(signal.SIGHUP)
+    assert wait_for(lambda: "Reloaded; serving" in server.run.stdout, timeout=30)
+    after = server.request("GET", "/echo/", "code=new").json()["pid"]
+    assert after != before
+    lines = server.lines(2)
+    assert [line.split('"')[1] for line in lines] == [
+        "GET /echo/?code=old HTTP/1.1",
+        "GET /echo/?code=new HTTP/1.1",
+    ]
+    assert [int(line.rsplit(" ", 1)[1]) for line in lines] == [before, after]
