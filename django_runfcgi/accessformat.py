@@ -9,6 +9,7 @@ call per field. Pure: options.py checks formats with it, without loading a serve
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import re
 import threading
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from django_runfcgi.protocols.wsgi import Environ
@@ -125,26 +126,37 @@ def _time_iso8601(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", t) + _offset(t.tm_gmtoff, colon=True)
 
 
-class Ended(NamedTuple):
-    """A request whose response is sent, as the fields read it."""
+WIRE: dict[str, str] = {
+    "remote_addr": "REMOTE_ADDR",
+    "remote_port": "REMOTE_PORT",
+    "remote_user": "REMOTE_USER",
+    "method": "REQUEST_METHOD",
+    "query": "QUERY_STRING",
+    "protocol": "SERVER_PROTOCOL",
+    "scheme": "wsgi.url_scheme",
+    "host": "HTTP_HOST",
+    "content_length": "CONTENT_LENGTH",
+    "referer": "HTTP_REFERER",
+    "user_agent": "HTTP_USER_AGENT",
+}
+"""The fields that are one environ value as the client or web server sent it."""
 
-    environ: Environ
-    status: int
-    sent: int
-    nanoseconds: int
-    """From the request reaching the application to its response sent."""
-    started: float
-    """time.time() when it began."""
+NUMBERS: dict[str, str] = {
+    "status": "%d",
+    "bytes": "%d",
+    "duration": "%.3f",
+    "duration_ms": "%d",
+    "duration_us": "%d",
+    "pid": "%d",
+    "time_msec": "%.3f",
+}
+"""The fields that are numbers, in the order of every line's numbers, and how each is
+written."""
 
+COMPUTED = ("uri", "request", "time_local", "time_iso8601", "tid")
+"""The fields that cost a call, made only for a format that has them, in this order."""
 
-Field = Callable[[Ended], str]
-
-
-def _from_environ(key: str) -> Field:
-    def field(request: Ended) -> str:
-        return escape(str(request.environ.get(key) or "-"))
-
-    return field
+assert WIRE.keys() | NUMBERS.keys() | set(COMPUTED) == FIELDS.keys(), "each field described"
 
 
 def _uri_of(environ: Environ) -> str:
@@ -158,41 +170,6 @@ def _uri_of(environ: Environ) -> str:
     return str(uri) or "-"
 
 
-def _request(request: Ended) -> str:
-    environ = request.environ
-    method = environ.get("REQUEST_METHOD") or "-"
-    protocol = environ.get("SERVER_PROTOCOL") or "-"
-    return escape(f"{method} {_uri_of(environ)} {protocol}")
-
-
-_FIELDS: dict[str, Field] = {
-    "remote_addr": _from_environ("REMOTE_ADDR"),
-    "remote_port": _from_environ("REMOTE_PORT"),
-    "remote_user": _from_environ("REMOTE_USER"),
-    "time_local": lambda r: _time_local(int(r.started)),
-    "time_iso8601": lambda r: _time_iso8601(int(r.started)),
-    "time_msec": lambda r: f"{r.started:.3f}",
-    "request": _request,
-    "method": _from_environ("REQUEST_METHOD"),
-    "uri": lambda r: escape(_uri_of(r.environ)),
-    "query": _from_environ("QUERY_STRING"),
-    "protocol": _from_environ("SERVER_PROTOCOL"),
-    "scheme": _from_environ("wsgi.url_scheme"),
-    "host": _from_environ("HTTP_HOST"),
-    "content_length": _from_environ("CONTENT_LENGTH"),
-    "status": lambda r: str(r.status),
-    "bytes": lambda r: str(r.sent),
-    "referer": _from_environ("HTTP_REFERER"),
-    "user_agent": _from_environ("HTTP_USER_AGENT"),
-    "duration": lambda r: f"{r.nanoseconds / 1e9:.3f}",
-    "duration_ms": lambda r: str(r.nanoseconds // 1_000_000),
-    "duration_us": lambda r: str(r.nanoseconds // 1000),
-    "pid": lambda r: str(_pid),
-    "tid": lambda r: str(threading.get_native_id()),
-}
-assert _FIELDS.keys() == FIELDS.keys(), "each field is described for the docs"
-
-
 def _unknown(text: str, name: str) -> FormatError:
     accepted = ", ".join(f"{{{known}}}" for known in FIELDS)
     return FormatError(
@@ -201,18 +178,65 @@ def _unknown(text: str, name: str) -> FormatError:
     )
 
 
+def _pick(indices: tuple[int, ...]) -> Callable[[list[object]], tuple[object, ...]]:
+    """The values at `indices`, as a tuple for the %-template."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda values: (values[index],)
+    if not indices:
+        return lambda values: ()
+    return operator.itemgetter(*indices)
+
+
 @dataclass(frozen=True)
 class LineFormat:
-    """accessformat= compiled: the text between the fields, and the fields."""
+    """accessformat= compiled: a %-template, and where each of its values comes from.
+
+    Per request, the values from the wire are read with one comprehension and checked
+    at once for what must be escaped (almost always nothing); only the fields that cost
+    a call and are in the format are made; the numbers are put in as they are. Each of
+    these steps is a few C calls: the log is written on every request.
+    """
 
     text: str
     template: str
-    """The format as a %-template, one %s per field."""
-    fields: tuple[Field, ...]
+    keys: tuple[str, ...]
+    """The environ key of each value from the wire, {http_NAME} included."""
+    computed: frozenset[str]
+    pick: Callable[[list[object]], tuple[object, ...]]
+    """The template's values from [wire..., computed..., numbers...]."""
 
-    def line(self, request: Ended) -> bytes:
-        values = tuple([field(request) for field in self.fields])
-        return (self.template % values + "\n").encode("utf-8", "surrogateescape")
+    def line(
+        self, environ: Environ, status: int, sent: int, nanoseconds: int, started: float
+    ) -> bytes:
+        """The line of a request whose response is sent: its `status`, its `sent` body
+        bytes, the `nanoseconds` since it reached the application, and when it began
+        (time.time())."""
+        get = environ.get
+        strings = [get(key) or "-" for key in self.keys]
+        computed = self.computed
+        if computed:
+            uri = _uri_of(environ) if "uri" in computed or "request" in computed else "-"
+            if "uri" in computed:
+                strings.append(uri)
+            if "request" in computed:
+                method, protocol = get("REQUEST_METHOD") or "-", get("SERVER_PROTOCOL") or "-"
+                strings.append(f"{method} {uri} {protocol}")
+            if "time_local" in computed:
+                strings.append(_time_local(int(started)))
+            if "time_iso8601" in computed:
+                strings.append(_time_iso8601(int(started)))
+            if "tid" in computed:
+                strings.append(str(threading.get_native_id()))
+        try:
+            joined = "".join(strings)
+        except TypeError:  # Not a str, which WSGI wants; a middleware may have set one.
+            joined = "\0"
+        if not (joined.isascii() and joined.isprintable()) or '"' in joined or "\\" in joined:
+            strings = [escape(str(value)) for value in strings]
+        values: list[object] = [*strings, status, sent, nanoseconds / 1e9]
+        values += (nanoseconds // 1_000_000, nanoseconds // 1000, _pid, started)
+        return (self.template % self.pick(values) + "\n").encode("utf-8", "surrogateescape")
 
 
 def compile_format(text: str) -> LineFormat:
@@ -223,7 +247,8 @@ def compile_format(text: str) -> LineFormat:
     if "\n" in text or "\r" in text:
         raise FormatError(f"accessformat={text!r} spans lines; an access log line is one line.")
     parts: list[str] = []
-    fields: list[Field] = []
+    fields: list[str] = []
+    keys: dict[str, str] = {}
     position = 0
     for match in _TOKENS.finditer(text):
         parts.append(text[position : match.start()].replace("%", "%%"))
@@ -238,15 +263,25 @@ def compile_format(text: str) -> LineFormat:
                 f"accessformat={text!r} has a lone {token!r}; write {token * 2} for a brace "
                 "of its own, or {name} for a field."
             )
-        if name in _FIELDS:
-            fields.append(_FIELDS[name])
-        elif name.startswith(HEADER_PREFIX) and _FIELD_NAME.fullmatch(name):
-            header = name[len(HEADER_PREFIX) :]
-            if not header:
-                raise _unknown(text, name)
-            fields.append(_from_environ("HTTP_" + header.upper()))
-        else:
+        if name in WIRE:
+            keys[name] = WIRE[name]
+        elif (
+            name.startswith(HEADER_PREFIX)
+            and len(name) > len(HEADER_PREFIX)
+            and _FIELD_NAME.fullmatch(name)
+        ):
+            keys[name] = "HTTP_" + name[len(HEADER_PREFIX) :].upper()
+        elif name not in NUMBERS and name not in COMPUTED:
             raise _unknown(text, name)
-        parts.append("%s")
+        fields.append(name)
+        parts.append(NUMBERS.get(name, "%s"))
     parts.append(text[position:].replace("%", "%%"))
-    return LineFormat(text, "".join(parts), tuple(fields))
+    computed = [name for name in COMPUTED if name in fields]
+    order = [*keys, *computed, *NUMBERS]
+    return LineFormat(
+        text,
+        "".join(parts),
+        tuple(keys.values()),
+        frozenset(computed),
+        _pick(tuple(order.index(name) for name in fields)),
+    )

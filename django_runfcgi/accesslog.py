@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from django_runfcgi import daemon
-from django_runfcgi.accessformat import STDOUT, Ended, LineFormat, Target
+from django_runfcgi.accessformat import STDOUT, LineFormat, Target
 from django_runfcgi.log import stamp
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class AccessLog:
         local = self._local
         nanoseconds = time.perf_counter_ns() - local.start
         started = time.time() - nanoseconds / 1e9
-        self._write(self._format.line(Ended(local.environ, status, sent, nanoseconds, started)))
+        self._write(self._format.line(local.environ, status, sent, nanoseconds, started))
         local.environ = None
 
     def _write(self, data: bytes) -> None:

@@ -4,6 +4,7 @@ and the options' rules (accesslog=, accessformat=)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from django_runfcgi import options
 from django_runfcgi.accessformat import (
     DEFAULT_FORMAT,
     FIELDS,
-    Ended,
     FormatError,
     compile_format,
     escape,
@@ -37,14 +37,14 @@ STARTED = 1796293800.5
 
 
 def line(text: str, environ: dict[str, str] = ENVIRON, **outcome: int) -> str:
-    ended = Ended(
+    written = compile_format(text).line(
         environ,
         outcome.get("status", 200),
         outcome.get("sent", 1234),
         outcome.get("nanoseconds", 12_345_678),
         STARTED,
     )
-    return compile_format(text).line(ended).decode()
+    return written.decode()
 
 
 @pytest.fixture(autouse=True)
@@ -159,3 +159,20 @@ def test_the_docs_describe_every_field_and_the_default_format() -> None:
     for name in FIELDS:
         assert f"   * - ``{{{name}}}``\n" in page, name
     assert f"\n   {DEFAULT_FORMAT}\n" in page
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "\n"),
+        ("{status}", "200\n"),
+        ("{host}", "example.org\n"),
+        (
+            "{request} {uri} {status} {host} {status} {uri}",
+            "GET /shop/?q=1 HTTP/1.1 /shop/?q=1 200 example.org 200 /shop/?q=1\n",
+        ),
+        ("{tid}", f"{threading.get_native_id()}\n"),
+    ],
+)
+def test_fields_in_any_number_and_order(text: str, expected: str) -> None:
+    assert line(text) == expected
