@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -277,3 +278,19 @@ def test_a_reloaded_server_keeps_logging(runner: Runner) -> None:
         "GET /echo/?code=new HTTP/1.1",
     ]
     assert [int(line.rsplit(" ", 1)[1]) for line in lines] == [before, after]
+
+
+def test_one_connection_from_a_super_server_is_logged(runner: Runner) -> None:
+    """inetd style: the process is handed one accepted connection on fd 0."""
+    log = runner.tmp / "access.log"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        run = runner.start(f"accesslog={log}", "daemonize=false", stdin=theirs.fileno())
+        theirs.close()
+        response = fcgi_request("socketpair", "GET", "/echo/", query="one=1", sock=ours)
+        assert response.status == 200
+        assert wait_for(lambda: len(read_lines(log)) == 1, timeout=10), run.describe()
+    assert run.wait(20) == 0, run.describe()
+    [entry] = read_lines(log)
+    assert f'"GET /echo/?one=1 HTTP/1.1" 200 {len(response.body)} ' in entry
+    assert entry.endswith(f" {run.proc.pid}")
