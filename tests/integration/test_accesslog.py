@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -170,12 +171,16 @@ def test_a_custom_format(runner: Runner) -> None:
         "scgi",
         "threaded",
         "accessformat={method} {uri} {status} {bytes} {http_x_forwarded_for} {{x}} {tid}",
+        "ping=/ping",
     )
     first = server.request("GET", "/echo/", "a=1", headers={"X-Forwarded-For": "203.0.113.9"})
     server.request("OPTIONS", "/status/204/")
-    [get, options] = server.lines(2)
+    # Answered by runfcgi without Django, and logged as well.
+    assert server.request("GET", "/ping").body == b"pong"
+    [get, options, ping] = server.lines(3)
     assert get.startswith(f"GET /echo/?a=1 200 {len(first.body)} 203.0.113.9 {{x}} ")
     assert options.startswith("OPTIONS /status/204/ 204 0 - {x} ")
+    assert ping.startswith("GET /ping 200 4 - {x} ")
     tid = int(get.rsplit(" ", 1)[1])
     assert tid != server.run.proc.pid
     assert str(tid) in os.listdir(f"/proc/{server.run.proc.pid}/task")
@@ -294,3 +299,24 @@ def test_one_connection_from_a_super_server_is_logged(runner: Runner) -> None:
     [entry] = read_lines(log)
     assert f'"GET /echo/?one=1 HTTP/1.1" 200 {len(response.body)} ' in entry
     assert entry.endswith(f" {run.proc.pid}")
+
+
+def test_lines_of_workers_serving_at_once_stay_whole(runner: Runner) -> None:
+    server = start(runner, "fcgi", "prefork", "minspare=4", "maxspare=4")
+    agent = "A" * 3000  # long lines, so that a torn write would show
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        statuses = list(
+            pool.map(
+                lambda n: server.request("GET", "/echo/", f"n={n}", headers={"User-Agent": agent}),
+                range(40),
+            )
+        )
+    assert all(response.status == 200 for response in statuses)
+    lines = server.lines(40)
+    assert len(lines) == 40
+    entries = [COMBINED.fullmatch(line) for line in lines]
+    assert all(entry is not None and entry["user_agent"] == agent for entry in entries)
+    assert sorted(line.split("?n=")[1].split(" ")[0] for line in lines) == sorted(
+        str(n) for n in range(40)
+    )
+    assert len({entry["pid"] for entry in entries if entry is not None}) > 1
