@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from django_runfcgi import privileges
+from django_runfcgi.accessformat import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from django_runfcgi.accessformat import STDOUT, FormatError, compile_format
+from django_runfcgi.accessformat import Target as AccessTarget
 from django_runfcgi.addresses import TCP, Bind, Inherited, Unix
 
 if TYPE_CHECKING:
@@ -215,6 +218,26 @@ def parse_text(name: str, value: object) -> str:
     text = str(value)
     if not text:
         raise OptionError(f"{name}= is empty; give a path.")
+    return text
+
+
+def parse_accesslog(name: str, value: object) -> str:
+    """A file, or - for the standard output; made absolute in resolve()."""
+    text = "" if isinstance(value, bool) else str(value).strip()
+    if not text:
+        raise OptionError(f"{name}= needs a value: a file, or - for the standard output.")
+    return text
+
+
+def parse_accessformat(name: str, value: object) -> str:
+    """A line format with {field}s; checked here, compiled when the server starts."""
+    text = "" if isinstance(value, bool) else str(value)
+    if not text.strip():
+        raise OptionError(f"{name}= is empty; give fields such as {{remote_addr}} {{status}}.")
+    try:
+        compile_format(text)
+    except FormatError as err:
+        raise OptionError(str(err)) from None
     return text
 
 
@@ -505,6 +528,26 @@ OPTIONS: tuple[Option, ...] = (
         default_text="unset: no ping",
     ),
     Option(
+        "accesslog",
+        parse_accesslog,
+        None,
+        "Write a line per request to this file, or - for standard output (a daemon's "
+        "goes to outlog=): the combined log format, then the request's microseconds and "
+        "the worker's pid. Each worker writes its own lines once the response is sent; "
+        "USR1 (runfcgi reopen) reopens the file.",
+        "FILE",
+        default_text="unset: no access log",
+    ),
+    Option(
+        "accessformat",
+        parse_accessformat,
+        DEFAULT_ACCESS_FORMAT,
+        "With accesslog=: the line's fields, named in braces, such as "
+        "'{remote_addr} {method} {uri} {status} {bytes} {duration_us}' "
+        "(the docs list them all; {http_NAME} is a request header).",
+        "FORMAT",
+    ),
+    Option(
         "handover",
         parse_seconds,
         10.0,
@@ -695,6 +738,8 @@ class Config:
     allow: tuple[AllowEntry, ...] | None
     status: str | None
     ping: str | None
+    accesslog: AccessTarget | None
+    accessformat: str
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -729,6 +774,14 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     }
     if paths["workdir"] is None and daemonize:
         paths["workdir"] = Path("/")
+    accesslog = values["accesslog"]
+    if accesslog is not None and accesslog != STDOUT:
+        accesslog = _absolute(accesslog, base)
+    if accesslog is None and "accessformat" in given:
+        raise OptionError(
+            "accessformat= shapes the lines of the access log; give accesslog=FILE "
+            "(or accesslog=- for standard output) too."
+        )
     computed: dict[str, Any] = {
         "bind": bind,
         "daemonize": daemonize,
@@ -737,6 +790,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         "socketowner": socketowner,
         "socketgroup": socketgroup,
         "user": user,
+        "accesslog": accesslog,
         **paths,
     }
     as_parsed = {

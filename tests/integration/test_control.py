@@ -26,7 +26,7 @@ from tests.support.clients import fcgi_request
 from tests.support.frontends import recipe
 from tests.support.net import free_port
 from tests.support.paths import TESTPROJECT
-from tests.support.processes import tagged_pids, wait_for
+from tests.support.processes import holding, tagged_pids, wait_for
 from tests.support.runner import Run, Runner
 
 
@@ -488,13 +488,18 @@ def test_the_documented_deploy_script(runner: Runner) -> None:
     assert "Reload cancelled" not in daemon.log()
 
 
+def daemon_request(daemon: Daemon, mark: str) -> None:
+    assert fcgi_request(str(daemon.sock), "GET", "/echo/", query=mark).status == 200
+
+
 def test_the_documented_logrotate_recipe(runner: Runner) -> None:
     logrotate = shutil.which("logrotate")
     if logrotate is None:
         if os.environ.get("CI"):
             pytest.fail("logrotate is not installed (Debian package: logrotate)")
         pytest.skip("logrotate is not installed (Debian package: logrotate)")
-    daemon = start_daemon(runner)
+    daemon = start_daemon(runner, accesslog="access.log", minspare=2, maxspare=2)
+    daemon_request(daemon, "before")
     config = runner.tmp / "logrotate.conf"
     config.write_text(
         recipe(
@@ -516,6 +521,16 @@ def test_the_documented_logrotate_recipe(runner: Runner) -> None:
     assert "Serving over FastCGI" in rotated.read_text()
     # postrotate's reopen returned once the server had reopened: the file is there.
     assert log.exists()
+    access, rotated_access = daemon.site / "access.log", daemon.site / "access.log.1"
+    assert wait_for(access.exists, timeout=5)
+    # Each worker reopens too: every request from now on is in the new file, whichever
+    # worker serves it.
+    assert wait_for(lambda: not holding(tagged_pids(runner.tag), rotated_access), timeout=5)
+    for n in range(4):
+        daemon_request(daemon, f"after{n}")
+    assert wait_for(lambda: access.read_text().count("?after") == 4, timeout=5)
+    assert "?before" in rotated_access.read_text()
+    assert "?after" not in rotated_access.read_text()
     os.kill(daemon.pid, signal.SIGHUP)
     assert wait_for(lambda: "Reloaded; serving" in log.read_text(), timeout=30)
     assert "Reloaded" not in rotated.read_text()
