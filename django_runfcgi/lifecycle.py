@@ -53,6 +53,7 @@ from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.signals import SERVER_SIGNALS
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.page import Status
 
 # From the moment the pidfile or the announcement can be seen until run() has its
@@ -152,11 +153,21 @@ def _open_logs(config: Config, paths: LogPaths, dry: bool = False) -> daemon.Log
         return {}
 
 
+def open_slowlog(config: Config) -> SlowLog | None:
+    """The slow log slowlog= asks for, its file open; None, and nothing imported, without.
+    Raises daemon.LogError when slowlogfile= cannot be opened."""
+    if config.slowlog <= 0:
+        return None
+    from django_runfcgi import slowlog  # noqa: PLC0415 - slowlog= only
+
+    return slowlog.open_slowlog(config.slowlog, config.slowlogfile)
+
+
 def _prepare(
     config: Config,
     handed: Handed | None,
     paths: LogPaths,
-) -> tuple[sockets.Listener, daemon.Logs]:
+) -> tuple[sockets.Listener, daemon.Logs, SlowLog | None]:
     """Everything that can fail on the user's input, done before detaching.
 
     A server still stopping on the same address (TERM, then this start: the restart
@@ -165,11 +176,13 @@ def _prepare(
     trusted = config.user.uid if config.user is not None else None
     taken = handover.take(config.bind, trusted) if handed is None else None
     logs: daemon.Logs = {}
+    slow: SlowLog | None = None
     try:
         _ensure_directories(config, binds=handed is None and taken is None)
         if config.pidfile is not None:
             pidfile.check(config.pidfile, successor_of=taken.pid if taken else None)
         logs = _open_logs(config, paths)
+        slow = open_slowlog(config)
         listener = sockets.from_stopping_server(taken.sock, config.bind) if taken else None
         if listener is None:
             listener = _listener(config, handed)
@@ -180,6 +193,8 @@ def _prepare(
         directories.DirectoryError,
     ) as err:
         daemon.close_logs(logs)
+        if slow is not None:
+            slow.file.close()
         if taken is not None:
             taken.decline()
         raise StartupError(str(err)) from err
@@ -188,7 +203,7 @@ def _prepare(
             taken.confirm()
         else:
             taken.decline()
-    return listener, logs
+    return listener, logs, slow
 
 
 def _directories(config: Config, binds: bool) -> list[tuple[str, Path]]:
@@ -359,6 +374,7 @@ class Start:
     reloaded: reload.State | None = None
     state: control.StateFile | None = None
     """Beside the pidfile: what the server did last, for the control commands."""
+    slowlog: SlowLog | None = None
 
 
 def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
@@ -377,13 +393,15 @@ def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
     try:
         # With user=, the project is loaded once root is dropped, in _settle().
         application = load_application() if config.user is None else None
-        listener, logs = _prepare(config, handed, paths)
+        listener, logs, slow = _prepare(config, handed, paths)
     except BaseException:
         if handed is not None:
             handed.sock.close()
         raise
     warn_if_open(config, listener.sock)
-    return Start(listener, paths, logs, daemonize, by_systemd, start_dir, application)
+    return Start(
+        listener, paths, logs, daemonize, by_systemd, start_dir, application, slowlog=slow
+    )
 
 
 def _reloaded_start(config: Config, state: reload.State) -> Start:
@@ -393,7 +411,14 @@ def _reloaded_start(config: Config, state: reload.State) -> Start:
     listener = sockets.take_over(state.fd, config.bind, state.created)
     daemonize = config.daemonize and not by_systemd
     paths = log_paths(config, daemonize, Path(state.start_dir))
-    return Start(listener, paths, {}, daemonize, by_systemd, state.start_dir, None, reloaded=state)
+    start = Start(
+        listener, paths, {}, daemonize, by_systemd, state.start_dir, None, reloaded=state
+    )
+    try:
+        start.slowlog = open_slowlog(config)
+    except daemon.LogError as err:
+        raise StartupError(str(err)) from err
+    return start
 
 
 def _detach(config: Config, start: Start) -> daemon.Readiness:
@@ -500,6 +525,8 @@ def _hooks(
 
     def reopen_logs() -> None:
         daemon.reopen_logs(start.paths.outlog, start.paths.errlog)
+        if start.slowlog is not None:
+            start.slowlog.file.reopen()
         # Workers reopen theirs too; the master alone speaks for the server.
         if start.state is not None and os.getpid() == stop.owner:
             start.state.record(control.REOPENED)
@@ -605,6 +632,8 @@ def verify(config: Config, running: int | None = None) -> list[str]:
             _open_logs, config, log_paths(config, config.daemonize, Path.cwd()), True
         )
     )
+    if config.slowlog > 0 and config.slowlogfile is not None:
+        checks.append(functools.partial(daemon.check_log, "slowlogfile", config.slowlogfile))
     if config.pidfile is not None and config.pidfile.parent.is_dir():
         checks.append(functools.partial(pidfile.check, config.pidfile, successor_of=running))
     for check in checks:
@@ -646,6 +675,11 @@ def _check_reload(config: Config) -> None:
                     f"A reload keeps the server's {what}: {running[what]}, and the options "
                     f"now give {new}; restart the server to change it."
                 )
+    if config.slowlog > 0 and config.slowlogfile is not None:
+        try:
+            daemon.check_log("slowlogfile", config.slowlogfile)
+        except daemon.LogError as err:
+            raise StartupError(str(err)) from err
     load_application()
 
 
@@ -672,7 +706,7 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         status = _status(config, start, stop.owner)
         page = _status_page(config, start)
         server = make_server(
-            config, application, _hooks(config, start, notifier, status, stop), page
+            config, application, _hooks(config, start, notifier, status, stop), page, start.slowlog
         )
         if start.reloaded is not None:
             server.adopt_workers(start.reloaded.retiring)
