@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +217,47 @@ def test_a_bad_value_is_one_line(runner: Runner, words: list[str], message: str)
     assert run.proc.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == f"CommandError: {message}"
     assert not Path(runner.tmp / "s.sock").exists()
+
+
+def test_threads_serving_slow_requests_at_once_each_get_their_entry(runner: Runner) -> None:
+    """method=threaded: two slow requests at once, and a fast one beside them; each slow
+    one has its own entry, with its own thread's stack."""
+    log = runner.tmp / "slow.log"
+    server = start(runner, "fcgi", "threaded", f"slowlogfile={log}", "status=/status")
+    with ThreadPoolExecutor(3) as pool:
+        slow = [pool.submit(server.slow, SLEEP + n) for n in (0, 1)]
+        time.sleep(LIMIT / 2)
+        assert server.request("/").status == 200
+        answers = [future.result(timeout=30) for future in slow]
+    assert answers[0]["thread"] != answers[1]["thread"]
+    found = {header["uri"]: (header, stack) for header, stack in entries(log.read_text())}
+    assert sorted(found) == [f"/slow/?s={SLEEP}", f"/slow/?s={SLEEP + 1}"]
+    for n, data in enumerate(answers):
+        check_entry(*found[f"/slow/?s={SLEEP + n}"], data, f"s={SLEEP + n}")
+    assert json.loads(server.request("/status", "json").body)["slow_requests"] == 2
+
+
+def test_a_reload_goes_on_logging_and_counting(runner: Runner) -> None:
+    log = runner.tmp / "slow.log"
+    server = start(runner, "fcgi", "prefork", f"slowlogfile={log}", "status=/status")
+    server.slow(LIMIT * 2)
+    server.run.signal(signal.SIGHUP)
+    assert wait_for(lambda: "Reloaded; serving" in server.run.stdout, 60), server.run.describe()
+    data = server.slow()
+    first, (header, stack) = entries(log.read_text())
+    assert first[0]["uri"] == f"/slow/?s={LIMIT * 2}"
+    check_entry(header, stack, data, f"s={SLEEP}")
+    assert json.loads(server.request("/status", "json").body)["slow_requests"] == 2
+
+
+def test_check_finds_a_slowlogfile_it_cannot_open(runner: Runner) -> None:
+    run = runner.run(
+        "check",
+        f"socket={runner.tmp / 's.sock'}",
+        "slowlog=5",
+        "slowlogfile=/nonexistent/slow.log",
+    )
+    assert run.proc.returncode == 1
+    assert "Cannot open slowlogfile='/nonexistent/slow.log': No such file or directory." in (
+        run.stderr.splitlines()
+    )
