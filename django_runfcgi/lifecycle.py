@@ -322,6 +322,12 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
         if status is not None:
             application = status.around(application)
         protocol = make_protocol(config, application)
+        try:
+            slow = open_slowlog(config)
+        except daemon.LogError as err:
+            raise StartupError(str(err)) from err
+        if slow is not None:
+            protocol.watch_requests(slow.watch(None))
         addr = sock.getpeername()
         if not protocol.allows(addr):
             raise StartupError(f"Refused the connection from {peer(addr)}.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -261,3 +262,22 @@ def test_check_finds_a_slowlogfile_it_cannot_open(runner: Runner) -> None:
     assert "Cannot open slowlogfile='/nonexistent/slow.log': No such file or directory." in (
         run.stderr.splitlines()
     )
+
+
+def test_a_connection_passed_by_a_super_server_is_watched_too(runner: Runner) -> None:
+    """inetd style: the process serves the one connection on its standard input."""
+    log = runner.tmp / "slow.log"
+    address = str(runner.tmp / "inetd.sock")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(address)
+        listening.listen()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(address)
+            accepted, _ = listening.accept()
+            with accepted:
+                run = runner.start(f"slowlog={LIMIT}", f"slowlogfile={log}", stdin=accepted)
+            response = fcgi_request(address, "GET", "/slow/", query=f"s={SLEEP}", sock=client)
+    assert response.status == 200, run.describe()
+    assert run.wait(10) == 0, run.describe()
+    [(header, stack)] = entries(log.read_text())
+    check_entry(header, stack, response.json(), f"s={SLEEP}")
