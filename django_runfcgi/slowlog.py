@@ -109,31 +109,26 @@ def open_slowlog(seconds: float, path: Path | None) -> SlowLog | None:
     return SlowLog(seconds, SlowLogFile(path))
 
 
-class _Request:
-    """A running request, as its watch records it when it begins."""
-
-    __slots__ = ("logged", "method", "query", "since", "uri")
-
-    def __init__(self, since: float, method: str, uri: str, query: str) -> None:
-        self.since = since
-        self.method = method
-        self.uri = uri
-        self.query = query
-        self.logged = False
+_Request = tuple[float, str, str, str, bool]
+"""A running request as its watch records it when it begins: since (time.monotonic()),
+method, URI, query string, and whether it has been logged. A plain tuple: making it
+costs no Python call."""
 
 
 class SlowRequests:
     """A process's running requests (a RequestWatch) and the thread that watches them.
 
-    Per request the watch takes an uncontended lock twice and keeps three strings;
-    only a request that turns out slow costs more, in the watcher thread.
+    Per request the watch takes a lock twice and keeps a tuple; only a request that
+    turns out slow costs more, in the watcher thread.
     """
 
     def __init__(self, seconds: float, file: SlowLogFile, count: SlowCounter | None) -> None:
         self._seconds = seconds
         self._file = file
         self._count = count
-        self._condition = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._condition = threading.Condition(self._lock)
+        """The watcher waits on it; the requests take its lock alone, in C."""
         self._running: dict[int, _Request] = {}
         self._deadline: float | None = None
         """When the watcher wakes next; None while it waits for a request to begin."""
@@ -141,24 +136,29 @@ class SlowRequests:
 
     def request_begins(self, environ: Environ) -> None:
         get = environ.get
-        request = _Request(
+        request = (
             time.monotonic(),
             get("REQUEST_METHOD", ""),
             get("REQUEST_URI", ""),
             get("QUERY_STRING", ""),
+            False,
         )
-        with self._condition:
+        with self._lock:
             self._running[threading.get_ident()] = request
             if self._deadline is None:
-                # An earlier deadline is already awaited, else the watcher must know.
-                if self._watcher is None:
-                    self._start_watcher()
-                else:
-                    self._condition.notify()
+                # Else an earlier deadline is awaited already.
+                self._wake_watcher()
 
     def request_ends(self, status: int, sent: int) -> None:
-        with self._condition:
+        with self._lock:
             self._running.pop(threading.get_ident(), None)
+
+    def _wake_watcher(self) -> None:
+        """With the lock held: a request began while the watcher waits for one."""
+        if self._watcher is None:
+            self._start_watcher()
+        else:
+            self._condition.notify()
 
     def _start_watcher(self) -> None:
         thread = threading.Thread(target=self._watch, name="runfcgi-slowlog", daemon=True)
@@ -193,20 +193,24 @@ class SlowRequests:
         due = []
         deadline = None
         frames = None
-        for ident, request in self._running.items():
-            if request.logged:
+        running = self._running
+        for ident, request in running.items():
+            since, logged = request[0], request[4]
+            if logged:
                 continue
-            when = request.since + self._seconds
+            when = since + self._seconds
             if when <= now:
                 if frames is None:
                     frames = sys._current_frames()
                 frame = frames.get(ident)
                 if frame is None:
                     continue
-                request.logged = True
                 due.append((ident, request, _Stack(frame)))
             elif deadline is None or when < deadline:
                 deadline = when
+        for ident, request, _ in due:
+            since, method, uri, query, _ = request
+            running[ident] = (since, method, uri, query, True)
         self._deadline = deadline
         return due
 
@@ -228,13 +232,13 @@ class SlowRequests:
                     logger.exception("Cannot count a slow request.")
 
     def _entry(self, request: _Request, thread: int | None, stack: _Stack, now: float) -> bytes:
-        uri = request.uri
-        if request.query and "?" not in uri:
-            uri = f"{uri}?{request.query}"  # AJP sends the query apart
+        since, method, uri, query, _ = request
+        if query and "?" not in uri:
+            uri = f"{uri}?{query}"  # AJP sends the query apart
         header = (
             f"[{time.strftime(DATE_FORMAT)}] [{os.getpid()}] [WARNING] Slow request: "
-            f"{escape(request.method, METHOD_BYTES)} {escape(uri, URI_BYTES)} "
-            f"running {now - request.since:.1f} s (slowlog={self._seconds:g}), "
+            f"{escape(method, METHOD_BYTES)} {escape(uri, URI_BYTES)} "
+            f"running {now - since:.1f} s (slowlog={self._seconds:g}), "
             f"thread {thread}; its stack, most recent call last:\n"
         )
         return (header + stack.format() + "\n").encode("utf-8", "backslashreplace")
