@@ -281,3 +281,9 @@ def test_a_connection_passed_by_a_super_server_is_watched_too(runner: Runner) ->
     assert run.wait(10) == 0, run.describe()
     [(header, stack)] = entries(log.read_text())
     check_entry(header, stack, response.json(), f"s={SLEEP}")
+
+
+def test_the_documented_entry_has_the_shape_of_a_logged_one() -> None:
+    page = (TESTPROJECT.parent / "docs" / "status.rst").read_text()
+    [sample] = [line.strip() for line in page.splitlines() if "] Slow request: " in line]
+    assert HEADER.fullmatch(sample)
