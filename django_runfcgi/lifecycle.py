@@ -55,6 +55,7 @@ from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.signals import SERVER_SIGNALS
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.page import Status
 
 # From the moment the pidfile or the announcement can be seen until run() has its
@@ -161,11 +162,21 @@ def _open_access_log(config: Config) -> accesslog.AccessLog | None:
     return accesslog.AccessLog(config.accesslog, compile_format(config.accessformat))
 
 
+def open_slowlog(config: Config) -> SlowLog | None:
+    """The slow log slowlog= asks for, its file open; None, and nothing imported, without.
+    Raises daemon.LogError when slowlogfile= cannot be opened."""
+    if config.slowlog <= 0:
+        return None
+    from django_runfcgi import slowlog  # noqa: PLC0415 - slowlog= only
+
+    return slowlog.open_slowlog(config.slowlog, config.slowlogfile)
+
+
 def _prepare(
     config: Config,
     handed: Handed | None,
     paths: LogPaths,
-) -> tuple[sockets.Listener, daemon.Logs, accesslog.AccessLog | None]:
+) -> tuple[sockets.Listener, daemon.Logs, accesslog.AccessLog | None, SlowLog | None]:
     """Everything that can fail on the user's input, done before detaching.
 
     A server still stopping on the same address (TERM, then this start: the restart
@@ -175,12 +186,14 @@ def _prepare(
     taken = handover.take(config.bind, trusted) if handed is None else None
     logs: daemon.Logs = {}
     access = None
+    slow: SlowLog | None = None
     try:
         _ensure_directories(config, binds=handed is None and taken is None)
         if config.pidfile is not None:
             pidfile.check(config.pidfile, successor_of=taken.pid if taken else None)
         logs = _open_logs(config, paths)
         access = _open_access_log(config)
+        slow = open_slowlog(config)
         listener = sockets.from_stopping_server(taken.sock, config.bind) if taken else None
         if listener is None:
             listener = _listener(config, handed)
@@ -193,6 +206,8 @@ def _prepare(
         daemon.close_logs(logs)
         if access is not None:
             access.close()
+        if slow is not None:
+            slow.file.close()
         if taken is not None:
             taken.decline()
         raise StartupError(str(err)) from err
@@ -201,7 +216,7 @@ def _prepare(
             taken.confirm()
         else:
             taken.decline()
-    return listener, logs, access
+    return listener, logs, access, slow
 
 
 def _directories(config: Config, binds: bool) -> list[tuple[str, Path]]:
@@ -326,6 +341,12 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
         protocol = make_protocol(config, application)
         if access is not None:
             protocol.watch_requests(access)
+        try:
+            slow = open_slowlog(config)
+        except daemon.LogError as err:
+            raise StartupError(str(err)) from err
+        if slow is not None:
+            protocol.watch_requests(slow.watch(None))
         addr = sock.getpeername()
         if not protocol.allows(addr):
             raise StartupError(f"Refused the connection from {peer(addr)}.")
@@ -380,6 +401,7 @@ class Start:
     """Beside the pidfile: what the server did last, for the control commands."""
     access: accesslog.AccessLog | None = None
     """accesslog=, opened before detaching; USR1 reopens it."""
+    slowlog: SlowLog | None = None
 
 
 def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
@@ -398,14 +420,22 @@ def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
     try:
         # With user=, the project is loaded once root is dropped, in _settle().
         application = load_application() if config.user is None else None
-        listener, logs, access = _prepare(config, handed, paths)
+        listener, logs, access, slow = _prepare(config, handed, paths)
     except BaseException:
         if handed is not None:
             handed.sock.close()
         raise
     warn_if_open(config, listener.sock)
     return Start(
-        listener, paths, logs, daemonize, by_systemd, start_dir, application, access=access
+        listener,
+        paths,
+        logs,
+        daemonize,
+        by_systemd,
+        start_dir,
+        application,
+        access=access,
+        slowlog=slow,
     )
 
 
@@ -418,6 +448,7 @@ def _reloaded_start(config: Config, state: reload.State) -> Start:
     paths = log_paths(config, daemonize, Path(state.start_dir))
     try:
         access = _open_access_log(config)
+        slow = open_slowlog(config)
     except daemon.LogError as err:
         listener.close()
         raise StartupError(str(err)) from err
@@ -431,6 +462,7 @@ def _reloaded_start(config: Config, state: reload.State) -> Start:
         None,
         reloaded=state,
         access=access,
+        slowlog=slow,
     )
 
 
@@ -541,6 +573,8 @@ def _hooks(
         daemon.reopen_logs(start.paths.outlog, start.paths.errlog)
         if start.access is not None:
             start.access.reopen()
+        if start.slowlog is not None:
+            start.slowlog.file.reopen()
         # Workers reopen theirs too; the master alone speaks for the server.
         if start.state is not None and os.getpid() == stop.owner:
             start.state.record(control.REOPENED)
@@ -649,6 +683,8 @@ def verify(config: Config, running: int | None = None) -> list[str]:
         )
     )
     checks.append(functools.partial(accesslog.check, config.accesslog))
+    if config.slowlog > 0 and config.slowlogfile is not None:
+        checks.append(functools.partial(daemon.check_log, "slowlogfile", config.slowlogfile))
     if config.pidfile is not None and config.pidfile.parent.is_dir():
         checks.append(functools.partial(pidfile.check, config.pidfile, successor_of=running))
     for check in checks:
@@ -692,6 +728,8 @@ def _check_reload(config: Config) -> None:
                 )
     try:
         accesslog.check(config.accesslog)
+        if config.slowlog > 0 and config.slowlogfile is not None:
+            daemon.check_log("slowlogfile", config.slowlogfile)
     except daemon.LogError as err:
         raise StartupError(str(err)) from err
     load_application()
@@ -724,7 +762,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
             application,
             _hooks(config, start, notifier, status, stop),
             page,
-            start.access,
+            access=start.access,
+            slowlog=start.slowlog,
         )
         if start.reloaded is not None:
             server.adopt_workers(start.reloaded.retiring)

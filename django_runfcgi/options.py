@@ -548,6 +548,25 @@ OPTIONS: tuple[Option, ...] = (
         "FORMAT",
     ),
     Option(
+        "slowlog",
+        parse_seconds,
+        0.0,
+        "Seconds after which a request still running has the Python stack of the thread "
+        "serving it written to the slow log, once, while it goes on running (0 = off). "
+        "Unlike requesttimeout, nothing is interrupted. Counted in the status page's slow "
+        "requests.",
+        "SECONDS",
+        default_text="0",
+    ),
+    Option(
+        "slowlogfile",
+        parse_text,
+        None,
+        "With slowlog: append the slow log to this file instead.",
+        "FILE",
+        default_text="where the server's own messages go: errlog's file, or the terminal",
+    ),
+    Option(
         "handover",
         parse_seconds,
         10.0,
@@ -740,6 +759,8 @@ class Config:
     ping: str | None
     accesslog: AccessTarget | None
     accessformat: str
+    slowlog: float
+    slowlogfile: Path | None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -766,11 +787,12 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     _check_method(values, given)
     _check_protocol(values, given)
     _check_status_paths(values)
+    _check_slowlog(given)
     _check_permissions(given, bind)
     socketowner, socketgroup, user = _accounts(given)
     paths = {
         name: (_absolute(values[name], base) if values[name] is not None else None)
-        for name in ("pidfile", "outlog", "errlog", "workdir")
+        for name in ("pidfile", "outlog", "errlog", "workdir", "slowlogfile")
     }
     if paths["workdir"] is None and daemonize:
         paths["workdir"] = Path("/")
@@ -816,6 +838,7 @@ def check(raw: Mapping[str, object]) -> None:
     _check_method(values, given)
     _check_protocol(values, given)
     _check_status_paths(values)
+    _check_slowlog(given)
     _check_group(given)
 
 
@@ -903,6 +926,15 @@ def _check_status_paths(values: Mapping[str, Any]) -> None:
     if values["status"] is not None and values["status"] == values["ping"]:
         raise OptionError(
             f"status= and ping= are both {values['status']!r}; give each its own path."
+        )
+
+
+def _check_slowlog(given: Mapping[str, Any]) -> None:
+    """A file for the slow log is of no use without its limit."""
+    if "slowlogfile" in given and "slowlog" not in given:
+        raise OptionError(
+            f"slowlogfile={given['slowlogfile']!r} needs slowlog= too: the seconds after "
+            "which a running request is logged, such as slowlog=5."
         )
 
 

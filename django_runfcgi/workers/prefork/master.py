@@ -35,6 +35,7 @@ from django_runfcgi.workers.prefork.worker import (
 from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.figures import Sampler
     from django_runfcgi.status.page import Status
 
@@ -90,6 +91,7 @@ class PreforkMaster:
         hooks: Hooks | None = None,
         *,
         status: Status | None = None,
+        slowlog: SlowLog | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -101,6 +103,7 @@ class PreforkMaster:
         self._board: Scoreboard | None = None
         self._status = status
         self._sampler: Sampler | None = None
+        self._slowlog = slowlog
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Wait for the workers of the master this process replaced (same pid, after exec).
@@ -352,6 +355,7 @@ class PreforkMaster:
             board=self._scoreboard(),
             slot=slot,
             link=worker_link,
+            slowlog=self._slowlog,
         )
         flush_stdio()
         # Signals wait until the worker has replaced the master's handlers.

@@ -20,7 +20,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django_runfcgi.protocols import Connection, ServedProtocol
 from django_runfcgi.protocols.wsgi import Environ
@@ -30,6 +30,9 @@ from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.prefork.recycling import Recycling
 from django_runfcgi.workers.prefork.scoreboard import BUSY, IDLE, Scoreboard
 from django_runfcgi.workers.signals import INTENTS, WORKER_SIGNALS, Intent, SignalQueue
+
+if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
 
 logger = logging.getLogger("django_runfcgi.workers")
 
@@ -93,6 +96,7 @@ class Worker:
         board: Scoreboard,
         slot: int,
         link: socket.socket,
+        slowlog: SlowLog | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -105,6 +109,7 @@ class Worker:
         self._connection: Connection | None = None
         self._record = board.figures.record(slot) if board.figures is not None else None
         """The worker's figures for the status page, when there is one."""
+        self._slowlog = slowlog
 
     def run(
         self, sock: socket.socket, leave_master: Callable[[], None], mask: Iterable[int]
@@ -129,6 +134,10 @@ class Worker:
                 if self._record is not None:
                     self._record.started()
                     self._protocol.watch_requests(self._record)
+                if self._slowlog is not None:
+                    record = self._record
+                    count = None if record is None else lambda _thread: record.slow_request()
+                    self._protocol.watch_requests(self._slowlog.watch(count))
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._serve(sock)
             except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, 
 from django_runfcgi.workers.threaded.pool import Accepted, ThreadPool
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.figures import Sampler
     from django_runfcgi.status.page import Status
     from django_runfcgi.workers.threaded.figures import ThreadedFigures
@@ -45,6 +46,7 @@ class ThreadedServer:
         hooks: Hooks | None = None,
         *,
         status: Status | None = None,
+        slowlog: SlowLog | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -59,6 +61,9 @@ class ThreadedServer:
 
             self._figures = ThreadedFigures(status.history)
             protocol.watch_requests(self._figures)
+        if slowlog is not None:
+            count = None if self._figures is None else self._figures.slow_request
+            protocol.watch_requests(slowlog.watch(count))
         self._pool = ThreadPool(
             limits.minspare, limits.maxspare, limits.maxchildren, figures=self._figures
         )
