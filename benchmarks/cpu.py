@@ -20,7 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.run import SERVERS, VIEWS, Backend, parse_wrk, post_script, run_wrk, serving
+from benchmarks.run import SERVERS, VIEWS, Backend, serving
+from benchmarks.wrk import Scripts, parse_wrk, run_wrk
 
 TICK_US = 1_000_000 / os.sysconf("SC_CLK_TCK")
 
@@ -55,16 +56,18 @@ class Usage:
 
 
 def measure_once(
-    backend: Backend, view_name: str, connections: int, seconds: int, script: Path
+    backend: Backend, view_name: str, connections: int, seconds: int, scripts: Scripts
 ) -> Usage:
     view = VIEWS[view_name]
     pgid, nginx_pgid = backend.proc.pid, backend.nginx_pid
     before, nginx_before = group_cpu(pgid), group_cpu(nginx_pgid)
-    output = run_wrk(backend.port, view, connections, seconds, script)
+    output = run_wrk(backend.port, view.path, connections, seconds, scripts.of(view.method))
     after, nginx_after = group_cpu(pgid), group_cpu(nginx_pgid)
-    rps, _, _, errors, requests = parse_wrk(output)
-    if errors or not requests:
-        raise RuntimeError(f"{backend.spec.name}: {errors} errors in {requests} requests")
+    sample = parse_wrk(output)
+    if sample.errors or not sample.requests:
+        raise RuntimeError(
+            f"{backend.spec.name}: {sample.errors} errors in {sample.requests} requests"
+        )
 
     def spent(pids: set[int]) -> float:
         return sum(after[pid] - before.get(pid, 0.0) for pid in pids)
@@ -72,7 +75,8 @@ def measure_once(
     workers = set(after) - {pgid} if len(after) > 1 else set(after)
     master = {pgid} if len(after) > 1 else set()
     nginx = sum(nginx_after[pid] - nginx_before.get(pid, 0.0) for pid in nginx_after)
-    return Usage(rps, spent(workers) / requests, spent(master) / requests, nginx / requests)
+    requests = sample.requests
+    return Usage(sample.rps, spent(workers) / requests, spent(master) / requests, nginx / requests)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,14 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     directory = Path(tempfile.mkdtemp(prefix="bench-cpu-", dir="/tmp"))
     results: dict[str, list[Usage]] = {name: [] for name in names}
     try:
-        script = post_script(directory)
+        scripts = Scripts.write(directory)
         with serving(names, directory) as backends:
             for backend in backends.values():  # warm up: imports, caches, first requests
-                run_wrk(backend.port, VIEWS[args.view], args.connections, 1, script)
+                view = VIEWS[args.view]
+                run_wrk(backend.port, view.path, args.connections, 1, scripts.of(view.method))
             for _ in range(args.repeat):
                 for name, backend in backends.items():
                     usage = measure_once(
-                        backend, args.view, args.connections, args.duration, script
+                        backend, args.view, args.connections, args.duration, scripts
                     )
                     results[name].append(usage)
                     print(

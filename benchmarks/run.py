@@ -3,7 +3,9 @@
 Every server runs with the same number of worker processes and listens on a unix socket;
 one nginx on loopback gives each its own port. wrk loads one server at a time, servers
 taking turns within each repetition so that machine drift hits all of them alike, and the
-table shows the median of the repetitions.
+table shows the median of the repetitions. Each server is measured at the views and
+numbers of connections that a comparison of benchmarks/targets.py needs (--grid: at all
+of them), and the run ends with whether each target is met.
 """
 
 from __future__ import annotations
@@ -15,21 +17,21 @@ import json
 import os
 import platform
 import pwd
-import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.targets import DEFAULT_SERVERS, DEFAULT_VIEWS, plan, summary, table, verdicts
 from benchmarks.views import HELLO, MEGABYTE, SLEEP_SECONDS
+from benchmarks.wrk import SLOW_MS, Cell, Scripts, parse_wrk, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_SOCKET = "/run/mysite/fcgi.sock"
@@ -39,6 +41,10 @@ STOP_SECONDS = 5.0
 # The scaling run: the 50 ms view at this many connections, pools of these sizes.
 SCALING_CONNECTIONS = 64
 SCALING_CHILDREN = "2,8,32"
+# nginx's idle kept connections (keepalive N), below and above the WORKERS of runfcgi.
+# uWSGI has no such row: its FastCGI mode ignores FCGI_KEEP_CONN and closes the
+# connection after every request (proto/fastcgi.c, uWSGI 2.0.31).
+KEEPALIVES = (1, 8)
 
 
 @dataclass(frozen=True)
@@ -72,21 +78,32 @@ VIEWS = {
 }
 
 
-def fastcgi_block(port: int, sock: Path, keep_conn: bool = False) -> str:
-    """The documented nginx FastCGI recipe with only its addresses changed."""
+def fastcgi_block(port: int, sock: Path, keepalive: int | None = None) -> str:
+    """The documented nginx FastCGI recipe with only its addresses changed; with
+    ``keepalive``, connections kept open as nginx's documentation configures it (an
+    upstream with ``keepalive N`` and ``fastcgi_keep_conn on``)."""
     text = (ROOT / "docs" / "configs" / "nginx-fastcgi.conf").read_text()
     for old in (DOC_LISTEN, DOC_SOCKET):
         if old not in text:
             raise AssertionError(f"docs/configs/nginx-fastcgi.conf no longer contains {old!r}")
     text = text.replace(DOC_LISTEN, f"listen 127.0.0.1:{port};")
-    if not keep_conn:
+    if keepalive is None:
         return text.replace(DOC_SOCKET, str(sock))
     upstream = f"keep{port}"
     text = text.replace(
         f"fastcgi_pass unix:{DOC_SOCKET};",
         f"fastcgi_pass {upstream};\n        fastcgi_keep_conn on;",
     )
-    return f"upstream {upstream} {{\n    server unix:{sock};\n    keepalive {WORKERS};\n}}\n{text}"
+    return (
+        f"upstream {upstream} {{\n    server unix:{sock};\n    keepalive {keepalive};\n}}\n{text}"
+    )
+
+
+def keep_conn(keepalive: int) -> Callable[[int, Path], str]:
+    def block(port: int, sock: Path) -> str:
+        return fastcgi_block(port, sock, keepalive)
+
+    return block
 
 
 def scgi_block(port: int, sock: Path) -> str:
@@ -198,11 +215,15 @@ SERVERS = {
             fastcgi_block,
             f"{WORKERS} worker processes, a new FastCGI connection per request",
         ),
-        ServerSpec(
-            "runfcgi-fcgi-keepconn",
-            runfcgi("fcgi", "prefork"),
-            lambda port, sock: fastcgi_block(port, sock, keep_conn=True),
-            f"{WORKERS} worker processes, fastcgi_keep_conn on, keepalive {WORKERS}",
+        *(
+            ServerSpec(
+                f"runfcgi-fcgi-keepconn-{keepalive}",
+                runfcgi("fcgi", "prefork"),
+                keep_conn(keepalive),
+                f"{WORKERS} worker processes, fastcgi_keep_conn on, keepalive {keepalive}"
+                f" ({'below' if keepalive < WORKERS else 'above'} the {WORKERS} workers)",
+            )
+            for keepalive in KEEPALIVES
         ),
         ServerSpec(
             "runfcgi-scgi-prefork",
@@ -230,6 +251,12 @@ SERVERS = {
             f"--master --processes={WORKERS} --fastcgi-socket",
         ),
         ServerSpec(
+            "uwsgi-scgi",
+            uwsgi("scgi-socket"),
+            scgi_block,
+            f"--master --processes={WORKERS} --scgi-socket, scgi_pass",
+        ),
+        ServerSpec(
             "uwsgi-native",
             uwsgi("socket"),
             uwsgi_block,
@@ -237,9 +264,6 @@ SERVERS = {
         ),
     )
 }
-RUNFCGI_BASELINES = ("gunicorn-sync", "uwsgi-fastcgi")
-# The threaded server is one process: it is also compared with one prefork worker.
-ONE_PROCESS = ("runfcgi-fcgi-threaded", "runfcgi-fcgi-prefork-1")
 
 
 def scaling_specs(children: list[int]) -> dict[str, ServerSpec]:
@@ -459,82 +483,6 @@ def check_answers(backends: dict[str, Backend], views: list[View]) -> list[str]:
     return problems
 
 
-@dataclass
-class Sample:
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    errors: int
-    requests: int
-    rss_mb: float
-
-
-UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        raise ValueError(f"unreadable latency {text!r}")
-    return float(match[1]) * UNITS[match[2]]
-
-
-def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
-    """requests/s, p50 ms, p99 ms, errors (socket errors + non-2xx/3xx), requests."""
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    requests = re.search(r"(\d+) requests in", output)
-    if rps is None or requests is None:
-        raise RuntimeError(f"wrk said:\n{output}")
-    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.MULTILINE)
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE)
-    errors = 0
-    sockets = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    if sockets:
-        errors += sum(int(n) for n in sockets.groups())
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    if non2xx:
-        errors += int(non2xx[1])
-    return (
-        float(rps[1]),
-        _ms(p50[1]) if p50 else float("nan"),
-        _ms(p99[1]) if p99 else float("nan"),
-        errors,
-        int(requests[1]),
-    )
-
-
-def run_wrk(port: int, view: View, connections: int, seconds: int, script: Path) -> str:
-    command = [
-        shutil.which("wrk") or "/usr/bin/wrk",
-        f"--threads={min(2, connections)}",
-        f"--connections={connections}",
-        f"--duration={seconds}s",
-        "--timeout=10s",
-        "--latency",
-    ]
-    if view.method == "POST":
-        command.append(f"--script={script}")
-    command.append(f"http://127.0.0.1:{port}{view.path}")
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + 30, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr}{done.stdout}")
-    return done.stdout
-
-
-def post_script(directory: Path) -> Path:
-    script = directory / "post.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        f'wrk.body = string.rep("x", {MEGABYTE})\n'
-        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
-    )
-    return script
-
-
 def ceiling(views: list[View], seconds: float, directory: Path) -> dict[str, float]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "testproject")])
@@ -561,52 +509,34 @@ def ceiling(views: list[View], seconds: float, directory: Path) -> dict[str, flo
     return result
 
 
-@dataclass
-class Cell:
-    server: str
-    view: str
-    connections: int
-    samples: list[Sample] = field(default_factory=list)
-
-    def summary(self) -> dict[str, float | int]:
-        def median(attr: str) -> float:
-            return float(statistics.median(getattr(s, attr) for s in self.samples))
-
-        return {
-            "rps": median("rps"),
-            "p50_ms": median("p50_ms"),
-            "p99_ms": median("p99_ms"),
-            "errors": sum(s.errors for s in self.samples),
-            "requests": sum(s.requests for s in self.samples),
-            "rss_mb": max(s.rss_mb for s in self.samples),
-        }
-
-
 def measure(
     backends: dict[str, Backend],
     view: View,
+    wanted: set[tuple[str, int]],
     *,
-    levels: list[int],
     seconds: int,
     repeat: int,
-    script: Path,
+    scripts: Scripts,
     progress: Callable[[str], None],
 ) -> list[Cell]:
-    """One view, the servers taking turns."""
-    cells = {(name, level): Cell(name, view.name, level) for level in levels for name in backends}
+    """One view, the servers taking turns at each number of connections; only the
+    (server, connections) cells wanted."""
+    cells = {(name, level): Cell(name, view.name, level) for name, level in wanted}
     order = list(backends)
     for round_ in range(repeat):
-        for level in levels:
+        for level in sorted({level for _, level in wanted}):
             for name in order:
+                if (name, level) not in cells:
+                    continue
                 backend = backends[name]
                 backend.reset_peak_rss()
-                output = run_wrk(backend.port, view, level, seconds, script)
-                rps, p50, p99, errors, requests = parse_wrk(output)
-                sample = Sample(rps, p50, p99, errors, requests, backend.peak_rss_mb())
+                output = run_wrk(backend.port, view.path, level, seconds, scripts.of(view.method))
+                sample = replace(parse_wrk(output), rss_mb=backend.peak_rss_mb())
                 cells[name, level].samples.append(sample)
                 progress(
-                    f"[{round_ + 1}/{repeat}] {name:22} {view.name:5} c={level:<3}"
-                    f" {rps:9.1f} req/s p99 {p99:8.2f} ms errors {errors}"
+                    f"[{round_ + 1}/{repeat}] {name:24} {view.name:5} c={level:<3}"
+                    f" {sample.rps:9.1f} req/s p99 {sample.p99_ms:8.2f} ms"
+                    f" max {sample.max_ms:8.1f} ms errors {sample.errors}"
                 )
             order = order[1:] + order[:1]  # a different server goes first each time
     return sorted(cells.values(), key=lambda c: (c.connections, list(backends).index(c.server)))
@@ -616,38 +546,9 @@ def ratio(value: float, base: float | None) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
 
-def table(cells: list[Cell], ceilings: dict[str, float]) -> str:
-    summaries = {(c.server, c.view, c.connections): c.summary() for c in cells}
-    head = (
-        f"{'server':22} {'view':5} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'errors':>6} {'RSS MB':>7} {'/gunicorn':>9} {'/uwsgi-fcgi':>11} {'/prefork-1':>10}"
-    )
-    lines = [head, "-" * len(head)]
-    previous = None
-    for cell in cells:
-        s = summaries[cell.server, cell.view, cell.connections]
-        if previous and previous != (cell.view, cell.connections):
-            lines.append("")
-        previous = (cell.view, cell.connections)
-        ratios = ""
-        if cell.server.startswith("runfcgi"):
-            bases = [summaries.get((b, cell.view, cell.connections)) for b in RUNFCGI_BASELINES]
-            ratios = " ".join(
-                f"{ratio(float(s['rps']), float(b['rps']) if b else None):>{w}}"
-                for b, w in zip(bases, (9, 11), strict=True)
-            )
-            one = summaries.get((ONE_PROCESS[1], cell.view, cell.connections))
-            if cell.server == ONE_PROCESS[0] and one:
-                ratios += f" {ratio(float(s['rps']), float(one['rps'])):>10}"
-        lines.append(
-            f"{cell.server:22} {cell.view:5} {cell.connections:>5} {s['rps']:>9.1f}"
-            f" {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['errors']:>6} {s['rss_mb']:>7.1f}"
-            f" {ratios}".rstrip()
-        )
-    if ceilings:
-        lines.append("")
-        lines.append("Django's WSGI handler in-process, no server (requests/s on one core):")
-        lines.extend(f"  {view:5} {rps:9.1f}" for view, rps in ceilings.items())
+def ceiling_table(ceilings: dict[str, float]) -> str:
+    lines = ["Django's WSGI handler in-process, no server (requests/s on one core):"]
+    lines.extend(f"  {view:5} {rps:9.1f}" for view, rps in ceilings.items())
     return "\n".join(lines)
 
 
@@ -702,7 +603,8 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="every server and view once at 16 connections for 1 s; fail on any error",
+        help="every server once at 16 connections for 1 s, on the views its comparisons"
+        " use, the answers of every view checked; fail on any error",
     )
     parser.add_argument("--duration", type=int, default=3, help="seconds per wrk run (3)")
     parser.add_argument(
@@ -711,8 +613,21 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--connections", default="1,16,64", help="concurrency levels, comma-separated (1,16,64)"
     )
-    parser.add_argument("--views", default=",".join(VIEWS), help=f"from {','.join(VIEWS)}")
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"from {','.join(SERVERS)}")
+    parser.add_argument(
+        "--views",
+        help=f"from {','.join(VIEWS)} (default: those the targets use, {','.join(DEFAULT_VIEWS)})",
+    )
+    parser.add_argument(
+        "--servers",
+        help=f"from {','.join(SERVERS)} (default: those the targets compare,"
+        f" {','.join(DEFAULT_SERVERS)})",
+    )
+    parser.add_argument(
+        "--grid",
+        action="store_true",
+        help="measure every chosen server at every chosen view and concurrency, not only"
+        " the cells that a comparison uses",
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process handler")
     parser.add_argument(
         "--scaling",
@@ -734,12 +649,47 @@ def arguments(argv: list[str] | None) -> argparse.Namespace:
         args.scaling = "4" if args.scaling else ""
     args.scaling_children = [int(n) for n in args.scaling.split(",") if n]
     args.levels = [int(n) for n in args.connections.split(",")]
-    args.view_list = [VIEWS[name] for name in args.views.split(",")]
-    args.server_list = args.servers.split(",")
-    unknown = set(args.server_list) - set(SERVERS)
-    if unknown:
-        parser.error(f"unknown servers {sorted(unknown)}; choose from {','.join(SERVERS)}")
+    everything = args.smoke or args.serve
+    views = args.views.split(",") if args.views else list(VIEWS if everything else DEFAULT_VIEWS)
+    servers = (
+        args.servers.split(",")
+        if args.servers
+        else list(SERVERS if everything else DEFAULT_SERVERS)
+    )
+    for kind, chosen, known in (("views", views, VIEWS), ("servers", servers, SERVERS)):
+        unknown = set(chosen) - set(known)
+        if unknown:
+            parser.error(f"unknown {kind} {sorted(unknown)}; choose from {','.join(known)}")
+    args.view_list = [VIEWS[name] for name in views]
+    args.server_list = servers
+    args.planned = plan(servers, views, args.levels, grid=args.grid)
+    if args.serve:
+        return args
+    for kind, given, position in (("view", args.views, 1), ("server", args.servers, 0)):
+        named = given.split(",") if given else []
+        idle = [name for name in named if all(cell[position] != name for cell in args.planned)]
+        if idle:
+            parser.error(
+                f"no comparison measures the {kind} {', '.join(idle)} with these"
+                " servers, views and connections; add --grid to measure every combination"
+            )
+    if not args.planned:
+        parser.error("nothing to measure; add --grid to measure every combination")
     return args
+
+
+def estimate_minutes(args: argparse.Namespace) -> float:
+    """How long the run takes: wrk's time, the warm-ups and a guess at the start-ups."""
+    views = {view for _, view, _ in args.planned}
+    groups = 1 if args.smoke else len(views)
+    warm = 0 if args.smoke else len({(server, view) for server, view, _ in args.planned})
+    seconds = len(args.planned) * args.repeat * (args.duration + 0.2) + warm + 10 * groups
+    if args.scaling_children:
+        sizes = 2 * len(args.scaling_children)
+        seconds += sizes * (args.repeat * (args.duration + 0.2) + (0 if args.smoke else 1)) + 10
+    if not args.no_ceiling:
+        seconds += len(args.view_list) * (0.5 if args.smoke else 2.0) + 5
+    return float(seconds) / 60
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -756,8 +706,8 @@ def main(argv: list[str] | None = None) -> int:
     directory = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
     try:
         info = machine()
-        progress(f"starting {', '.join(args.server_list)} in {directory}")
         if args.serve:
+            progress(f"starting {', '.join(args.server_list)} in {directory}")
             with serving(args.server_list, directory) as backends:
                 problems = check_answers(backends, args.view_list)
                 for name, backend in backends.items():
@@ -765,30 +715,46 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(problems) or "all answers correct", flush=True)
                 time.sleep(args.serve)
             return 0
+        progress(
+            f"{len(args.planned)} cells, {args.repeat} x {args.duration} s each:"
+            f" about {estimate_minutes(args):.0f} min; working in {directory}"
+        )
         cells = []
-        script = post_script(directory)
+        scripts = Scripts.write(directory)
         # Fresh servers for each view, so that a worker's peak memory is that view's;
         # the smoke test only checks that everything works, with one start for all.
         groups = [args.view_list] if args.smoke else [[view] for view in args.view_list]
         for views in groups:
+            names = [
+                name
+                for name in args.server_list
+                if any((name, view.name, n) in args.planned for view in views for n in args.levels)
+            ]
+            if not names:
+                continue
             place = directory / views[0].name
             place.mkdir()
-            with serving(args.server_list, place) as backends:
+            progress(f"starting {', '.join(names)}")
+            with serving(names, place) as backends:
                 problems = check_answers(backends, views)
                 if problems:
                     print("\n".join(["Wrong answers:", *problems]), file=sys.stderr)
                     return 1
                 for view in views:
+                    wanted = {(s, n) for s, v, n in args.planned if v == view.name}
                     if not args.smoke:  # fresh processes: the first requests fill caches
-                        for backend in backends.values():
-                            run_wrk(backend.port, view, max(args.levels), 1, script)
+                        for name in sorted({s for s, _ in wanted}):
+                            level = max(n for s, n in wanted if s == name)
+                            run_wrk(
+                                backends[name].port, view.path, level, 1, scripts.of(view.method)
+                            )
                     cells += measure(
                         backends,
                         view,
-                        levels=args.levels,
+                        wanted,
                         seconds=args.duration,
                         repeat=args.repeat,
-                        script=script,
+                        scripts=scripts,
                         progress=progress,
                     )
         scaling: list[Cell] = []
@@ -804,29 +770,33 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 if not args.smoke:
                     for backend in backends.values():
-                        run_wrk(backend.port, sleep, SCALING_CONNECTIONS, 1, script)
+                        run_wrk(backend.port, sleep.path, SCALING_CONNECTIONS, 1, scripts.get)
                 scaling = measure(
                     backends,
                     sleep,
-                    levels=[SCALING_CONNECTIONS],
+                    {(name, SCALING_CONNECTIONS) for name in backends},
                     seconds=args.duration,
                     repeat=args.repeat,
-                    script=script,
+                    scripts=scripts,
                     progress=progress,
                 )
         ceilings = {}
         if not args.no_ceiling:
             ceilings = ceiling(args.view_list, 0.5 if args.smoke else 2.0, directory)
+        results = verdicts(cells)
         versions = f"Python {info['python']}, Django {info['django']}"
         print(f"{info['date']}, {info['cpus']} CPUs, {versions}")
         print(f"{args.repeat} x {args.duration} s per cell, {WORKERS} workers per server\n")
-        print(table(cells, ceilings))
+        print(table(cells))
+        if ceilings:
+            print(f"\n{ceiling_table(ceilings)}")
         if scaling:
             print(
                 f"\nScaling: the {SLEEP_SECONDS * 1000:.0f} ms view at {SCALING_CONNECTIONS}"
                 " connections; ideal is min(maxchildren, connections) / 50 ms\n"
             )
             print(scaling_table(scaling))
+        print(f"\n{summary(results)}")
         if args.json:
             args.json.write_text(
                 json.dumps(
@@ -835,6 +805,7 @@ def main(argv: list[str] | None = None) -> int:
                         "duration": args.duration,
                         "repeat": args.repeat,
                         "workers": WORKERS,
+                        "slow_ms": SLOW_MS,
                         "servers": {n: SERVERS[n].note for n in args.server_list},
                         "ceiling_rps_per_core": ceilings,
                         "cells": [
@@ -851,6 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                             {"server": c.server, "connections": c.connections, **c.summary()}
                             for c in scaling
                         ],
+                        "targets": [verdict.as_dict() for verdict in results],
                     },
                     indent=2,
                 )

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django_runfcgi import listeners
 from django_runfcgi import pidfile as pidfiles
+from django_runfcgi.addresses import TCP, Unix
 from django_runfcgi.privileges import Account
 
 logger = logging.getLogger(__name__)
@@ -144,15 +146,18 @@ def read_state(path: Path) -> dict[str, Any] | None:
 
 @dataclass
 class Server:
-    """The running server a pidfile names."""
+    """The running server a pidfile names, or that was found listening on an address
+    (``pidfile`` None: its state file, if any, is not known)."""
 
     pid: int
-    pidfile: Path
+    pidfile: Path | None
     started: int
     state: dict[str, Any] | None
     """Its state file, when it keeps one (a server started by an older runfcgi does not)."""
 
     def _current(self) -> dict[str, Any] | None:
+        if self.pidfile is None:
+            return None
         state = read_state(state_path(self.pidfile))
         if state is None or (state.get("pid"), state.get("started")) != (self.pid, self.started):
             return None
@@ -210,14 +215,58 @@ def find(pidfile: Path) -> Server:
     if server.state is not None:
         return server
     # Started by a runfcgi without state files, or the pid now belongs to another program.
-    argv = _command_line(pid)
-    if any("runfcgi" in arg or arg.endswith(".fcgi") for arg in argv):
+    running = _not_runfcgi(pid)
+    if running is None:
         return server
-    running = " ".join(argv) if argv else "a process whose command line is hidden"
     raise ControlError(
         f"PID {pid} (pidfile {shown!r}) is not a runfcgi server: it runs {running!r}. "
         "The server is gone; remove the pidfile."
     )
+
+
+def _not_runfcgi(pid: int) -> str | None:
+    """None for a runfcgi (its command line says so), else what it runs."""
+    argv = _command_line(pid)
+    if any("runfcgi" in arg or arg.endswith(".fcgi") for arg in argv):
+        return None
+    return " ".join(argv) if argv else "a process whose command line is hidden"
+
+
+def find_listening(bind: TCP | Unix) -> Server:
+    """The runfcgi server listening on ``bind``, found through /proc (Linux); refuse
+    when nothing listens there, when what listens is not runfcgi or cannot be read,
+    and when more than one server does."""
+    if not listeners.available():
+        raise ControlError(
+            f"Cannot find the server listening on {bind} without Linux's /proc; give pidfile=."
+        )
+    found = listeners.holders(bind)
+    # systemd holds the socket of a socket unit too, and is the server's parent.
+    ours = {pid for pid in found.pids if _not_runfcgi(pid) is None}
+    masters = {pid for pid in ours if listeners.parent(pid) not in ours}
+    if not found.pids and found.unreadable:
+        raise ControlError(
+            f"Cannot tell which process listens on {bind}: the processes of other users "
+            "cannot be read here; run this command as the server's user or as root, or "
+            "give pidfile=."
+        )
+    if not found.pids:
+        raise ControlError(f"No server to control: nothing listens on {bind}.")
+    if not masters:
+        pid = min(found.masters() or found.pids)
+        raise ControlError(
+            f"PID {pid} listens on {bind} but is not runfcgi: it runs {_not_runfcgi(pid)!r}."
+        )
+    if len(masters) > 1:
+        pids = ", ".join(str(pid) for pid in sorted(masters))
+        raise ControlError(
+            f"More than one server listens on {bind} (PIDs {pids}); give pidfile= to choose one."
+        )
+    (pid,) = masters
+    started = start_time(pid)
+    if started is None:
+        raise ControlError(f"No server to control: PID {pid} on {bind} has just exited.")
+    return Server(pid, None, started, None)
 
 
 def _wait(until: Callable[[], bool], seconds: float) -> bool:
@@ -254,7 +303,18 @@ def _outcome(server: Server, events: tuple[str, ...], before: str | None) -> Cal
     return arrived
 
 
+def _unconfirmed(server: Server, signum: signal.Signals, what: str) -> str:
+    """A server found by its address: its state file is beside a pidfile this command
+    was not given, so the signal is sent without waiting for an outcome."""
+    server.send(signum)
+    return (
+        f"Sent {signum.name} to PID {server.pid}; without pidfile= runfcgi cannot tell "
+        f"whether {what}: see the server's log."
+    )
+
+
 def _require_state(server: Server, what: str) -> str | None:
+    assert server.pidfile is not None, "a server found by its address is not asked"
     if server.state is None:
         raise ControlError(
             f"PID {server.pid} keeps no state file ({state_path(server.pidfile)}), so it "
@@ -267,6 +327,8 @@ def _require_state(server: Server, what: str) -> str | None:
 
 def reload(server: Server) -> str:
     """HUP, then the outcome: the new code serves, or why the old code still does."""
+    if server.pidfile is None:
+        return _unconfirmed(server, signal.SIGHUP, "the new code serves")
     before = _require_state(server, "a reload worked")
     server.send(signal.SIGHUP)
     if not _wait(_outcome(server, (RELOADED, CANCELLED, FAILED), before), RELOAD_SECONDS):
@@ -286,6 +348,8 @@ def reload(server: Server) -> str:
 
 def reopen(server: Server) -> str:
     """USR1, then wait until the server says it has reopened its logs."""
+    if server.pidfile is None:
+        return _unconfirmed(server, signal.SIGUSR1, "it reopened its logs")
     before = _require_state(server, "it reopened its logs")
     server.send(signal.SIGUSR1)
     if not _wait(_outcome(server, (REOPENED,), before), REOPEN_SECONDS):

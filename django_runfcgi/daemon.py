@@ -73,7 +73,8 @@ class LogError(Exception):
     """A log file cannot be opened; found in the foreground, before detaching."""
 
 
-def _open_log(name: str, path: Path) -> int:
+def open_log(name: str, path: Path) -> int:
+    """Open option `name`'s log file for appending, creating it if needed."""
     try:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as err:
@@ -83,23 +84,27 @@ def _open_log(name: str, path: Path) -> int:
 def check_logs(outlog: Path | None, errlog: Path | None) -> None:
     """What :func:`open_logs` would fail on, found without creating or changing a file."""
     for name, path in (("errlog", errlog), ("outlog", outlog)):
-        if path is None:
-            continue
-        try:
-            # O_NONBLOCK: a FIFO without a reader fails instead of waiting for one.
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
-        except FileNotFoundError:
-            # As open() with O_CREAT would fail, in the same words.
-            directory = path.parent
-            code = 0
-            if not directory.is_dir():
-                code = errno.ENOENT
-            elif not os.access(directory, os.W_OK | os.X_OK):
-                code = errno.EACCES
-            if code:
-                raise LogError(f"Cannot open {name}={str(path)!r}: {os.strerror(code)}.") from None
-        except OSError as err:
-            raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
+        if path is not None:
+            check_log(name, path)
+
+
+def check_log(name: str, path: Path) -> None:
+    """What :func:`open_log` would fail on, found without creating or changing a file."""
+    try:
+        # O_NONBLOCK: a FIFO without a reader fails instead of waiting for one.
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+    except FileNotFoundError:
+        # As open() with O_CREAT would fail, in the same words.
+        directory = path.parent
+        code = 0
+        if not directory.is_dir():
+            code = errno.ENOENT
+        elif not os.access(directory, os.W_OK | os.X_OK):
+            code = errno.EACCES
+        if code:
+            raise LogError(f"Cannot open {name}={str(path)!r}: {os.strerror(code)}.") from None
+    except OSError as err:
+        raise LogError(f"Cannot open {name}={str(path)!r}: {err.strerror}.") from None
 
 
 def open_logs(outlog: Path | None, errlog: Path | None) -> Logs:
@@ -107,9 +112,9 @@ def open_logs(outlog: Path | None, errlog: Path | None) -> Logs:
     logs: Logs = {}
     try:
         if errlog is not None:
-            logs[2] = _open_log("errlog", errlog)
+            logs[2] = open_log("errlog", errlog)
         if outlog is not None:
-            logs[1] = os.dup(logs[2]) if outlog == errlog else _open_log("outlog", outlog)
+            logs[1] = os.dup(logs[2]) if outlog == errlog else open_log("outlog", outlog)
     except LogError:
         close_logs(logs)
         raise

@@ -67,12 +67,13 @@ def _text(value: Any) -> str:
 
 
 def as_text(shown: Mapping[str, Any], sources: Mapping[str, options.Source]) -> str:
-    """One line per option: its name, its value, where the value came from."""
+    """One line per option: its name, its value, where the value came from. A value
+    longer than the column (accessformat's) pushes its source right, two spaces on."""
     width = max(len(name) for name in shown) + 2
     texts = {name: _text(value) for name, value in shown.items()}
-    value_width = min(max(len(text) for text in texts.values()) + 2, 44)
+    value_width = max((len(text) for text in texts.values() if len(text) <= 42), default=0) + 2
     return "\n".join(
-        f"{name.ljust(width)}{texts[name].ljust(value_width)}{sources[name]}".rstrip()
+        f"{name.ljust(width)}{texts[name].ljust(value_width - 2)}  {sources[name]}".rstrip()
         for name in shown
     )
 

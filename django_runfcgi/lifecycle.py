@@ -29,6 +29,7 @@ from django.core.servers.basehttp import get_internal_wsgi_application
 from django.db import connections
 
 from django_runfcgi import (
+    accesslog,
     control,
     daemon,
     directories,
@@ -40,6 +41,7 @@ from django_runfcgi import (
     sockets,
     systemd,
 )
+from django_runfcgi.accessformat import compile_format
 from django_runfcgi.addresses import TCP, Inherited, Unix
 from django_runfcgi.options import DEFAULT_LOG, Config
 from django_runfcgi.prefix import forget_prefixed_urls
@@ -53,6 +55,7 @@ from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.signals import SERVER_SIGNALS
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.page import Status
 
 # From the moment the pidfile or the announcement can be seen until run() has its
@@ -152,11 +155,28 @@ def _open_logs(config: Config, paths: LogPaths, dry: bool = False) -> daemon.Log
         return {}
 
 
+def _open_access_log(config: Config) -> accesslog.AccessLog | None:
+    """The access log accesslog= names, opened in this process; None without it."""
+    if config.accesslog is None:
+        return None
+    return accesslog.AccessLog(config.accesslog, compile_format(config.accessformat))
+
+
+def open_slowlog(config: Config) -> SlowLog | None:
+    """The slow log slowlog= asks for, its file open; None, and nothing imported, without.
+    Raises daemon.LogError when slowlogfile= cannot be opened."""
+    if config.slowlog <= 0:
+        return None
+    from django_runfcgi import slowlog  # noqa: PLC0415 - slowlog= only
+
+    return slowlog.open_slowlog(config.slowlog, config.slowlogfile)
+
+
 def _prepare(
     config: Config,
     handed: Handed | None,
     paths: LogPaths,
-) -> tuple[sockets.Listener, daemon.Logs]:
+) -> tuple[sockets.Listener, daemon.Logs, accesslog.AccessLog | None, SlowLog | None]:
     """Everything that can fail on the user's input, done before detaching.
 
     A server still stopping on the same address (TERM, then this start: the restart
@@ -165,11 +185,15 @@ def _prepare(
     trusted = config.user.uid if config.user is not None else None
     taken = handover.take(config.bind, trusted) if handed is None else None
     logs: daemon.Logs = {}
+    access = None
+    slow: SlowLog | None = None
     try:
         _ensure_directories(config, binds=handed is None and taken is None)
         if config.pidfile is not None:
             pidfile.check(config.pidfile, successor_of=taken.pid if taken else None)
         logs = _open_logs(config, paths)
+        access = _open_access_log(config)
+        slow = open_slowlog(config)
         listener = sockets.from_stopping_server(taken.sock, config.bind) if taken else None
         if listener is None:
             listener = _listener(config, handed)
@@ -180,6 +204,10 @@ def _prepare(
         directories.DirectoryError,
     ) as err:
         daemon.close_logs(logs)
+        if access is not None:
+            access.close()
+        if slow is not None:
+            slow.file.close()
         if taken is not None:
             taken.decline()
         raise StartupError(str(err)) from err
@@ -188,7 +216,7 @@ def _prepare(
             taken.confirm()
         else:
             taken.decline()
-    return listener, logs
+    return listener, logs, access, slow
 
 
 def _directories(config: Config, binds: bool) -> list[tuple[str, Path]]:
@@ -299,9 +327,26 @@ def _serve_connection(config: Config, handed: Handed, notifier: systemd.Notifier
                 sockets.activated(sock, handed.fd, config.bind)
             except sockets.BindError as err:
                 raise StartupError(str(err)) from err
+        try:
+            access = _open_access_log(config)
+        except daemon.LogError as err:
+            raise StartupError(str(err)) from err
         _become_user(config)
         application = load_application()
+        # ping= answers; status= says it has no figures: a process that serves one
+        # connection has no pool to show.
+        status = make_status(config)
+        if status is not None:
+            application = status.around(application)
         protocol = make_protocol(config, application)
+        if access is not None:
+            protocol.watch_requests(access)
+        try:
+            slow = open_slowlog(config)
+        except daemon.LogError as err:
+            raise StartupError(str(err)) from err
+        if slow is not None:
+            protocol.watch_requests(slow.watch(None))
         addr = sock.getpeername()
         if not protocol.allows(addr):
             raise StartupError(f"Refused the connection from {peer(addr)}.")
@@ -354,6 +399,9 @@ class Start:
     reloaded: reload.State | None = None
     state: control.StateFile | None = None
     """Beside the pidfile: what the server did last, for the control commands."""
+    access: accesslog.AccessLog | None = None
+    """accesslog=, opened before detaching; USR1 reopens it."""
+    slowlog: SlowLog | None = None
 
 
 def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
@@ -372,13 +420,23 @@ def _fresh_start(config: Config, notifier: systemd.Notifier) -> Start | None:
     try:
         # With user=, the project is loaded once root is dropped, in _settle().
         application = load_application() if config.user is None else None
-        listener, logs = _prepare(config, handed, paths)
+        listener, logs, access, slow = _prepare(config, handed, paths)
     except BaseException:
         if handed is not None:
             handed.sock.close()
         raise
     warn_if_open(config, listener.sock)
-    return Start(listener, paths, logs, daemonize, by_systemd, start_dir, application)
+    return Start(
+        listener,
+        paths,
+        logs,
+        daemonize,
+        by_systemd,
+        start_dir,
+        application,
+        access=access,
+        slowlog=slow,
+    )
 
 
 def _reloaded_start(config: Config, state: reload.State) -> Start:
@@ -388,7 +446,24 @@ def _reloaded_start(config: Config, state: reload.State) -> Start:
     listener = sockets.take_over(state.fd, config.bind, state.created)
     daemonize = config.daemonize and not by_systemd
     paths = log_paths(config, daemonize, Path(state.start_dir))
-    return Start(listener, paths, {}, daemonize, by_systemd, state.start_dir, None, reloaded=state)
+    try:
+        access = _open_access_log(config)
+        slow = open_slowlog(config)
+    except daemon.LogError as err:
+        listener.close()
+        raise StartupError(str(err)) from err
+    return Start(
+        listener,
+        paths,
+        {},
+        daemonize,
+        by_systemd,
+        state.start_dir,
+        None,
+        reloaded=state,
+        access=access,
+        slowlog=slow,
+    )
 
 
 def _detach(config: Config, start: Start) -> daemon.Readiness:
@@ -487,7 +562,8 @@ def _hooks(
     config: Config, start: Start, notifier: systemd.Notifier, status: str, stop: _Stop
 ) -> Hooks:
     """What the process model calls back: the reload check (HUP), reopening the logs
-    (USR1) and the beginning of a stop."""
+    (USR1), the beginning of a stop, and each turn of its main loop (systemd's status
+    and watchdog)."""
 
     def stop_begins(graceful: bool) -> None:
         notifier.stopping()
@@ -495,6 +571,10 @@ def _hooks(
 
     def reopen_logs() -> None:
         daemon.reopen_logs(start.paths.outlog, start.paths.errlog)
+        if start.access is not None:
+            start.access.reopen()
+        if start.slowlog is not None:
+            start.slowlog.file.reopen()
         # Workers reopen theirs too; the master alone speaks for the server.
         if start.state is not None and os.getpid() == stop.owner:
             start.state.record(control.REOPENED)
@@ -508,6 +588,7 @@ def _hooks(
         ),
         on_usr1=reopen_logs,
         on_stop=stop_begins,
+        on_turn=notifier.turn,
     )
 
 
@@ -533,6 +614,7 @@ def _reexec(
         start_dir=start.start_dir,
         figures=status.history_after_reload().to_dict() if status is not None else None,
     )
+    notifier.ping()
     notifier.restore_environment()
     if start.by_systemd:
         systemd.keep_activated()
@@ -600,6 +682,9 @@ def verify(config: Config, running: int | None = None) -> list[str]:
             _open_logs, config, log_paths(config, config.daemonize, Path.cwd()), True
         )
     )
+    checks.append(functools.partial(accesslog.check, config.accesslog))
+    if config.slowlog > 0 and config.slowlogfile is not None:
+        checks.append(functools.partial(daemon.check_log, "slowlogfile", config.slowlogfile))
     if config.pidfile is not None and config.pidfile.parent.is_dir():
         checks.append(functools.partial(pidfile.check, config.pidfile, successor_of=running))
     for check in checks:
@@ -641,6 +726,12 @@ def _check_reload(config: Config) -> None:
                     f"A reload keeps the server's {what}: {running[what]}, and the options "
                     f"now give {new}; restart the server to change it."
                 )
+    try:
+        accesslog.check(config.accesslog)
+        if config.slowlog > 0 and config.slowlogfile is not None:
+            daemon.check_log("slowlogfile", config.slowlogfile)
+    except daemon.LogError as err:
+        raise StartupError(str(err)) from err
     load_application()
 
 
@@ -667,7 +758,12 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         status = _status(config, start, stop.owner)
         page = _status_page(config, start)
         server = make_server(
-            config, application, _hooks(config, start, notifier, status, stop), page
+            config,
+            application,
+            _hooks(config, start, notifier, status, stop),
+            page,
+            access=start.access,
+            slowlog=start.slowlog,
         )
         if start.reloaded is not None:
             server.adopt_workers(start.reloaded.retiring)

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from django_runfcgi import privileges
+from django_runfcgi.accessformat import DEFAULT_FORMAT as DEFAULT_ACCESS_FORMAT
+from django_runfcgi.accessformat import STDOUT, FormatError, compile_format
+from django_runfcgi.accessformat import Target as AccessTarget
 from django_runfcgi.addresses import TCP, Bind, Inherited, Unix
 
 if TYPE_CHECKING:
@@ -215,6 +218,26 @@ def parse_text(name: str, value: object) -> str:
     text = str(value)
     if not text:
         raise OptionError(f"{name}= is empty; give a path.")
+    return text
+
+
+def parse_accesslog(name: str, value: object) -> str:
+    """A file, or - for the standard output; made absolute in resolve()."""
+    text = "" if isinstance(value, bool) else str(value).strip()
+    if not text:
+        raise OptionError(f"{name}= needs a value: a file, or - for the standard output.")
+    return text
+
+
+def parse_accessformat(name: str, value: object) -> str:
+    """A line format with {field}s; checked here, compiled when the server starts."""
+    text = "" if isinstance(value, bool) else str(value)
+    if not text.strip():
+        raise OptionError(f"{name}= is empty; give fields such as {{remote_addr}} {{status}}.")
+    try:
+        compile_format(text)
+    except FormatError as err:
+        raise OptionError(str(err)) from None
     return text
 
 
@@ -505,6 +528,45 @@ OPTIONS: tuple[Option, ...] = (
         default_text="unset: no ping",
     ),
     Option(
+        "accesslog",
+        parse_accesslog,
+        None,
+        "Write a line per request to this file, or - for standard output (a daemon's "
+        "goes to outlog=): the combined log format, then the request's microseconds and "
+        "the worker's pid. Each worker writes its own lines once the response is sent; "
+        "USR1 (runfcgi reopen) reopens the file.",
+        "FILE",
+        default_text="unset: no access log",
+    ),
+    Option(
+        "accessformat",
+        parse_accessformat,
+        DEFAULT_ACCESS_FORMAT,
+        "With accesslog=: the line's fields, named in braces, such as "
+        "'{remote_addr} {method} {uri} {status} {bytes} {duration_us}' "
+        "(the docs list them all; {http_NAME} is a request header).",
+        "FORMAT",
+    ),
+    Option(
+        "slowlog",
+        parse_seconds,
+        0.0,
+        "Seconds after which a request still running has the Python stack of the thread "
+        "serving it written to the slow log, once, while it goes on running (0 = off). "
+        "Unlike requesttimeout, nothing is interrupted. Counted in the status page's slow "
+        "requests.",
+        "SECONDS",
+        default_text="0",
+    ),
+    Option(
+        "slowlogfile",
+        parse_text,
+        None,
+        "With slowlog: append the slow log to this file instead.",
+        "FILE",
+        default_text="where the server's own messages go: errlog's file, or the terminal",
+    ),
+    Option(
         "handover",
         parse_seconds,
         10.0,
@@ -695,6 +757,10 @@ class Config:
     allow: tuple[AllowEntry, ...] | None
     status: str | None
     ping: str | None
+    accesslog: AccessTarget | None
+    accessformat: str
+    slowlog: float
+    slowlogfile: Path | None
 
 
 def _absolute(value: str, base: Path) -> Path:
@@ -721,14 +787,23 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
     _check_method(values, given)
     _check_protocol(values, given)
     _check_status_paths(values)
+    _check_slowlog(given)
     _check_permissions(given, bind)
     socketowner, socketgroup, user = _accounts(given)
     paths = {
         name: (_absolute(values[name], base) if values[name] is not None else None)
-        for name in ("pidfile", "outlog", "errlog", "workdir")
+        for name in ("pidfile", "outlog", "errlog", "workdir", "slowlogfile")
     }
     if paths["workdir"] is None and daemonize:
         paths["workdir"] = Path("/")
+    accesslog = values["accesslog"]
+    if accesslog is not None and accesslog != STDOUT:
+        accesslog = _absolute(accesslog, base)
+    if accesslog is None and "accessformat" in given:
+        raise OptionError(
+            "accessformat= shapes the lines of the access log; give accesslog=FILE "
+            "(or accesslog=- for standard output) too."
+        )
     computed: dict[str, Any] = {
         "bind": bind,
         "daemonize": daemonize,
@@ -737,6 +812,7 @@ def resolve(raw: Mapping[str, object], cwd: Path | None = None) -> Config:
         "socketowner": socketowner,
         "socketgroup": socketgroup,
         "user": user,
+        "accesslog": accesslog,
         **paths,
     }
     as_parsed = {
@@ -762,6 +838,7 @@ def check(raw: Mapping[str, object]) -> None:
     _check_method(values, given)
     _check_protocol(values, given)
     _check_status_paths(values)
+    _check_slowlog(given)
     _check_group(given)
 
 
@@ -849,6 +926,15 @@ def _check_status_paths(values: Mapping[str, Any]) -> None:
     if values["status"] is not None and values["status"] == values["ping"]:
         raise OptionError(
             f"status= and ping= are both {values['status']!r}; give each its own path."
+        )
+
+
+def _check_slowlog(given: Mapping[str, Any]) -> None:
+    """A file for the slow log is of no use without its limit."""
+    if "slowlogfile" in given and "slowlog" not in given:
+        raise OptionError(
+            f"slowlogfile={given['slowlogfile']!r} needs slowlog= too: the seconds after "
+            "which a running request is logged, such as slowlog=5."
         )
 
 
@@ -962,9 +1048,10 @@ def help_text() -> str:
         "Actions, with the same options (or none, when settings.RUNFCGI has them):",
         "  manage.py runfcgi config [--json]   each option's value and where it came from",
         "  manage.py runfcgi check             check everything a start would, serve nothing",
-        "  manage.py runfcgi stop [--now]      TERM (INT) to the server pidfile= names; wait",
+        "  manage.py runfcgi stop [--now]      TERM (INT) to the server; wait until it is gone",
         "  manage.py runfcgi reload            HUP, then say whether the new code serves",
         "  manage.py runfcgi reopen            USR1: the server reopens its log files",
+        "  (the server pidfile= names; without it, the one listening on socket= or host=/port=)",
         "",
         "Options:",
     ]

@@ -21,6 +21,8 @@ from django_runfcgi.workers.threaded import ThreadedServer
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
+    from django_runfcgi.accesslog import AccessLog
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.figures import History
     from django_runfcgi.status.page import Status
 
@@ -83,13 +85,23 @@ def make_server(
     application: WSGIApplication,
     hooks: Hooks | None = None,
     status: Status | None = None,
+    *,
+    access: AccessLog | None = None,
+    slowlog: SlowLog | None = None,
 ) -> ProcessModel:
     """Build the server; threads and processes start only in run(), so this is safe before
     a fork. With `status`, its paths are answered in front of the application, and the
-    process model keeps the figures when there is a status page."""
+    process model keeps the figures when there is a status page. With `access`, each
+    request is logged by the worker that served it, innermost of the request watches:
+    its time is the request's own. With `slowlog`, each serving process watches its
+    requests for the slow log."""
     protocol = make_protocol(config, application)
+    if access is not None:
+        protocol.watch_requests(access)
     if status is not None:
         protocol.application = status.around(protocol.application)
         if status.status_path is None:
             status = None  # ping alone needs no figures
-    return PROCESS_MODELS[config.method](protocol, limits(config), hooks, status=status)
+    return PROCESS_MODELS[config.method](
+        protocol, limits(config), hooks, status=status, slowlog=slowlog
+    )

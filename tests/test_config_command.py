@@ -83,8 +83,8 @@ def test_allow_is_a_list_in_json() -> None:
         (["config", "protocol=http"], "protocol='http' is not supported; use fcgi or scgi"),
         (
             ["stop"],
-            'runfcgi stop finds the server by its pidfile: give pidfile=, or "pidfile" in '
-            "settings.RUNFCGI.",
+            "runfcgi stop finds the server by its pidfile or its address: give pidfile=, "
+            'socket= or host= and port= (or "pidfile" in settings.RUNFCGI).',
         ),
     ],
 )

@@ -16,6 +16,14 @@ from django_runfcgi.addresses import TCP, Unix
 from django_runfcgi.checks import check_settings
 from django_runfcgi.management.commands import runfcgi
 
+ACCEPTED_FIELDS = (
+    "{remote_addr}, {remote_port}, {remote_user}, {time_local}, {time_iso8601}, "
+    "{time_msec}, {request}, {method}, {uri}, {query}, {protocol}, {scheme}, {host}, "
+    "{content_length}, {status}, {bytes}, {referer}, {user_agent}, {duration}, "
+    "{duration_ms}, {duration_us}, {pid}, {tid}"
+)
+"""What an accessformat= error lists."""
+
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[options.Config]:
@@ -179,6 +187,15 @@ def test_help_says_the_command_line_wins() -> None:
                 "settings.RUNFCGI: maxrequests= applies to method=prefork only; threads are "
                 "not recycled.",
                 id="django_runfcgi.E005",
+            ),
+        ),
+        (
+            {"accesslog": "/var/log/mysite/access.log", "accessformat": "{status} {nope}"},
+            Error(
+                "settings.RUNFCGI: accessformat='{status} {nope}' has an unknown field "
+                f"{{nope}}; use {ACCEPTED_FIELDS}, or {{http_NAME}} for a request header "
+                "such as {http_x_forwarded_for}.",
+                id="django_runfcgi.E004",
             ),
         ),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,6 +49,8 @@ FIGURES = PoolFigures(
     protocol="fcgi",
     version="0.1.0",
     reloads=1,
+    recycled_maxrequests=4,
+    recycled_maxmemory=1,
     limits={"maxchildren": 3, "minspare": 1, "requesttimeout": 2.5},
     processes=(WORKER,),
 )
@@ -63,6 +66,8 @@ def test_text_is_phpfpms_layout() -> None:
     assert lines[2].startswith("start time:           14/Nov/2023:")
     assert "accepted conn:        10" in lines
     assert "max children reached: 2" in lines
+    assert "recycled maxrequests: 4" in lines
+    assert "recycled maxmemory:   1" in lines
     assert "requesttimeout:       2.5" in lines
     worker = lines[lines.index("*" * 24) + 1 :]
     assert worker[0] == "pid:                  4242"
@@ -103,6 +108,8 @@ def test_openmetrics_parses_with_both_prometheus_parsers() -> None:
     assert families["runfcgi_accepted_conn"].samples[0].value == 10
     assert families["runfcgi_max_children_reached"].type == "counter"
     assert families["runfcgi_start_time_seconds"].unit == "seconds"
+    recycled = families["runfcgi_recycled_workers"].samples
+    assert {s.labels["reason"]: s.value for s in recycled} == {"maxrequests": 4, "maxmemory": 1}
     durations = families["runfcgi_worker_request_duration_seconds"].samples
     assert [(s.labels, s.value) for s in durations] == [({"pid": "4242"}, 0.25)]
     # The classic Prometheus text parser (a scraper without OpenMetrics) reads it too.
@@ -208,3 +215,41 @@ def test_figures_join_the_pool_the_queue_and_the_history() -> None:
     assert status.figures(full=False) is None
     after = status.history_after_reload()
     assert (after.reloads, after.accepted_conn, after.start_time) == (3, 5, 1_700_000_000.0)
+
+
+def _documented_sample(page: str, first: str) -> str:
+    """The first code block of docs/status.rst that begins with `first`."""
+    for block in page.split(".. code-block:: ")[1:]:
+        lines = []
+        for line in block.split("\n\n", 1)[1].splitlines():
+            if line and not line.startswith("   "):
+                break
+            lines.append(line[3:])
+        text = "\n".join(lines).strip()
+        if text.startswith(first):
+            return text
+    raise AssertionError(f"docs/status.rst shows no sample starting {first!r}")
+
+
+def test_the_documented_samples_show_every_field_in_the_pages_order() -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "status.rst").read_text()
+    status = Status(
+        status_path="/status",
+        ping_path=None,
+        protocol="fcgi",
+        process_manager="prefork",
+        limits=Limits(),
+    )
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind("\0runfcgi-status-formats-test")
+        sock.listen(1)
+        status.serving(sock, FixedSource())
+        figures = status.figures(full=False)
+    assert figures is not None
+    served = formats.text(figures).decode().splitlines()
+    shown = _documented_sample(page, "pool:").split("\n\n")[0].splitlines()
+    assert [line.partition(":")[0] for line in shown] == [
+        line.partition(":")[0] for line in served
+    ]
+    documented = json.loads(_documented_sample(page, '{"pool"'))
+    assert list(documented) == list(json.loads(formats.as_json(figures)))

@@ -141,6 +141,10 @@ class Counts:
     max_active: int
     max_children_reached: int
     max_listen_queue: int
+    recycled_maxrequests: int = 0
+    recycled_maxmemory: int = 0
+    """Prefork workers replaced after maxrequests (with its jitter), and after holding
+    more than maxmemory."""
 
 
 class PoolSource(Protocol):
@@ -171,6 +175,8 @@ class History:
     max_active_processes: int = 0
     max_children_reached: int = 0
     max_listen_queue: int = 0
+    recycled_maxrequests: int = 0
+    recycled_maxmemory: int = 0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -190,6 +196,8 @@ class History:
             max_active_processes=counts.max_active,
             max_children_reached=counts.max_children_reached,
             max_listen_queue=counts.max_listen_queue,
+            recycled_maxrequests=counts.recycled_maxrequests,
+            recycled_maxmemory=counts.recycled_maxmemory,
         )
 
 
@@ -214,8 +222,11 @@ class PoolFigures:
     protocol: str
     version: str
     reloads: int
+    recycled_maxrequests: int
+    recycled_maxmemory: int
     limits: dict[str, float]
-    """maxchildren, minspare, maxspare, maxrequests, requesttimeout, shutdowntimeout."""
+    """maxchildren, minspare, maxspare, maxrequests, maxrequestsjitter, maxmemory,
+    requesttimeout, shutdowntimeout."""
     processes: tuple[WorkerFigures, ...] | None
     """One entry per worker with ?full, else None."""
 

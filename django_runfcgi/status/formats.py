@@ -36,6 +36,8 @@ _POOL_FIELDS = (
     "protocol",
     "version",
     "reloads",
+    "recycled_maxrequests",
+    "recycled_maxmemory",
 )
 _WORKER_FIELDS = (
     "pid",
@@ -233,6 +235,15 @@ def openmetrics(figures: PoolFigures) -> bytes:
         figures.slow_requests,
     )
     out.one("reloads", "counter", "Reloads (HUP) since the server started.", figures.reloads)
+    out.family(
+        "recycled_workers",
+        "counter",
+        "Prefork workers replaced after maxrequests requests or above maxmemory.",
+        [
+            ({"reason": "maxrequests"}, figures.recycled_maxrequests),
+            ({"reason": "maxmemory"}, figures.recycled_maxmemory),
+        ],
+    )
     out.family(
         "limit",
         "gauge",

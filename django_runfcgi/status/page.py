@@ -89,6 +89,8 @@ class Status:
                 max_active=self.history.max_active_processes,
                 max_children_reached=self.history.max_children_reached,
                 max_listen_queue=self.history.max_listen_queue,
+                recycled_maxrequests=self.history.recycled_maxrequests,
+                recycled_maxmemory=self.history.recycled_maxmemory,
             )
         return self.history.after(counts)
 
@@ -122,11 +124,15 @@ class Status:
             protocol=self.protocol,
             version=self.version,
             reloads=self.history.reloads,
+            recycled_maxrequests=counts.recycled_maxrequests,
+            recycled_maxmemory=counts.recycled_maxmemory,
             limits={
                 "maxchildren": limits.maxchildren,
                 "minspare": limits.minspare,
                 "maxspare": limits.maxspare,
                 "maxrequests": limits.maxrequests,
+                "maxrequestsjitter": limits.maxrequestsjitter,
+                "maxmemory": limits.maxmemory,
                 "requesttimeout": limits.requesttimeout,
                 "shutdowntimeout": limits.shutdowntimeout,
             },

@@ -1,5 +1,5 @@
-"""What runfcgi plugs into either process model: the reload check and the actions for
-USR1 and for the start of a stop.
+"""What runfcgi plugs into either process model: the reload check, the actions for
+USR1 and for the start of a stop, and what each turn of the main loop reports.
 
 Each runs in the server's main loop, never in a signal handler, and an exception in one
 is logged without stopping the server.
@@ -14,6 +14,20 @@ from dataclasses import dataclass
 logger = logging.getLogger("django_runfcgi.workers")
 
 
+@dataclass(frozen=True)
+class Load:
+    """How busy a pool is, as cheaply as the process model can tell: its workers
+    (``unit``: "processes" or "threads"), those on a connection, the most it may have,
+    and the connections accepted since the first start when the status page counts
+    them (status=), else None."""
+
+    busy: int
+    alive: int
+    most: int
+    unit: str
+    accepted: int | None = None
+
+
 @dataclass
 class Hooks:
     """``reload_check`` returns an error to cancel a HUP reload. ``on_usr1`` runs after
@@ -25,6 +39,11 @@ class Hooks:
     reload_check: Callable[[], str | None] | None = None
     on_usr1: Callable[[], None] | None = None
     on_stop: Callable[[bool], None] | None = None
+    on_turn: Callable[[Callable[[], Load]], float | None] | None = None
+    """Called at each turn of the main loop with how to read the pool's load (read only
+    when wanted); returns when (time.monotonic()) it wants the next turn, or None. Under
+    systemd it sends the watchdog's pings and the STATUS= figures from there, so that a
+    stalled loop stops the pings."""
 
     def reload_allowed(self) -> bool:
         """Whether a HUP may reload: no check, or the check of the new code finds no error.
@@ -57,3 +76,14 @@ class Hooks:
             self.on_stop(graceful)
         except Exception:
             logger.exception("Error while starting to stop.")
+
+    def turn(self, load: Callable[[], Load]) -> float | None:
+        """At each turn of the main loop: the next time it wants one. A failure is
+        logged and asks for no turn, so that it cannot spin the loop."""
+        if self.on_turn is None:
+            return None
+        try:
+            return self.on_turn(load)
+        except Exception:
+            logger.exception("Error while reporting the server's state.")
+            return None

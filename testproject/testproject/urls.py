@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.index, name="index"),
     path("echo/", views.echo, name="echo"),
     path("meta/", views.meta, name="meta"),
+    path("environ/", views.environ, name="environ"),
     path("café/ünïcode/", views.unicode_route, name="unicode"),
     path("upload/", views.upload, name="upload"),
     path("stream/", views.stream, name="stream"),

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,11 @@ def meta(request: HttpRequest) -> JsonResponse:
     return JsonResponse({k: v for k, v in request.META.items() if isinstance(v, str)})
 
 
+def environ(request: HttpRequest) -> JsonResponse:
+    """The names in the process's environment, to see what the server left there."""
+    return JsonResponse({"pid": os.getpid(), "names": sorted(os.environ)})
+
+
 def unicode_route(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"route": "unicode", "path": request.path})
 
@@ -154,7 +160,13 @@ def slow(request: HttpRequest) -> JsonResponse:
         # Tests that signal a server while a request is in progress wait for this file.
         Path(marks, "slow-started").touch()
     time.sleep(seconds)
-    return JsonResponse({"pid": os.getpid(), "slept": time.monotonic() - started})
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "thread": threading.get_native_id(),
+            "slept": time.monotonic() - started,
+        }
+    )
 
 
 def status(request: HttpRequest, code: int) -> HttpResponse:

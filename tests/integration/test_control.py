@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.accounts import nobody, reachable_interpreter_command, require_root
 from tests.support.clients import fcgi_request
 from tests.support.frontends import recipe
+from tests.support.net import free_port
 from tests.support.paths import TESTPROJECT
-from tests.support.processes import tagged_pids, wait_for
+from tests.support.processes import holding, tagged_pids, wait_for
 from tests.support.runner import Run, Runner
 
 
@@ -279,6 +281,171 @@ def test_a_state_file_of_another_process_does_not_vouch_for_the_pid(runner: Runn
             other.kill()
 
 
+# Without a pidfile: the server listening on socket= or host= and port=.
+
+LISTENER = (
+    "import socket, sys, time; family, where = sys.argv[1], sys.argv[2]; "
+    "s = socket.socket(socket.AF_UNIX if family == 'unix' else socket.AF_INET); "
+    "s.bind(where if family == 'unix' else ('127.0.0.1', int(where))); s.listen(); "
+    "print('listening', flush=True); time.sleep(60)"
+)
+"""A listening socket that is not runfcgi's."""
+
+
+def only_line(run: Run) -> str:
+    [line] = run.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_reopen_and_reload_find_the_server_by_its_unix_socket(runner: Runner, method: str) -> None:
+    sock, log, release = runner.tmp / "app.sock", runner.tmp / "app.log", runner.tmp / "release"
+    release.write_text("v1")
+    server = runner.serve(
+        "daemonize=false",
+        f"method={method}",
+        f"socket={sock}",
+        f"errlog={log}",
+        address=str(sock),
+        env={"TESTPROJECT_RELEASE_FILE": str(release)},
+    )
+    pid = server.proc.pid
+    log.rename(runner.tmp / "app.log.1")
+    run = runner.run("reopen", f"socket={sock}")
+    assert run.proc.returncode == 0, run.describe()
+    assert run.stdout.strip() == (
+        f"Sent SIGUSR1 to PID {pid}; without pidfile= runfcgi cannot tell whether it "
+        "reopened its logs: see the server's log."
+    )
+    assert wait_for(log.exists, timeout=10), server.describe()
+
+    release.write_text("v2")
+    run = runner.run("reload", f"socket={sock}")
+    assert run.proc.returncode == 0, run.describe()
+    assert run.stdout.startswith(f"Sent SIGHUP to PID {pid}; "), run.describe()
+
+    def served() -> str:
+        release: str = fcgi_request(str(sock), "GET", "/echo/", timeout=10).json()["release"]
+        return release
+
+    assert wait_for(lambda: served() == "v2", timeout=30), server.describe()
+    assert server.proc.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("method", "host"), [("prefork", "127.0.0.1"), ("threaded", "127.0.0.1"), ("prefork", "::1")]
+)
+def test_stop_finds_the_server_by_its_host_and_port(
+    runner: Runner, method: str, host: str
+) -> None:
+    port = free_port(host)
+    server = runner.serve(
+        "daemonize=false",
+        f"method={method}",
+        f"host={host}",
+        f"port={port}",
+        address=(host, port),
+    )
+    pid = server.proc.pid
+    if method == "prefork":
+        assert wait_for(lambda: len(tagged_pids(runner.tag)) > 1, timeout=10)  # workers
+    run = runner.run("stop", f"host={host}", f"port={port}")
+    assert run.proc.returncode == 0, run.describe()
+    assert run.stdout.strip() == f"Stopped: PID {pid} is gone."
+    assert server.proc.wait(timeout=5) == 0
+    assert tagged_pids(runner.tag) == []
+
+
+def test_nothing_listening_is_refused_in_one_line(runner: Runner) -> None:
+    sock = runner.tmp / "nobody.sock"
+    run = runner.run("stop", f"socket={sock}")
+    assert run.proc.returncode == 1, run.describe()
+    assert only_line(run) == f"CommandError: No server to control: nothing listens on unix:{sock}."
+    port = free_port()
+    run = runner.run("reopen", "host=127.0.0.1", f"port={port}")
+    assert run.proc.returncode == 1, run.describe()
+    assert only_line(run) == (
+        f"CommandError: No server to control: nothing listens on 127.0.0.1:{port}."
+    )
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_a_listener_that_is_not_runfcgi_is_refused(runner: Runner, family: str) -> None:
+    if family == "unix":
+        where = str(runner.tmp / "other.sock")
+        words, shown = [f"socket={where}"], f"unix:{where}"
+    else:
+        where = str(free_port())
+        words, shown = ["host=127.0.0.1", f"port={where}"], f"127.0.0.1:{where}"
+    other = runner.start(command=[sys.executable, "-c", LISTENER, family, where])
+    assert wait_for(lambda: "listening" in other.stdout, timeout=10), other.describe()
+    run = runner.run("stop", *words)
+    assert run.proc.returncode == 1, run.describe()
+    assert only_line(run) == (
+        f"CommandError: PID {other.proc.pid} listens on {shown} but is not runfcgi: it runs "
+        f"{' '.join([sys.executable, '-c', LISTENER, family, where])!r}."
+    )
+    assert other.proc.poll() is None, "the other program got a signal"
+
+
+def test_more_than_one_server_on_the_address_is_refused(runner: Runner) -> None:
+    """Two processes sharing a port (SO_REUSEPORT), each calling itself runfcgi."""
+    port = free_port()
+    code = LISTENER.replace(
+        "s.bind(", "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1); s.bind("
+    )
+    others = [
+        runner.start(command=[sys.executable, "-c", code, "tcp", str(port), "runfcgi"])
+        for _ in range(2)
+    ]
+    assert wait_for(lambda: all("listening" in other.stdout for other in others), timeout=10)
+    run = runner.run("reload", "host=127.0.0.1", f"port={port}")
+    assert run.proc.returncode == 1, run.describe()
+    first, second = sorted(other.proc.pid for other in others)
+    assert only_line(run) == (
+        f"CommandError: More than one server listens on 127.0.0.1:{port} (PIDs {first}, "
+        f"{second}); give pidfile= to choose one."
+    )
+    assert all(other.proc.poll() is None for other in others)
+
+
+def test_another_users_server_is_refused_with_what_to_do(runner: Runner) -> None:
+    """A server of root's, and the command run as nobody, who may not read its fds."""
+    require_root()
+    runner.tmp.chmod(0o755)
+    sock = runner.tmp / "root.sock"
+    server = runner.serve("daemonize=false", f"socket={sock}", address=str(sock))
+    user = nobody()
+    argv = [
+        "setpriv",
+        f"--reuid={user.uid}",
+        f"--regid={user.gid}",
+        "--clear-groups",
+        sys.executable,
+        str(TESTPROJECT / "manage.py"),
+        "runfcgi",
+        "stop",
+        f"socket={sock}",
+    ]
+    run = runner.run(command=reachable_interpreter_command(argv, runner.tmp / "stage"))
+    assert run.proc.returncode == 1, run.describe()
+    assert run.stderr.splitlines()[-1] == (
+        f"CommandError: Cannot tell which process listens on unix:{sock}: the processes "
+        "of other users cannot be read here; run this command as the server's user or as "
+        "root, or give pidfile=."
+    )
+    assert server.proc.poll() is None
+
+
+def test_without_pidfile_or_address_the_command_says_what_to_give(runner: Runner) -> None:
+    run = runner.run("stop")
+    assert run.proc.returncode == 1, run.describe()
+    assert only_line(run) == (
+        "CommandError: runfcgi stop finds the server by its pidfile or its address: give "
+        'pidfile=, socket= or host= and port= (or "pidfile" in settings.RUNFCGI).'
+    )
+
+
 # The docs' recipes.
 
 
@@ -321,13 +488,18 @@ def test_the_documented_deploy_script(runner: Runner) -> None:
     assert "Reload cancelled" not in daemon.log()
 
 
+def daemon_request(daemon: Daemon, mark: str) -> None:
+    assert fcgi_request(str(daemon.sock), "GET", "/echo/", query=mark).status == 200
+
+
 def test_the_documented_logrotate_recipe(runner: Runner) -> None:
     logrotate = shutil.which("logrotate")
     if logrotate is None:
         if os.environ.get("CI"):
             pytest.fail("logrotate is not installed (Debian package: logrotate)")
         pytest.skip("logrotate is not installed (Debian package: logrotate)")
-    daemon = start_daemon(runner)
+    daemon = start_daemon(runner, accesslog="access.log", minspare=2, maxspare=2)
+    daemon_request(daemon, "before")
     config = runner.tmp / "logrotate.conf"
     config.write_text(
         recipe(
@@ -349,6 +521,16 @@ def test_the_documented_logrotate_recipe(runner: Runner) -> None:
     assert "Serving over FastCGI" in rotated.read_text()
     # postrotate's reopen returned once the server had reopened: the file is there.
     assert log.exists()
+    access, rotated_access = daemon.site / "access.log", daemon.site / "access.log.1"
+    assert wait_for(access.exists, timeout=5)
+    # Each worker reopens too: every request from now on is in the new file, whichever
+    # worker serves it.
+    assert wait_for(lambda: not holding(tagged_pids(runner.tag), rotated_access), timeout=5)
+    for n in range(4):
+        daemon_request(daemon, f"after{n}")
+    assert wait_for(lambda: access.read_text().count("?after") == 4, timeout=5)
+    assert "?before" in rotated_access.read_text()
+    assert "?after" not in rotated_access.read_text()
     os.kill(daemon.pid, signal.SIGHUP)
     assert wait_for(lambda: "Reloaded; serving" in log.read_text(), timeout=30)
     assert "Reloaded" not in rotated.read_text()

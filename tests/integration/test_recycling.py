@@ -24,16 +24,22 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
-def lifetimes(runner: Runner, *words: str) -> list[int]:
-    """How many requests each worker served before it was replaced, over REQUESTS
-    requests (one connection each) to a pool of four; workers still serving at the end
-    are left out."""
+def serve_requests(runner: Runner, *words: str) -> tuple[str, Counter[int]]:
+    """REQUESTS requests (one connection each) to a pool of four: the address, and how
+    many requests each worker served."""
     address = str(runner.tmp / "app.sock")
     pool = ("maxspare=4", "minspare=4", "maxchildren=4")
     runner.serve("daemonize=false", f"socket={address}", *pool, *words, address=address)
     served: Counter[int] = Counter()
     for _ in range(REQUESTS):
         served[fcgi_request(address, "GET", "/echo/", timeout=10).json()["pid"]] += 1
+    return address, served
+
+
+def lifetimes(runner: Runner, *words: str) -> list[int]:
+    """How many requests each worker served before it was replaced; workers still
+    serving at the end are left out."""
+    _, served = serve_requests(runner, *words)
     return sorted(count for pid, count in served.items() if not running(pid))
 
 
@@ -42,6 +48,20 @@ def test_without_jitter_every_worker_restarts_after_maxrequests(runner: Runner) 
     print(f"maxrequests=10: {len(counts)} workers replaced, lifetimes {Counter(counts)}")
     assert len(counts) >= REQUESTS // 10 - 4
     assert set(counts) == {10}
+
+
+def test_the_status_page_counts_the_workers_recycled_after_maxrequests(
+    runner: Runner,
+) -> None:
+    address, served = serve_requests(runner, "maxrequests=10", "status=/status")
+    # Every worker that served its tenth request is being replaced, or has been.
+    due = sum(1 for count in served.values() if count == 10)
+    assert due >= REQUESTS // 10 - 4
+    page = fcgi_request(address, "GET", "/status", query="json").json()
+    # The status request is one more request for the worker that answers it.
+    assert page["recycled_maxrequests"] in (due, due + 1), (page, served)
+    assert page["recycled_maxmemory"] == 0
+    assert (page["maxrequests"], page["maxrequestsjitter"], page["maxmemory"]) == (10, 0, 0)
 
 
 def test_jitter_spreads_the_restarts(runner: Runner) -> None:
@@ -66,7 +86,7 @@ def start_one_worker(runner: Runner, *words: str) -> str:
 def test_a_worker_that_grew_past_maxmemory_is_replaced_after_its_request(
     runner: Runner,
 ) -> None:
-    address = start_one_worker(runner, "maxmemory=150")
+    address = start_one_worker(runner, "maxmemory=150", "status=/status")
     first = fcgi_request(address, "GET", "/echo/").json()["pid"]
     small = fcgi_request(address, "GET", "/grow/", query="mb=10")
     assert (small.status, small.json()["pid"]) == (200, first)
@@ -82,6 +102,9 @@ def test_a_worker_that_grew_past_maxmemory_is_replaced_after_its_request(
     assert wait_for(lambda: "above maxmemory=150" in run.stderr, timeout=5)
     assert f"Worker process {first} holds " in run.stderr
     assert "replacing it after its request." in run.stderr
+    page = fcgi_request(address, "GET", "/status", query="json").json()
+    assert (page["recycled_maxmemory"], page["recycled_maxrequests"]) == (1, 0)
+    assert page["maxmemory"] == 150
 
 
 def test_a_kept_connection_is_closed_after_the_request_that_crossed_maxmemory(

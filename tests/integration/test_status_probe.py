@@ -269,7 +269,11 @@ def test_docs_show_the_exit_statuses() -> None:
 def documented_server(runner: Runner) -> tuple[Run, list[str]]:
     """The page's own command that turns the status page on, with its paths in the
     test's directory, in the foreground."""
-    [start] = [c for c in commands((DOCS / "status.rst",)) if "status=/status" in c.words]
+    [start] = [
+        c
+        for c in commands((DOCS / "status.rst",))
+        if "status=/status" in c.words and "ping=/ping" in c.words
+    ]
     words = [word.replace(DOC_RUN, f"{runner.tmp}/") for word in start.words]
     run = runner.serve(*words, "daemonize=false", address=str(runner.tmp / "fcgi.sock"))
     return run, words

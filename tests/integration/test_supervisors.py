@@ -9,7 +9,9 @@ socat or ``systemd-socket-activate --accept`` spawns one server per connection.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -21,6 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +63,8 @@ os.execv(sys.argv[3], sys.argv[3:])
 class Notification:
     pid: int
     fields: dict[str, str]
+    at: float = 0.0
+    """When it arrived (time.monotonic())."""
 
 
 class NotifySocket:
@@ -87,7 +92,7 @@ class NotifySocket:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                 pid = UCRED.unpack(payload[: UCRED.size])[0]
         fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-        note = Notification(pid, fields)
+        note = Notification(pid, fields, time.monotonic())
         self.received.append(note)
         return note
 
@@ -99,6 +104,16 @@ class NotifySocket:
             if note is not None and name in note.fields:
                 return note
         raise AssertionError(f"no {name} notification within {timeout} s: {self.received}")
+
+    def during(self, seconds: float) -> list[Notification]:
+        """Every notification that arrives in the next ``seconds``."""
+        deadline = time.monotonic() + seconds
+        notes = []
+        while (remaining := deadline - time.monotonic()) > 0:
+            note = self._receive(remaining)
+            if note is not None:
+                notes.append(note)
+        return notes
 
     def drain(self) -> list[Notification]:
         while self._receive(0.2) is not None:
@@ -393,6 +408,155 @@ def test_only_the_owner_notifies(notify: NotifySocket) -> None:
     assert [note.pid for note in notify.drain()] == [os.getpid()]
 
 
+# The live STATUS= figures and the watchdog.
+
+BUSY = re.compile(
+    r" Busy: (?P<busy>\d+) of (?P<alive>\d+) (?P<unit>processes|threads) "
+    r"\(at most (?P<most>\d+)\)(?:, (?P<connections>[\d,]+) connections)?\.$"
+)
+SYSTEMD_VARIABLES = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+
+def figures(note: Notification) -> dict[str, str | None] | None:
+    """The figures of a STATUS= line, None for a line without them."""
+    found = BUSY.search(note.fields.get("STATUS", ""))
+    return found.groupdict() if found else None
+
+
+def wait_for_figures(
+    notify: NotifySocket, busy: int, connections: int | None, timeout: float = 20
+) -> dict[str, str | None]:
+    """The STATUS= figures, the last received or a later one, with `busy` workers on a
+    connection and that many connections (None: no count shown)."""
+    wanted = (str(busy), None if connections is None else str(connections))
+    shown = [figures(note) for note in notify.received if "STATUS" in note.fields][-1:]
+    deadline = time.monotonic() + timeout
+    while not (shown and shown[0] and (shown[0]["busy"], shown[0]["connections"]) == wanted):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no STATUS= with {wanted}: {notify.received}")
+        shown = [figures(notify.wait_for("STATUS", remaining))]
+    assert shown[0] is not None
+    return shown[0]
+
+
+def served_under_systemd(
+    runner: Runner, *words: str, env: dict[str, str], shell: str = ""
+) -> tuple[Run, str]:
+    """runfcgi in the foreground on a unix socket, as its own service would run it;
+    ``shell`` goes before the command in ``sh -c`` (to set WATCHDOG_PID=$$, as systemd
+    names the process it starts)."""
+    path = str(runner.tmp / "fcgi.sock")
+    line = [sys.executable, str(MANAGE), "runfcgi", "daemonize=false", f"socket={path}", *words]
+    command = ["sh", "-c", f"{shell} exec {shlex.join(line)}"]
+    run = runner.serve(command=command, address=path, env=env)
+    return run, path
+
+
+def environ_names(path: str) -> set[str]:
+    response = fcgi_request(path, "GET", "/environ/", timeout=20)
+    assert response.status == 200, response
+    return set(response.json()["names"])
+
+
+@pytest.mark.parametrize("status_page", [False, True], ids=["", "status="])
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_status_lines_follow_the_pool_under_a_known_load(
+    runner: Runner, notify: NotifySocket, method: str, status_page: bool
+) -> None:
+    words = [f"method={method}", "minspare=1", "maxspare=3", "maxchildren=3"]
+    words += ["status=/fcgi-status"] if status_page else []
+    run, path = served_under_systemd(runner, *words, env={"NOTIFY_SOCKET": notify.address})
+    ready = notify.wait_for("READY")
+    unit = "processes" if method == "prefork" else "threads"
+    first = notify.wait_for("STATUS")
+    assert first.fields["STATUS"].startswith(ready.fields["STATUS"] + " Busy: "), first
+    shown = figures(first)
+    assert shown is not None, first
+    assert (shown["unit"], shown["most"]) == (unit, "3")
+    # The connection that found the server accepting is counted, with status= only.
+    wait_for_figures(notify, 0, 1 if status_page else None)
+
+    with ThreadPoolExecutor(2) as pool:
+        slow = [
+            pool.submit(fcgi_request, path, "GET", "/slow/", query="s=4", timeout=30)
+            for _ in range(2)
+        ]
+        busy = wait_for_figures(notify, 2, 3 if status_page else None, timeout=4)
+        assert int(busy["alive"] or 0) in (2, 3), busy
+        assert all(future.result().status == 200 for future in slow)
+    wait_for_figures(notify, 0, 3 if status_page else None)
+    assert run.proc.poll() is None, run.describe()
+    statuses = [note for note in notify.received if "STATUS" in note.fields]
+    lines = [note.fields["STATUS"] for note in statuses]
+    assert all(a != b for a, b in itertools.pairwise(lines)), "sent unchanged"
+    # After READY's own line, figures at most every STATUS_SECONDS.
+    gaps = [b.at - a.at for a, b in itertools.pairwise(statuses[1:])]
+    assert min(gaps) > systemd.STATUS_SECONDS - 0.5, gaps
+    assert {note.pid for note in notify.received} == {run.proc.pid}
+
+
+def pings(notes: list[Notification], pid: int) -> list[float]:
+    return [note.at for note in notes if note.fields.get("WATCHDOG") == "1" and note.pid == pid]
+
+
+@pytest.mark.parametrize("method", ["prefork", "threaded"])
+def test_watchdog_is_pinged_from_the_main_loop_at_half_its_interval(
+    runner: Runner, notify: NotifySocket, method: str
+) -> None:
+    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000"}
+    run, path = served_under_systemd(
+        runner, f"method={method}", env=env, shell="WATCHDOG_PID=$$ &&"
+    )
+    master = run.proc.pid
+    notify.wait_for("READY")
+    # Pings every 0.5 s: 6 in 3 s, give or take a slow machine.
+    assert 4 <= len(pings(notify.during(3.0), master)) <= 8, notify.received
+    assert not environ_names(path) & SYSTEMD_VARIABLES
+
+    run.signal(signal.SIGSTOP)
+    try:
+        notify.during(0.3)  # a ping sent just before the stop
+        assert pings(notify.during(1.5), master) == [], "a stopped master still pings"
+    finally:
+        run.signal(signal.SIGCONT)
+    assert len(pings(notify.during(1.5), master)) >= 2, notify.received
+
+    # A reload gives the variables back to the process it becomes, not to the project.
+    run.signal(signal.SIGHUP)
+    assert notify.wait_for("READY").fields["STATUS"].startswith("Reloaded; serving")
+    assert 2 <= len(pings(notify.during(2.0), master)) <= 6, notify.received
+    assert wait_for(lambda: not environ_names(path) & SYSTEMD_VARIABLES, timeout=20)
+    run.signal(signal.SIGTERM)
+    assert exits(run) == 0, run.describe()
+
+
+def test_watchdog_meant_for_another_process_is_not_pinged(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000", "WATCHDOG_PID": "1"}
+    run, path = served_under_systemd(runner, "method=threaded", env=env)
+    notify.wait_for("READY")
+    assert pings(notify.during(1.5), run.proc.pid) == []
+    assert not environ_names(path) & SYSTEMD_VARIABLES
+    run.signal(signal.SIGTERM)
+    assert exits(run) == 0, run.describe()
+
+
+def test_a_notify_socket_that_reads_nothing_never_stalls_the_server(
+    runner: Runner, notify: NotifySocket
+) -> None:
+    """Pings every 0.05 s to a socket nobody reads: its queue is full in a moment."""
+    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "100000"}
+    run, path = served_under_systemd(runner, "method=threaded", env=env)
+    time.sleep(1.5)
+    assert pid_of(path) == run.proc.pid
+    run.signal(signal.SIGTERM)
+    assert exits(run) == 0, run.describe()
+    lost = f"NOTIFY_SOCKET={notify.address!r} reads nothing; notifications are lost until it does."
+    assert run.stderr.count(lost) == 1, run.describe()
+
+
 # One connection per process: inetd, socat, systemd Accept=yes.
 
 
@@ -611,19 +775,19 @@ def test_documented_socket_and_service_under_systemd_socket_activate(
     service = documented_service("mysite.service")
     assert service.settings["Type"] == ["notify"]
     assert service.settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    (watchdog,) = service.settings["WatchdogSec"]
     path = runner.tmp / "fcgi.sock"
-    command = [
-        activate,
-        f"--listen={path}",
-        *spawner_env(runner, {**service.env, "NOTIFY_SOCKET": notify.address}),
-        *service.argv,
-    ]
+    # As systemd sets them (WATCHDOG_PID is left out: it would name this very process).
+    env = {**service.env, "NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": f"{watchdog}000000"}
+    command = [activate, f"--listen={path}", *spawner_env(runner, env), *service.argv]
     run = runner.start(command=command, cwd=service.cwd)
     assert wait_for(path.exists, timeout=10), run.describe()
     # Started on the first connection, as systemd starts a socket-activated service.
     assert pid_of(str(path)) != run.proc.pid
     ready = notify.wait_for("READY")
     assert ready.pid == run.proc.pid == int(ready.fields["MAINPID"])
+    # The first ping comes with the first turn of the master's loop, then every 15 s.
+    assert notify.wait_for("WATCHDOG", timeout=5).pid == run.proc.pid
 
     reload_argv = shlex.split(service.settings["ExecReload"][0].replace("$MAINPID", "{}"))
     subprocess.run([word.format(run.proc.pid) for word in reload_argv], check=True, timeout=10)
@@ -770,3 +934,21 @@ def test_documented_accept_units_serve_one_connection_per_process(runner: Runner
     assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
     responses = [fcgi_request(path, "GET", "/echo/", timeout=20) for _ in range(2)]
     assert len(served_by_new_processes(responses)) == 2
+
+
+def test_one_connection_answers_ping_and_says_it_has_no_status_figures(runner: Runner) -> None:
+    """A process that serves one connection has no pool: ping= answers as ever, the
+    status page says it has nothing to show instead of sending the request to Django."""
+    path = str(runner.tmp / "inetd.sock")
+    spawner = socat_inetd(
+        runner,
+        f"UNIX-LISTEN:{path}",
+        [sys.executable, str(MANAGE), "runfcgi", "ping=/ping", "status=/status"],
+    )
+    assert wait_for(lambda: can_connect(path), timeout=10), spawner.describe()
+    pong = fcgi_request(path, "GET", "/ping", timeout=20)
+    assert (pong.status, pong.body) == (200, b"pong")
+    page = fcgi_request(path, "GET", "/status", timeout=20)
+    assert page.status == 503
+    assert page.body == b"The status page is not available in this process.\n"
+    assert fcgi_request(path, "GET", "/echo/", timeout=20).status == 200

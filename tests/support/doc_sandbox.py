@@ -199,6 +199,8 @@ ACTION_OUTPUT = {
     "reload": "Reloaded: serving the new code",
     "reopen": "Reopened the log files",
 }
+# Without pidfile=, found by the address: reload and reopen only send their signal.
+ADDRESS_OUTPUT = {**ACTION_OUTPUT, "reload": "Sent SIGHUP to PID", "reopen": "Sent SIGUSR1 to PID"}
 
 
 def _config(words: list[str], setting: dict[str, object]) -> options.Config:
@@ -211,31 +213,41 @@ def run_action(
     text: str, words: list[str], setting: dict[str, object], env: dict[str, str]
 ) -> None:
     """An action as the page shows it; stop, reload and reopen to a server started
-    first with the command's own options (and a socket if they name none)."""
+    first with the command's own options (and a socket if they name none), found by
+    its pidfile or, without one, by its address."""
     action = next(word for word in words if word in ACTIONS)
     rest = [word for word in words if word not in (*ACTIONS, *ACTION_FLAGS)]
     config = _config(rest, setting)
     server: subprocess.Popen[bytes] | None = None
     pid = None
+    expected = ACTION_OUTPUT if config.pidfile is not None else ADDRESS_OUTPUT
     if action in ("stop", "reload", "reopen"):
-        if config.pidfile is None:
-            raise Failed(f"{action} needs the pidfile of a server")
+        if config.pidfile is None and isinstance(config.bind, options.Inherited):
+            raise Failed(f"{action} needs the pidfile or the address of a server")
         # The server the page's command finds; its /run directory is gone after a boot.
         start = ["./manage.py", "runfcgi", *rest, "daemonize=true"]
         if not config.mkdir:
             start.append("mkdir=true")
         if isinstance(config.bind, options.Inherited):
             start += ["socket=/run/doc-sandbox/control.sock"]
-        server = subprocess.Popen(start, cwd=PROJECT, env=env)
+        said = PROJECT / "doc-server.out"
+        with said.open("wb") as out:
+            server = subprocess.Popen(start, cwd=PROJECT, env=env, stdout=out)
         if server.wait(SECONDS) != 0:
             raise Failed(f"the server for {action} did not start: {start}")
-        pid = int(config.pidfile.read_text())
+        if config.pidfile is not None:
+            pid = int(config.pidfile.read_text())
+        else:
+            found = re.search(r"Serving over .*, PID (\d+)", said.read_text())
+            if found is None:
+                raise Failed("the daemon did not say its PID")
+            pid = int(found.group(1))
     result = subprocess.run(
         ["bash", "-c", text], cwd=PROJECT, env=env, capture_output=True, text=True, check=False
     )
     sys.stdout.write(result.stdout + result.stderr)
     try:
-        if result.returncode != 0 or ACTION_OUTPUT[action] not in result.stdout:
+        if result.returncode != 0 or expected[action] not in result.stdout:
             raise Failed(f"{action} exited with status {result.returncode}")
     finally:
         if pid is not None and not _gone(pid):

@@ -12,6 +12,7 @@ import resource
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,21 @@ def session_members(sid: int, zombies: bool = True) -> list[int]:
         for pid, fields in processes().items()
         if fields[3] == str(sid) and (zombies or fields[0] != "Z")
     ]
+
+
+def holding(pids: Iterable[int], path: Path) -> set[int]:
+    """The processes among `pids` that have `path` open (a log file a server writes)."""
+    found = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            with suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                    found.add(pid)
+    return found
 
 
 def wait_for(condition: Any, timeout: float, interval: float = 0.02) -> bool:

@@ -14,7 +14,7 @@ from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_runfcgi import conf, control, effective, options, reload
-from django_runfcgi.addresses import Inherited
+from django_runfcgi.addresses import TCP, Inherited, Unix
 from django_runfcgi.lifecycle import StartupError, serve, verify
 from django_runfcgi.protocols import NAMES as PROTOCOL_NAMES
 from django_runfcgi.status import probe
@@ -83,7 +83,8 @@ class Command(BaseCommand):
         "defaults in settings.RUNFCGI; 'manage.py runfcgi help' lists them. "
         "'runfcgi config' shows the options in effect, 'runfcgi check' checks them "
         "without serving, 'runfcgi status' asks the running server for its status page, "
-        "'runfcgi stop|reload|reopen' controls the server a pidfile names."
+        "'runfcgi stop|reload|reopen' controls the server a pidfile names, or the one "
+        "listening on socket= or host= and port=."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -259,12 +260,17 @@ class Command(BaseCommand):
 
     @staticmethod
     def _control(action: str, config: options.Config, now: bool) -> str:
-        if config.pidfile is None:
+        """The server is the one the pidfile names, else the one listening on socket=
+        or host= and port=."""
+        if config.pidfile is not None:
+            server = control.find(config.pidfile)
+        elif isinstance(config.bind, (TCP, Unix)):
+            server = control.find_listening(config.bind)
+        else:
             raise options.OptionError(
-                f"runfcgi {action} finds the server by its pidfile: give pidfile=, or "
-                '"pidfile" in settings.RUNFCGI.'
+                f"runfcgi {action} finds the server by its pidfile or its address: give "
+                'pidfile=, socket= or host= and port= (or "pidfile" in settings.RUNFCGI).'
             )
-        server = control.find(config.pidfile)
         if action == "stop":
             return control.stop(server, now, config.shutdowntimeout)
         if action == "reload":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from django_runfcgi.protocols import ServedProtocol
 from django_runfcgi.workers import Limits
-from django_runfcgi.workers.hooks import Hooks
+from django_runfcgi.workers.hooks import Hooks, Load
 from django_runfcgi.workers.prefork.scoreboard import BUSY, Scoreboard
 from django_runfcgi.workers.prefork.worker import (
     DUMP_SIGNAL,
@@ -35,6 +35,7 @@ from django_runfcgi.workers.prefork.worker import (
 from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.figures import Sampler
     from django_runfcgi.status.page import Status
 
@@ -90,6 +91,7 @@ class PreforkMaster:
         hooks: Hooks | None = None,
         *,
         status: Status | None = None,
+        slowlog: SlowLog | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -101,6 +103,7 @@ class PreforkMaster:
         self._board: Scoreboard | None = None
         self._status = status
         self._sampler: Sampler | None = None
+        self._slowlog = slowlog
 
     def adopt_workers(self, pids: Iterable[int]) -> None:
         """Wait for the workers of the master this process replaced (same pid, after exec).
@@ -159,14 +162,7 @@ class PreforkMaster:
         from django_runfcgi.status.figures import Sampler  # noqa: PLC0415 - status= only
 
         counters = figures.counters
-        history = status.history
-        counters.carry(
-            history.accepted_conn,
-            history.slow_requests,
-            history.max_active_processes,
-            history.max_children_reached,
-            history.max_listen_queue,
-        )
+        counters.carry(status.history)
         status.serving(sock, figures)
         self._sampler = Sampler(counters, status.queue, self._pool_is_full)
 
@@ -181,7 +177,12 @@ class PreforkMaster:
                 return
             self._reap_workers()
             self._maintain_pool(sock)
-            wake_at = [self._retry_at, self._expire_retiring(), self._expire_requests()]
+            wake_at = [
+                self._retry_at,
+                self._expire_retiring(),
+                self._expire_requests(),
+                self.hooks.turn(self._load),
+            ]
             if self._sampler is not None:
                 wake_at.append(self._sampler.due(time.monotonic()))
             timeout = min((t for t in wake_at if t is not None), default=None)
@@ -190,6 +191,16 @@ class PreforkMaster:
             for key, _ in self._selector.select(timeout):
                 if key.fd != self._signals.fd:
                     self._read_state(key.data)
+
+    def _load(self) -> Load:
+        """The pool's load from the scoreboard; the connections too with status=."""
+        board = self._scoreboard()
+        if board.figures is None:
+            idle, alive = board.counts()
+            return Load(alive - idle, alive, board.slots, "processes")
+        counts = board.figures.status_counts()
+        busy = counts.total - counts.idle
+        return Load(busy, counts.total, board.slots, "processes", counts.accepted)
 
     def _handle_signals(self) -> None:
         signums = self._signals.pop()
@@ -344,6 +355,7 @@ class PreforkMaster:
             board=self._scoreboard(),
             slot=slot,
             link=worker_link,
+            slowlog=self._slowlog,
         )
         flush_stdio()
         # Signals wait until the worker has replaced the master's handlers.

@@ -19,6 +19,7 @@ from django_runfcgi.status.figures import (
     STATE_READING,
     STATE_RUNNING,
     Counts,
+    History,
     WorkerFigures,
     cpu_time,
     peak_memory,
@@ -30,18 +31,20 @@ IDLE = 1
 
 # The master's counters: a sequence number (odd while the master folds a reaped
 # worker's figures into the totals), the totals of reaped workers (connections, slow
-# requests, most workers busy at once), the times the pool was full, the longest
-# listen queue, and whether the pool is known to be full now.
-_COUNTERS = struct.Struct("<IQQIQIB")
-_FOLD = struct.Struct("<QQI")
+# requests, most workers busy at once, workers recycled after maxrequests and after
+# maxmemory), the times the pool was full, the longest listen queue, and whether the
+# pool is known to be full now.
+_COUNTERS = struct.Struct("<IQQIQQQIB")
+_FOLD = struct.Struct("<QQIQQ")
 _FOLD_AT = 4
 _SAMPLED = struct.Struct("<QIB")
 _SAMPLED_AT = 4 + _FOLD.size
 
 # A slot's record. Offsets: pid 0, start time 4, connections 12, most busy 20, slow 24,
 # requests 32, duration 40, cpu 48, state 56, request start 57, then CONTENT_LENGTH,
-# REQUEST_METHOD, REQUEST_URI and QUERY_STRING as the web server sent them, at 65.
-_RECORD = struct.Struct("<idQIQQddBd16s16s512s512s")
+# REQUEST_METHOD, REQUEST_URI and QUERY_STRING as the web server sent them, at 65,
+# and why the worker is being recycled, if it is (RECYCLED_*), at 1121.
+_RECORD = struct.Struct("<idQIQQddBd16s16s512s512sB")
 _STARTED = struct.Struct("<id")
 _CONNECTION = struct.Struct("<QI")
 _CONNECTION_AT = 12
@@ -51,8 +54,14 @@ _ENDS = struct.Struct("<QddB")
 _ENDS_AT = 32
 _BEGINS = struct.Struct("<Bd16s16s512s512s")
 _BEGINS_AT = 56
+_RECYCLED_AT = _RECORD.size - 1
+RECYCLED_MAXREQUESTS = 1
+RECYCLED_MAXMEMORY = 2
 _NO_RECORD = bytes(_RECORD.size)
 READ_ATTEMPTS = 100
+
+Folded = tuple[int, int, int, int, int]
+"""A worker's figures the totals keep once it is reaped, in the order of _FOLD."""
 
 
 def size(slots: int) -> int:
@@ -77,7 +86,17 @@ class BoardFigures:
     def fold(self, slot: int, free: Callable[[], None]) -> None:
         """In the master, once the slot's worker is reaped: its figures join the totals."""
         record = self._record(slot)
-        self.counters.fold(record[2], record[4], record[3], free)
+        recycled = record[14]
+        self.counters.fold(
+            (
+                record[2],
+                record[4],
+                record[3],
+                int(recycled == RECYCLED_MAXREQUESTS),
+                int(recycled == RECYCLED_MAXMEMORY),
+            ),
+            free,
+        )
 
     def record(self, slot: int) -> SlotRecord:
         """In a worker: its own record, for it to write."""
@@ -98,13 +117,15 @@ class BoardFigures:
             if before % 2:
                 continue
             states = self._board[: self._slots]
-            accepted, slow, max_active = counters.folded()
+            accepted, slow, max_active, by_requests, by_memory = counters.folded()
             for slot, state in enumerate(states):
                 if state != FREE:
                     record = self._record(slot)
                     accepted += record[2]
                     slow += record[4]
                     max_active = max(max_active, record[3])
+                    by_requests += record[14] == RECYCLED_MAXREQUESTS
+                    by_memory += record[14] == RECYCLED_MAXMEMORY
             if counters.sequence() == before:
                 break
         return Counts(
@@ -115,6 +136,8 @@ class BoardFigures:
             max_active=max_active,
             max_children_reached=counters.max_children_reached,
             max_listen_queue=counters.max_listen_queue,
+            recycled_maxrequests=by_requests,
+            recycled_maxmemory=by_memory,
         )
 
     def workers(self) -> Sequence[WorkerFigures]:
@@ -165,32 +188,45 @@ class SharedCounters:
         value: int = struct.unpack_from("<I", self._board, self._at)[0]
         return value
 
-    def folded(self) -> tuple[int, int, int]:
-        """Connections, slow requests and most workers busy at once, of reaped workers."""
-        accepted, slow, most = _FOLD.unpack_from(self._board, self._at + _FOLD_AT)
-        return accepted, slow, most
+    def folded(self) -> Folded:
+        """Of reaped workers: connections, slow requests, most workers busy at once,
+        workers recycled after maxrequests and after maxmemory."""
+        accepted, slow, most, by_requests, by_memory = _FOLD.unpack_from(
+            self._board, self._at + _FOLD_AT
+        )
+        return accepted, slow, most, by_requests, by_memory
 
-    def fold(self, accepted: int, slow: int, most: int, free: Callable[[], None]) -> None:
+    def fold(self, worker: Folded, free: Callable[[], None]) -> None:
         """Add a reaped worker's figures to the totals and `free` its slot, as one change
         for readers: the sequence number is odd meanwhile."""
         sequence = self.sequence()
         struct.pack_into("<I", self._board, self._at, sequence + 1)
-        total_accepted, total_slow, total_most = self.folded()
+        accepted, slow, most, by_requests, by_memory = self.folded()
         _FOLD.pack_into(
             self._board,
             self._at + _FOLD_AT,
-            total_accepted + accepted,
-            total_slow + slow,
-            max(total_most, most),
+            accepted + worker[0],
+            slow + worker[1],
+            max(most, worker[2]),
+            by_requests + worker[3],
+            by_memory + worker[4],
         )
         free()
         struct.pack_into("<I", self._board, self._at, (sequence + 2) & 0xFFFFFFFF)
 
-    def carry(self, accepted: int, slow: int, most: int, reached: int, longest: int) -> None:
+    def carry(self, history: History) -> None:
         """Start from the figures of the server this one replaced (a reload)."""
-        _FOLD.pack_into(self._board, self._at + _FOLD_AT, accepted, slow, most)
-        self.max_children_reached = reached
-        self.max_listen_queue = longest
+        _FOLD.pack_into(
+            self._board,
+            self._at + _FOLD_AT,
+            history.accepted_conn,
+            history.slow_requests,
+            history.max_active_processes,
+            history.recycled_maxrequests,
+            history.recycled_maxmemory,
+        )
+        self.max_children_reached = history.max_children_reached
+        self.max_listen_queue = history.max_listen_queue
 
     def _sampled(self) -> tuple[int, int, int]:
         reached, longest, noticed = _SAMPLED.unpack_from(self._board, self._at + _SAMPLED_AT)
@@ -287,6 +323,12 @@ class SlotRecord:
             cpu,
             STATE_READING,
         )
+
+    def recycled(self, maxmemory: bool) -> None:
+        """The worker will be replaced after its request: above maxmemory, or else after
+        maxrequests."""
+        reason = RECYCLED_MAXMEMORY if maxmemory else RECYCLED_MAXREQUESTS
+        self._board[self._at + _RECYCLED_AT] = reason
 
     def slow_request(self) -> None:
         """Count a slow request; whichever process counts them for this slot (the worker

@@ -35,12 +35,20 @@ class Recycling:
     """Built in the worker once forked: its own jittered limit, and the watch that counts
     its requests and measures its memory after each."""
 
-    def __init__(self, limits: Limits, end_connection: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        end_connection: Callable[[], None],
+        recycled: Callable[[bool], None] | None = None,
+    ) -> None:
+        """`recycled` hears once why the worker is due (True: maxmemory), for the status
+        page's counts."""
         # A spread, not a secret; the random module is reseeded in each forked child.
         jitter = random.randint(0, limits.maxrequestsjitter)  # noqa: S311
         self.limit = limits.maxrequests + jitter if limits.maxrequests > 0 else 0
         self._maxmemory = limits.maxmemory
         self._end_connection = end_connection
+        self._recycled = recycled
         self._requests = 0
         self.due = False
         """Whether the worker leaves once its connection in progress ends."""
@@ -61,12 +69,13 @@ class Recycling:
         self._requests += 1
         if self.due:
             return
+        over_memory = False
         if 0 < self.limit <= self._requests:
             self.due = True
         elif self._maxmemory > 0:
             used = resident_bytes()
             if used > self._maxmemory * MB:
-                self.due = True
+                self.due = over_memory = True
                 logger.info(
                     "Worker process %d holds %d MB, above maxmemory=%d; replacing it after "
                     "its request.",
@@ -75,4 +84,6 @@ class Recycling:
                     self._maxmemory,
                 )
         if self.due:
+            if self._recycled is not None:
+                self._recycled(over_memory)
             self._end_connection()

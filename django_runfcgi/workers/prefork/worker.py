@@ -29,7 +29,7 @@ import socket
 import sys
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from django_runfcgi.protocols import Connection, ServedProtocol
 from django_runfcgi.protocols.wsgi import Environ
@@ -39,6 +39,9 @@ from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.prefork.recycling import Recycling
 from django_runfcgi.workers.prefork.scoreboard import BUSY, IDLE, Scoreboard
 from django_runfcgi.workers.signals import INTENTS, WORKER_SIGNALS, Intent, SignalQueue
+
+if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
 
 logger = logging.getLogger("django_runfcgi.workers")
 
@@ -107,6 +110,7 @@ class Worker:
         board: Scoreboard,
         slot: int,
         link: socket.socket,
+        slowlog: SlowLog | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -122,6 +126,7 @@ class Worker:
         """Idle kept connections by socket fd, the one idle the longest first."""
         self._record = board.figures.record(slot) if board.figures is not None else None
         """The worker's figures for the status page, when there is one."""
+        self._slowlog = slowlog
 
     def run(
         self, sock: socket.socket, leave_master: Callable[[], None], mask: Iterable[int]
@@ -133,7 +138,11 @@ class Worker:
                 leave_master()
                 self._signals = SignalQueue(WORKER_SIGNALS, self._signalled)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
-                self._recycling = Recycling(self._limits, self._end_connection)
+                self._recycling = Recycling(
+                    self._limits,
+                    self._end_connection,
+                    self._record.recycled if self._record is not None else None,
+                )
                 if self._limits.requesttimeout > 0:
                     faulthandler.register(DUMP_SIGNAL, all_threads=True, chain=False)
                     self._protocol.watch_requests(RequestTimer(self._link))
@@ -142,6 +151,10 @@ class Worker:
                 if self._record is not None:
                     self._record.started()
                     self._protocol.watch_requests(self._record)
+                if self._slowlog is not None:
+                    record = self._record
+                    count = None if record is None else lambda _thread: record.slow_request()
+                    self._protocol.watch_requests(self._slowlog.watch(count))
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 self._serve(sock)
             except KeyboardInterrupt:

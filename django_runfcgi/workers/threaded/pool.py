@@ -93,7 +93,7 @@ class ThreadPool:
         self._figures = figures
         """The status page's figures, when there is one."""
         if figures is not None:
-            figures.reads_pool(self._idle_and_alive)
+            figures.reads_pool(self.idle_and_alive)
         self._minSpare = minSpare
         self._maxSpare = maxSpare
         self._maxThreads = max(minSpare, maxThreads)
@@ -169,7 +169,8 @@ class ThreadPool:
         with self._lock:
             return self._workerCount
 
-    def _idle_and_alive(self) -> tuple[int, int]:
+    def idle_and_alive(self) -> tuple[int, int]:
+        """How many threads wait for a connection, and how many have not exited."""
         with self._lock:
             return self._workerCount - len(self._running), self._workerCount
 

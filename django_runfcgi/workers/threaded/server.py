@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from django_runfcgi.protocols import ServedProtocol
 from django_runfcgi.workers import Limits
-from django_runfcgi.workers.hooks import Hooks
+from django_runfcgi.workers.hooks import Hooks, Load
 from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
 from django_runfcgi.workers.threaded.pool import Accepted, ThreadPool
 
 if TYPE_CHECKING:
+    from django_runfcgi.slowlog import SlowLog
     from django_runfcgi.status.figures import Sampler
     from django_runfcgi.status.page import Status
     from django_runfcgi.workers.threaded.figures import ThreadedFigures
@@ -45,6 +46,7 @@ class ThreadedServer:
         hooks: Hooks | None = None,
         *,
         status: Status | None = None,
+        slowlog: SlowLog | None = None,
     ) -> None:
         self._protocol = protocol
         self._limits = limits
@@ -59,6 +61,9 @@ class ThreadedServer:
 
             self._figures = ThreadedFigures(status.history)
             protocol.watch_requests(self._figures)
+        if slowlog is not None:
+            count = None if self._figures is None else self._figures.slow_request
+            protocol.watch_requests(slowlog.watch(count))
         self._pool = ThreadPool(
             limits.minspare, limits.maxspare, limits.maxchildren, figures=self._figures
         )
@@ -111,11 +116,21 @@ class ThreadedServer:
             self._orders.take(self._signals.pop())
             if self._orders.stop is not None:
                 return
-            timeout = None
+            now = time.monotonic()
+            wake_at = [self.hooks.turn(self._load)]
             if self._sampler is not None:
-                now = time.monotonic()
-                timeout = max(0.0, self._sampler.due(now) - now)
-            selector.select(timeout)
+                wake_at.append(self._sampler.due(now))
+            timeout = min((t for t in wake_at if t is not None), default=None)
+            selector.select(None if timeout is None else max(0.0, timeout - now))
+
+    def _load(self) -> Load:
+        """The pool's load; the connections too with status=."""
+        most = max(self._limits.minspare, self._limits.maxchildren)  # as the pool has it
+        if self._figures is None:
+            idle, alive = self._pool.idle_and_alive()
+            return Load(alive - idle, alive, most, "threads")
+        counts = self._figures.status_counts()
+        return Load(counts.total - counts.idle, counts.total, most, "threads", counts.accepted)
 
     def _make_job(self, client: socket.socket, addr: Any) -> Accepted | None:
         if not self._protocol.allows(addr):
