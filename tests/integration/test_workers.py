@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 import pytest
@@ -361,6 +361,37 @@ def test_a_worker_closes_its_longest_idle_connection_past_the_bound(runner: Runn
         for conn in (conns[1], conns[-1]):
             response = fcgi_request(address, "GET", "/echo/", keep_conn=True, sock=conn, timeout=5)
             assert response.status == 200
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def test_a_worker_holding_kept_connections_is_not_retired_as_a_spare(runner: Runner) -> None:
+    """Two slow requests on two kept connections grow the pool past maxspare; once they
+    are done, the master retires a spare idle worker, never one that holds a kept
+    connection: closing it could meet a request the web server is sending on it."""
+    address, _ = serve_unix(runner, "method=prefork", "minspare=1", "maxspare=1", "maxchildren=4")
+    conns = [connect(address, timeout=10) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = []
+            for conn in conns:
+                slow.append(
+                    pool.submit(
+                        fcgi_request, address, "GET", "/slow/", query="s=1", keep_conn=True,
+                        sock=conn, timeout=10,
+                    )
+                )  # fmt: skip
+                time.sleep(0.3)  # The second finds the first worker busy.
+            first = [future.result() for future in slow]
+        assert [response.status for response in first] == [200, 200]
+        pids = [response.json()["pid"] for response in first]
+        assert len(set(pids)) == 2
+        # The master has seen three idle workers, two more than maxspare, and retired one.
+        time.sleep(2)
+        for conn, pid in zip(conns, pids, strict=True):
+            response = fcgi_request(address, "GET", "/echo/", keep_conn=True, sock=conn, timeout=5)
+            assert (response.status, response.json()["pid"]) == (200, pid)
     finally:
         for conn in conns:
             conn.close()

@@ -325,18 +325,22 @@ class PreforkMaster:
         board = self._scoreboard()
         # flup compared the worker's state byte with a str, so every worker looked idle
         # (flup.rst#pool-growth).
-        idle = sorted(
-            pid
+        idle_slots = {
+            pid: worker.slot
             for pid, worker in active.items()
             if worker.link is not None and worker.slot is not None and board.is_idle(worker.slot)
-        )
+        }
+        idle = sorted(idle_slots)
         if len(idle) < self._limits.minspare:
             wanted = min(self._limits.minspare - len(idle), self._limits.maxchildren - len(active))
             for _ in range(wanted):
                 if not self._spawn_worker(sock):
                     return
-        else:
-            for pid in idle[self._limits.maxspare :]:
+        elif len(idle) > self._limits.maxspare:
+            # A worker holding kept connections stays: closing one races with the web
+            # server sending a request on it, which fails if it is not idempotent.
+            spare = [pid for pid in idle if not board.holds_kept(idle_slots[pid])]
+            for pid in spare[self._limits.maxspare - len(idle) :]:
                 self._close_link(pid)
 
     def _spawn_worker(self, sock: socket.socket) -> bool:

@@ -28,6 +28,7 @@ from django_runfcgi.status.figures import (
 
 FREE = 0
 IDLE = 1
+KEPT = 3
 
 # The master's counters: a sequence number (odd while the master folds a reaped
 # worker's figures into the totals), the totals of reaped workers (connections, slow
@@ -129,7 +130,7 @@ class BoardFigures:
             if counters.sequence() == before:
                 break
         return Counts(
-            idle=states.count(IDLE),
+            idle=states.count(IDLE) + states.count(KEPT),
             total=self._slots - states.count(FREE),
             accepted=accepted,
             slow=slow,
@@ -156,7 +157,7 @@ class BoardFigures:
             found.append(
                 worker_figures(
                     pid=pid,
-                    state=STATE_IDLE if slot_state == IDLE else state,
+                    state=STATE_IDLE if slot_state in (IDLE, KEPT) else state,
                     start_time=record[1],
                     requests=record[5],
                     duration=clock - record[9] if state == STATE_RUNNING else record[6],

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 FREE = 0
 IDLE = 1
 BUSY = 2
+KEPT = 3
+"""Idle, holding connections the web server keeps open (FastCGI keep-conn, AJP): the
+master does not retire such a worker as a spare, as closing a kept connection races
+with the web server sending a request on it."""
 
 
 class Scoreboard:
@@ -66,12 +70,16 @@ class Scoreboard:
         self._board[slot] = state
 
     def is_idle(self, slot: int) -> bool:
-        return self._board[slot] == IDLE
+        return self._board[slot] in (IDLE, KEPT)
+
+    def holds_kept(self, slot: int) -> bool:
+        """Whether the worker in `slot` is idle with kept connections."""
+        return self._board[slot] == KEPT
 
     def counts(self) -> tuple[int, int]:
         """The number of idle workers and of workers alive."""
         board = self._board[: self.slots]
-        return board.count(IDLE), self.slots - board.count(FREE)
+        return board.count(IDLE) + board.count(KEPT), self.slots - board.count(FREE)
 
     def close(self) -> None:
         self._board.close()

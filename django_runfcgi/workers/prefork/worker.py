@@ -37,7 +37,7 @@ from django_runfcgi.sockets import Acceptor
 from django_runfcgi.workers import Limits, stop_when_idle
 from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.prefork.recycling import Recycling
-from django_runfcgi.workers.prefork.scoreboard import BUSY, IDLE, Scoreboard
+from django_runfcgi.workers.prefork.scoreboard import BUSY, IDLE, KEPT, Scoreboard
 from django_runfcgi.workers.signals import INTENTS, WORKER_SIGNALS, Intent, SignalQueue
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class Worker:
         """Mark the worker idle (kept connections wait in its set), telling the master if
         the pool has more idle workers than maxspare."""
         board = self._board
-        board.mark(self._slot, IDLE)
+        board.mark(self._slot, KEPT if self._kept else IDLE)
         if board.counts()[0] > self._limits.maxspare:
             _notify(self._link, POOL_CHANGES)
 
