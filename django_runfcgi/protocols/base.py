@@ -62,6 +62,19 @@ def set_nodelay(sock: socket.socket, addr: ClientAddress) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether input, or the end of the stream, comes on `sock` within `timeout` seconds
+    (0: has it come already).
+
+    poll(), not select(): select() refuses a descriptor numbered 1024 or more, which a
+    threaded server with many connections (and a raised ``ulimit -n``) reaches.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    # In milliseconds, rounded up by Python; a negative time would wait for ever.
+    return bool(poller.poll(max(timeout, 0.0) * 1000.0))
+
+
 def set_read_timeout(sock: socket.socket, seconds: float) -> None:
     """Make each blocking recv() on `sock` give up after `seconds` without data.
 
@@ -100,7 +113,7 @@ def recv_exactly(
         except BlockingIOError:
             if deadline is not None:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                if left <= 0 or not readable(sock, left):
                     raise ReadTimeout(f"{what} did not come whole") from None
             try:
                 data = sock.recv(wanted)
@@ -185,8 +198,7 @@ class ProtocolConnection:
                 wait = min(wait, self._head_deadline - time.monotonic())
                 if wait <= 0:
                     raise ReadTimeout("no complete request came")
-            readable, _, _ = select.select([self._sock], [], [], wait)
-            if readable:
+            if readable(self._sock, wait):
                 self._head_begins()
                 return True
 
@@ -204,7 +216,7 @@ class ProtocolConnection:
         deadline = self._head_deadline
         if deadline is not None:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._sock], [], [], left)[0]:
+            if left <= 0 or not readable(self._sock, left):
                 raise ReadTimeout("no complete request head came")
 
     def _recv_blocking(self, size: int) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import select
 import socket
 import struct
 import tempfile
@@ -34,6 +33,7 @@ from django_runfcgi.protocols.base import (
     ProtocolError,
     logger,
     peer,
+    readable,
     recv_exactly,
 )
 from django_runfcgi.protocols.clients import ClientAddress
@@ -157,7 +157,7 @@ class AJPConnection(ProtocolConnection):
 
     def _readable(self) -> bool:
         """Whether a packet, or the end of the connection, has come."""
-        return bool(select.select([self._sock], [], [], 0)[0])
+        return readable(self._sock, 0)
 
     def processInput(self) -> None:
         """Read one packet and act on it; also called by a request reading its body."""

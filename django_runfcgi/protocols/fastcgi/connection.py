@@ -17,7 +17,6 @@ out of order is a protocol error that closes the connection.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import time
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -29,6 +28,7 @@ from django_runfcgi.protocols.base import (
     ProtocolConnection,
     ProtocolError,
     ReadTimeout,
+    readable,
     recv_exactly,
 )
 from django_runfcgi.protocols.clients import ClientAddress
@@ -445,7 +445,7 @@ class FCGIConnection(ProtocolConnection):
         The front end sends nothing after a request's body without FCGI_KEEP_CONN: when
         the last read took all there was, there is no need to ask again.
         """
-        return self._drained or not select.select([self._sock], [], [], 0)[0]
+        return self._drained or not readable(self._sock, 0)
 
     def _cleanupSocket(self, req: FCGIRequest | None = None) -> None:
         """Close at once if the front end has sent all its input for `req`, else drain it
@@ -480,7 +480,7 @@ class FCGIConnection(ProtocolConnection):
                 now = time.monotonic()
                 remaining = 0.0 if self._stopping else min(deadline, quiet_since + stall) - now
                 wait = min(max(remaining, 0.0), IDLE_POLL_SECONDS)
-                if select.select([self._sock], [], [], wait)[0]:
+                if readable(self._sock, wait):
                     quiet_since = time.monotonic()
                     if pending is False and req is not None:
                         # The body's end may come after the response: read records to it.
