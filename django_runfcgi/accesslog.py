@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from django_runfcgi import daemon
 from django_runfcgi.accessformat import STDOUT, LineFormat, Target
-from django_runfcgi.log import stamp
 
 if TYPE_CHECKING:
     from django_runfcgi.protocols.wsgi import Environ
@@ -88,14 +86,8 @@ class AccessLog:
         """
         if self.target == STDOUT:
             return  # The standard output is reopened with outlog=.
-        try:
-            fd = daemon.open_log("accesslog", self.target)
-        except daemon.LogError as err:
-            sys.stderr.write(stamp(f"Cannot reopen the access log: {err}", "ERROR") + "\n")
-            return
-        os.dup2(fd, self._fd, inheritable=False)
-        os.close(fd)
-        self._failing = False
+        if daemon.reopen_onto("accesslog", self.target, self._fd, "the access log"):
+            self._failing = False
 
     def close(self) -> None:
         if self.target != STDOUT:

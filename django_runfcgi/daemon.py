@@ -153,6 +153,21 @@ def reopen_logs(outlog: Path | None, errlog: Path | None) -> None:
     use_logs(logs)
 
 
+def reopen_onto(name: str, path: Path, fd: int, what: str) -> bool:
+    """Open option `name`'s file at `path` again onto descriptor `fd` (after logrotate
+    moved it away), in one step, so that a thread writing at that moment writes whole to
+    one file or the other. A file that cannot be opened is reported on the current
+    stderr, naming `what`, and the old one kept (False)."""
+    try:
+        new = open_log(name, path)
+    except LogError as err:
+        sys.stderr.write(stamp(f"Cannot reopen {what}: {err}", "ERROR") + "\n")
+        return False
+    os.dup2(new, fd, inheritable=False)
+    os.close(new)
+    return True
+
+
 def close_inherited_fds(keep: set[int]) -> None:
     """Close descriptors inherited from whoever started us (shell, supervisor).
 

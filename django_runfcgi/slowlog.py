@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from django_runfcgi import daemon
-from django_runfcgi.log import DATE_FORMAT, stamp
+from django_runfcgi.log import DATE_FORMAT
 from django_runfcgi.protocols.wsgi import Environ
 from django_runfcgi.workers.signals import start_thread
 
@@ -72,15 +72,8 @@ class SlowLogFile:
         """After USR1 (logrotate): the same path, opened again on the same descriptor, so
         that a watcher writing meanwhile writes to one file or the other. A file that
         cannot be opened is reported and the old one kept."""
-        if self.path is None:
-            return
-        try:
-            fd = daemon.open_log("slowlogfile", self.path)
-        except daemon.LogError as err:
-            sys.stderr.write(stamp(f"Cannot reopen the slow log: {err}", "ERROR") + "\n")
-            return
-        os.dup2(fd, self.fd, inheritable=False)
-        os.close(fd)
+        if self.path is not None:
+            daemon.reopen_onto("slowlogfile", self.path, self.fd, "the slow log")
 
     def close(self) -> None:
         if self.path is not None:
