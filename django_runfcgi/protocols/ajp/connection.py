@@ -162,13 +162,22 @@ class AJPConnection(ProtocolConnection):
     def processInput(self) -> None:
         """Read one packet and act on it; also called by a request reading its body."""
         deadline = self._head_deadline
-        header = recv_exactly(self._sock, 4, "a packet header", first=True, deadline=deadline)
+        header = recv_exactly(
+            self._sock,
+            4,
+            "a packet header",
+            first=True,
+            deadline=deadline,
+            arm=self._arm_read_timeout,
+        )
         if header[:2] != ajp_base.SERVER_PREFIX:
             raise ProtocolError(f"packet header {header!r} does not start with 0x1234")
         pkt = ajp_base.Packet()
         (pkt.length,) = struct.unpack(">H", header[2:])
         pkt.data = (
-            recv_exactly(self._sock, pkt.length, "a packet", deadline=deadline)
+            recv_exactly(
+                self._sock, pkt.length, "a packet", deadline=deadline, arm=self._arm_read_timeout
+            )
             if pkt.length
             else b""
         )
@@ -277,13 +286,19 @@ class AJPConnection(ProtocolConnection):
         request's body and no other: lighttpd opens a new connection for every request.
         """
         _acknowledge_at_once(self._sock)
-        header = recv_exactly(self._sock, 4, "a request body packet header")
+        header = recv_exactly(
+            self._sock, 4, "a request body packet header", arm=self._arm_read_timeout
+        )
         if header[:2] != ajp_base.SERVER_PREFIX:
             raise ProtocolError(
                 f"request body packet header {header!r} does not start with 0x1234"
             )
         (size,) = struct.unpack(">H", header[2:])
-        payload = recv_exactly(self._sock, size, "a request body packet") if size else b""
+        payload = (
+            recv_exactly(self._sock, size, "a request body packet", arm=self._arm_read_timeout)
+            if size
+            else b""
+        )
         if not size:
             return b""  # a packet without even a data length also ends a chunked body
         stated = struct.unpack(">H", payload[:2])[0] if size >= 2 else -1

@@ -249,7 +249,9 @@ class FCGIConnection(ProtocolConnection):
         missing = total - (len(self._buffer) - self._pos)
         if block and missing > _RECV_SIZE and self._head_deadline is None:
             # Most of a large record is still to come: read it straight, not via the buffer.
-            rest = recv_exactly(self._sock, missing, f"a {_name(kind)} record")
+            rest = recv_exactly(
+                self._sock, missing, f"a {_name(kind)} record", arm=self._arm_read_timeout
+            )
             self._drained = False
             content = (self._buffer[self._pos + HEADER_LEN :] + rest)[:length]
             self._buffer, self._pos = b"", 0
