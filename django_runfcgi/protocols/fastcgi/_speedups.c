@@ -1,10 +1,11 @@
-/* FastCGI request parsing in C, for django_runfcgi.protocols.fastcgi.
+/* FastCGI request parsing and response framing in C, for django_runfcgi.protocols.fastcgi.
 
    Optional: without it (no compiler at install, or RUNFCGI_PURE_PYTHON=1) the same
    work is done in Python, record by record. read_request() only takes the common,
    well-formed case within the bounds it is given (maxheadsize, maxheaders); for
    anything else it returns None and the Python code reads the input and reports what
-   is wrong with it.
+   is wrong with it. response_head() likewise encodes only ASCII status and headers;
+   head_records() frames a response's header block and first piece of body.
 
    Built against the stable ABI of Python 3.10, so one binary serves 3.10 and later.
 */
@@ -237,8 +238,243 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     return Py_BuildValue("(niiiNN)", pos, request_id, role, flags, params, ended);
 }
 
+
+/* An ASCII str's bytes (its UTF-8 form, which the str caches), or NULL without an
+   exception if `text` is not an exact str or holds anything but ASCII. */
+static const char *
+ascii_of(PyObject *text, Py_ssize_t *length)
+{
+    if (!PyUnicode_CheckExact(text)) {
+        return NULL;
+    }
+    const char *data = PyUnicode_AsUTF8AndSize(text, length);
+    if (data == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!is_ascii((const unsigned char *)data, *length)) {
+        return NULL;
+    }
+    return data;
+}
+
+PyDoc_STRVAR(response_head_doc,
+"response_head(status: str, headers: list[tuple[str, str]]) -> tuple[bytes, bytes] | None\n\n"
+"The status and the header lines of a WSGI start_response() call as bytes: the status\n"
+"as given, the block 'Name: value\\r\\n' per header. None unless the status is ASCII\n"
+"text of three digits, a space and a reason, and the headers a list of pairs of ASCII\n"
+"text: the Python code then encodes them, or says what is wrong.");
+
+static PyObject *
+response_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "response_head() takes a status and headers");
+        return NULL;
+    }
+    Py_ssize_t status_length;
+    const char *status = ascii_of(args[0], &status_length);
+    if (status == NULL || status_length < 4 || status[3] != ' ') {
+        Py_RETURN_NONE;
+    }
+    for (int i = 0; i < 3; i++) {
+        if (status[i] < '0' || status[i] > '9') {
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *headers = args[1];
+    if (!PyList_CheckExact(headers)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_Size(headers);
+    Py_ssize_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GetItem(headers, i);
+        if (item == NULL || !PyTuple_CheckExact(item) || PyTuple_Size(item) != 2) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t name_length, value_length;
+        if (ascii_of(PyTuple_GetItem(item, 0), &name_length) == NULL
+            || ascii_of(PyTuple_GetItem(item, 1), &value_length) == NULL) {
+            Py_RETURN_NONE;
+        }
+        total += name_length + value_length + 4;
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, total);
+    if (block == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AsString(block);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GetItem(headers, i);
+        Py_ssize_t name_length, value_length;
+        const char *name = ascii_of(PyTuple_GetItem(item, 0), &name_length);
+        const char *value = ascii_of(PyTuple_GetItem(item, 1), &value_length);
+        memcpy(out, name, (size_t)name_length);
+        out += name_length;
+        memcpy(out, ": ", 2);
+        out += 2;
+        memcpy(out, value, (size_t)value_length);
+        out += value_length;
+        memcpy(out, "\r\n", 2);
+        out += 2;
+    }
+    PyObject *status_bytes = PyBytes_FromStringAndSize(status, status_length);
+    if (status_bytes == NULL) {
+        Py_DECREF(block);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", status_bytes, block);
+}
+
+/* Whether the header block has a Content-Length line, its name in any case. */
+static int
+has_content_length(const char *block, Py_ssize_t length)
+{
+    static const char name[] = "content-length:";
+    const Py_ssize_t name_length = (Py_ssize_t)sizeof(name) - 1;
+    for (Py_ssize_t at = 0; at + name_length <= length; at++) {
+        if (at > 0 && block[at - 1] != '\n') {
+            continue;
+        }
+        Py_ssize_t i = 0;
+        while (i < name_length) {
+            char c = block[at + i];
+            if (c >= 'A' && c <= 'Z') {
+                c = (char)(c - 'A' + 'a');
+            }
+            if (c != name[i]) {
+                break;
+            }
+            i++;
+        }
+        if (i == name_length) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The record headers and padding around `length` bytes of content cut in records of
+   `step` bytes: how many bytes they all take. */
+static Py_ssize_t
+framed_size(Py_ssize_t length, Py_ssize_t step)
+{
+    Py_ssize_t records = length == 0 ? 1 : (length + step - 1) / step;
+    Py_ssize_t size = 0;
+    for (Py_ssize_t r = 0; r < records; r++) {
+        Py_ssize_t piece = r == records - 1 ? length - r * step : step;
+        size += HEADER_LEN + piece + (-piece & 7);
+    }
+    return size;
+}
+
+PyDoc_STRVAR(head_records_doc,
+"head_records(request_id: int, status: bytes, block: bytes, body_length: int,\n"
+"             data: bytes, step: int) -> bytes\n\n"
+"FCGI_STDOUT records holding the CGI header block of a response ('Status: ' status,\n"
+"the header lines of `block`, a Content-Length of `body_length` unless it is negative\n"
+"or the block has one, the empty line) followed by `data`, cut in records of at most\n"
+"`step` bytes, each padded to a multiple of eight: what the Python code frames.");
+
+static PyObject *
+head_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "head_records() takes six arguments");
+        return NULL;
+    }
+    long request_id = PyLong_AsLong(args[0]);
+    if (request_id == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    char *status, *block, *data;
+    Py_ssize_t status_length, block_length, data_length;
+    if (PyBytes_AsStringAndSize(args[1], &status, &status_length) < 0
+        || PyBytes_AsStringAndSize(args[2], &block, &block_length) < 0
+        || PyBytes_AsStringAndSize(args[4], &data, &data_length) < 0) {
+        return NULL;
+    }
+    Py_ssize_t body_length = PyLong_AsSsize_t(args[3]);
+    if (body_length == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t step = PyLong_AsSsize_t(args[5]);
+    if (step == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (request_id < 0 || request_id > 0xFFFF || step < 8 || step > 0xFFFF) {
+        PyErr_SetString(PyExc_ValueError, "request id or record size out of range");
+        return NULL;
+    }
+    char length_line[48] = "";
+    int length_line_size = 0;
+    if (body_length >= 0 && !has_content_length(block, block_length)) {
+        length_line_size = snprintf(length_line, sizeof(length_line),
+                                    "Content-Length: %zd\r\n", body_length);
+    }
+    Py_ssize_t content = 8 + status_length + 2 + block_length + length_line_size + 2
+                         + data_length;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, framed_size(content, step));
+    if (result == NULL) {
+        return NULL;
+    }
+    /* The payload is written in place, then each record's header and padding are made
+       room for by writing piece by piece from these sources in order. */
+    const char *sources[6] = {"Status: ", status, "\r\n", block, length_line, "\r\n"};
+    Py_ssize_t sizes[6] = {8, status_length, 2, block_length, length_line_size, 2};
+    char *out = PyBytes_AsString(result);
+    int source = 0;
+    Py_ssize_t offset = 0; /* within sources[source], or within data once source == 6 */
+    Py_ssize_t left = content;
+    do {
+        Py_ssize_t piece = left < step ? left : step;
+        Py_ssize_t padding = -piece & 7;
+        out[0] = 1;
+        out[1] = 6; /* FCGI_STDOUT */
+        out[2] = (char)(request_id >> 8);
+        out[3] = (char)(request_id & 0xFF);
+        out[4] = (char)(piece >> 8);
+        out[5] = (char)(piece & 0xFF);
+        out[6] = (char)padding;
+        out[7] = 0;
+        out += HEADER_LEN;
+        Py_ssize_t need = piece;
+        while (need > 0) {
+            const char *from;
+            Py_ssize_t available;
+            if (source < 6) {
+                from = sources[source] + offset;
+                available = sizes[source] - offset;
+            }
+            else {
+                from = data + offset;
+                available = data_length - offset;
+            }
+            Py_ssize_t take = available < need ? available : need;
+            memcpy(out, from, (size_t)take);
+            out += take;
+            need -= take;
+            offset += take;
+            if (take == available) {
+                source++;
+                offset = 0;
+            }
+        }
+        memset(out, 0, (size_t)padding);
+        out += padding;
+        left -= piece;
+    } while (left > 0);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL, read_request_doc},
+    {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
+     response_head_doc},
+    {"head_records", (PyCFunction)(void (*)(void))head_records, METH_FASTCALL,
+     head_records_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -16,7 +16,6 @@ out of order is a protocol error that closes the connection.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from typing import TYPE_CHECKING, ClassVar, Final
@@ -48,17 +47,8 @@ from django_runfcgi.protocols.fastcgi.request import FCGIRequest
 if TYPE_CHECKING:
     from django_runfcgi.protocols.fastcgi import FastCGI
 
-try:
-    from django_runfcgi.protocols.fastcgi import _speedups
-except ImportError:  # Installed without a compiler: Python reads every record.
-    _speedups = None  # type: ignore[assignment]
-
-_read_request = (
-    None
-    if _speedups is None or os.environ.get("RUNFCGI_PURE_PYTHON", "0") != "0"
-    else _speedups.read_request
-)
-"""The C accelerator's reader of a whole request, if built and not turned off."""
+from django_runfcgi.protocols.fastcgi.accelerator import _speedups  # noqa: F401 (tests)
+from django_runfcgi.protocols.fastcgi.accelerator import read_request as _read_request
 
 _RECV_SIZE = 65536
 

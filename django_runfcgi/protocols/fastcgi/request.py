@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flup.server import fcgi_base
 
 from django_runfcgi.protocols.base import InputError, ProtocolError
+from django_runfcgi.protocols.fastcgi.accelerator import head_records, response_head
 from django_runfcgi.protocols.fastcgi.records import HEADER, decode_pairs, frame, latin1
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 
@@ -114,13 +115,17 @@ class Input(LineReading):
 class _Errors:
     """wsgi.errors: FCGI_STDERR, sent with the response or when flushed."""
 
+    pending: list[bytes] | None = None
+    """What was written and not yet sent; None until the first write."""
+    written = False
+
     def __init__(self, request: FCGIRequest) -> None:
         self._request = request
-        self.pending: list[bytes] = []
-        self.written = False
 
     def write(self, data: str | bytes) -> None:
         if data:
+            if self.pending is None:
+                self.pending = []
             self.pending.append(data.encode() if isinstance(data, str) else data)
             self.written = True
 
@@ -154,29 +159,36 @@ class FCGIRequest:
     application yields it. A response to HEAD stops after its header block.
     """
 
+    # What a request starts with, as class attributes: a request is made for every one
+    # the web server sends, and each attribute set in __init__ costs it.
+    aborted = False
+    params_ended = False
+    _param_bytes = 0
+    _held = 0
+    _headers: tuple[bytes, bytes] | None = None
+    _headers_sent = False
+    _head = False
+    _add_length = False
+    dataWritten = False
+    sent = 0
+    """Bytes of the response body written, for the request watches."""
+
     def __init__(self, conn: FCGIConnection, request_id: int, role: int, flags: int) -> None:
         self._conn = conn
         self.requestId = request_id
         self.role = role
         self.flags = flags
-        self.aborted = False
         self.server = conn.server
         self.params: Environ = {}
-        self.params_ended = False
         self._param_records: list[bytes] = []
-        self._param_bytes = 0
         self.stdin = Input(conn)
-        self.stdout = _CGIOutput(self)
         self.stderr = _Errors(self)
         self._out: list[Any] = []
-        self._held = 0
-        self._headers: tuple[bytes, bytes] | None = None
-        self._headers_sent = False
-        self._head = False
-        self._add_length = False
-        self.dataWritten = False
-        self.sent = 0
-        """Bytes of the response body written, for the request watches."""
+
+    @property
+    def stdout(self) -> _CGIOutput:
+        """The response as a CGI stream written by hand (the 500 page)."""
+        return _CGIOutput(self)
 
     # The parameters.
 
@@ -211,6 +223,11 @@ class FCGIRequest:
                 exc_info = None
         elif self._headers is not None:
             raise AssertionError("start_response() called twice without exc_info")
+        if response_head is not None:
+            head = response_head(status, headers)
+            if head is not None:
+                self._headers = head
+                return self.write_now
         status_bytes = latin1(status, "the status")
         if len(status_bytes) < 4 or not status_bytes[:3].isdigit() or status_bytes[3] != 0x20:
             raise ValueError(f"status {status!r} is not a 3-digit code, a space and a reason")
@@ -245,6 +262,19 @@ class FCGIRequest:
         if not self._headers_sent:
             self._headers_sent = True
             self.dataWritten = True
+            if head_records is not None and self._headers is not None:
+                # In C: the header block and a small first piece, framed in one step.
+                status, block = self._headers
+                first = data if not self._head and len(data) <= WITH_HEADERS else b""
+                length = len(data) if self._add_length else -1
+                step = self._conn.record_size
+                self._out.append(head_records(self.requestId, status, block, length, first, step))
+                self._held += len(first)
+                if data and not first and not self._head:
+                    self._queue(fcgi_base.FCGI_STDOUT, data)
+                if flush or self._held >= SEND_AT:
+                    self.send()
+                return
             header = self._header_block(len(data) if self._add_length else None)
             if self._head or not data:
                 self._queue(fcgi_base.FCGI_STDOUT, header)
@@ -284,7 +314,7 @@ class FCGIRequest:
     def _take_queued(self) -> bytes:
         errors = self.stderr.pending
         if errors:
-            self.stderr.pending = []
+            self.stderr.pending = None
             self._queue(fcgi_base.FCGI_STDERR, b"".join(errors))
         out, self._out, self._held = self._out, [], 0
         return b"".join(out)
@@ -315,7 +345,7 @@ class FCGIRequest:
         if conn.failure is not None:
             raise conn.failure
         if self.aborted:
-            self._out, self._held, self.stderr.pending = [], 0, []
+            self._out, self._held, self.stderr.pending = [], 0, None
             end = HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
             conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
             return
