@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import socket
 import struct
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from django_runfcgi.protocols.fastcgi import FastCGI, request
+from django_runfcgi.protocols.wsgi import Bounds
 from testproject.bigfile import payload
 from tests.support.clients import connect, fcgi_request
 from tests.support.net import Address, free_port
@@ -332,3 +336,132 @@ def test_an_applications_oserror_gets_the_error_page(short_tmp: Path) -> None:
     assert stdout.startswith(b"Status: 500 Internal Server Error\r\n")
     assert b"FileNotFoundError: /srv/data/report.csv" in stderr
     assert records[-1][0] == END_REQUEST
+
+
+# A body record that runs past what one read brings is handed to wsgi.input in pieces.
+
+ODD_BODY = b"".join(b"line %d of the body\n" % n + b"." * (n % 37) for n in range(60_000))
+"""About 2.5 MB of lines of many lengths, a newline in most records."""
+ODD_RECORDS = [1, 7, 13, 8, 1000, 4095, 32768, 65_529, 65_535, 9, 32_767]
+"""Record content sizes, with padding, from one byte to more than one read holds."""
+CALLS = [("readline", -1), ("read", 5), ("readline", 100), ("read", 70_000), ("readline", 3)]
+
+
+def odd_records(body: bytes) -> list[bytes]:
+    """`body` as FCGI_STDIN records of the ODD_RECORDS sizes in turn, then its end."""
+    records = []
+    pos = 0
+    for size in itertools.cycle(ODD_RECORDS):
+        if pos >= len(body):
+            break
+        records.append(record(STDIN, body[pos : pos + size]))
+        pos += size
+    return [*records, record(STDIN, b"")]
+
+
+def serve_one(
+    app: Callable[..., list[bytes]],
+    stream: bytes,
+    piece: int,
+    bounds: Bounds | None = None,
+    *,
+    close: bool = False,
+) -> list[tuple[int, bytes]]:
+    """Serve one request on a real connection whose web server sends `stream` in pieces
+    of `piece` bytes, each on its own, so that reads end inside records and headers
+    (then, with `close`, closes its side); the records it got back."""
+    server = FastCGI(app, multithreaded=False, multiprocess=True, bounds=bounds)
+    ours, theirs = socket.socketpair()
+    got: list[list[tuple[int, bytes]]] = []
+
+    def web_server() -> None:
+        with theirs:
+            theirs.settimeout(RESPONSE_SECONDS)
+            for start in range(0, len(stream), piece):
+                theirs.sendall(stream[start : start + piece])
+                time.sleep(0.0002)
+            if close:
+                theirs.shutdown(socket.SHUT_WR)
+            got.append(read_records(theirs))
+
+    sender = threading.Thread(target=web_server)
+    sender.start()
+    try:
+        with ours:
+            server.connection(ours, "").run()
+    finally:
+        sender.join(RESPONSE_SECONDS)
+    return got[0] if got else []
+
+
+@pytest.mark.parametrize("piece", [4093, 65_536 + 5, 300_000])
+def test_a_body_in_odd_records_and_reads_reaches_the_application_whole(piece: int) -> None:
+    """Records of odd sizes (with padding) cut anywhere by the reads: readline() and
+    read(n) see the body as a file holding it would give it, then all the rest."""
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        stream = environ["wsgi.input"]
+        for name, size in CALLS * 40:
+            seen.append(getattr(stream, name)(size))
+        seen.append(stream.read())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"read"]
+
+    head = fcgi_stream(1, "POST", "/", "", b"", keep_conn=False)[: -HEADER.size]
+    records = serve_one(app, head + b"".join(odd_records(ODD_BODY)), piece)
+    assert records[-1][0] == END_REQUEST
+    reference = io.BytesIO(ODD_BODY)
+    expected = [getattr(reference, name)(size) for name, size in CALLS * 40]
+    assert seen[:-1] == expected
+    assert seen[-1] == reference.read()
+    assert b"".join(seen) == ODD_BODY
+
+
+def test_a_body_that_stalls_inside_a_record_fails_the_read() -> None:
+    """The web server stops in the middle of a body record: after readtimeout the
+    application's read raises InputError, and no response goes out."""
+    errors: list[OSError] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read(60_000)
+        except OSError as exc:
+            errors.append(exc)
+        start_response("200 OK", [])
+        return [b"read"]
+
+    head = fcgi_stream(1, "POST", "/", "", b"", keep_conn=False)[: -HEADER.size]
+    started = time.monotonic()
+    records = serve_one(
+        app, head + record(STDIN, b"x" * 60_000)[:30_000], 4093, Bounds(readtimeout=0.5)
+    )
+    assert time.monotonic() - started < 5
+    assert [str(exc) for exc in errors] == [
+        "FastCGI request input failed: the request stalled: nothing more came"
+    ]
+    assert END_REQUEST not in [kind for kind, _ in records]
+
+
+def test_a_body_that_ends_inside_a_record_is_a_protocol_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The web server closes in the middle of a body record's padding: the read fails,
+    and the connection is logged as broken."""
+    errors: list[OSError] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        try:
+            environ["wsgi.input"].read()
+        except OSError as exc:
+            errors.append(exc)
+        start_response("200 OK", [])
+        return [b"read"]
+
+    head = fcgi_stream(1, "POST", "/", "", b"", keep_conn=False)[: -HEADER.size]
+    body = record(STDIN, b"y" * 65_529)  # seven bytes of padding
+    serve_one(app, head + body[:-3], 4093, close=True)
+    assert [str(exc) for exc in errors] == [
+        "FastCGI request input failed: connection closed inside a record"
+    ]
+    assert "connection closed inside a record" in caplog.text

@@ -4,7 +4,9 @@ flup's Connection read a record with several recv() calls, ignored the end of it
 streams, took any record in any state and waited forever for the front end to close;
 this one is ours and reads what arrived in large pieces. The C accelerator
 (``_speedups``, optional) reads a whole common request in one call; the records are
-otherwise read one by one in Python.
+otherwise read one by one in Python. An FCGI_STDIN record that runs past the end of
+what has arrived is handed to wsgi.input in pieces, each as it comes, instead of waiting
+for it whole: what has arrived is not joined to each following read.
 
 Each record is checked against its request's state, as the specification has it: a
 request id is active from its FCGI_BEGIN_REQUEST until our FCGI_END_REQUEST, its
@@ -51,6 +53,8 @@ from django_runfcgi.protocols.fastcgi.accelerator import _speedups  # noqa: F401
 from django_runfcgi.protocols.fastcgi.accelerator import read_request as _read_request
 
 _RECV_SIZE = 65536
+_LARGE_RECV_SIZE = 262144
+"""The largest read of a body record's rest, as recv_exactly() reads."""
 
 _BEGIN_REQUEST: Final = fcgi_base.FCGI_BEGIN_REQUEST
 _ABORT_REQUEST: Final = fcgi_base.FCGI_ABORT_REQUEST
@@ -107,6 +111,12 @@ class FCGIConnection(ProtocolConnection):
         self._drained = False
         self._buffer = b""
         self._pos = 0
+        self._stdin_id = 0
+        self._stdin_left = 0
+        """Content bytes still to come of the FCGI_STDIN record taken in pieces."""
+        self._stdin_padding = 0
+        self._skip = 0
+        """Padding bytes of that record still to come, skipped before the next header."""
         self.record_size = RECORD_SIZE
         self._max_head_size = self.bounds.maxheadsize
         self._max_headers = self.bounds.maxheaders
@@ -169,7 +179,8 @@ class FCGIConnection(ProtocolConnection):
         """Run a request whose records have all arrived, read in one step (in C); False
         if the accelerator is off or the records are anything but the common case, which
         are then read one by one."""
-        if _read_request is None:
+        if _read_request is None or self._stdin_left or self._skip:
+            # Inside a body record: the buffer holds body bytes, not the next header.
             return False
         found = _read_request(self._buffer, self._pos, self._max_head_size, self._max_headers)
         if found is None:
@@ -185,23 +196,25 @@ class FCGIConnection(ProtocolConnection):
         req.run()
         return True
 
-    def _fill(self, *, block: bool, at_start: bool = False) -> bool:
+    def _fill(self, *, block: bool, at_start: bool = False, size: int = _RECV_SIZE) -> bool:
         """Read more input into the buffer; without `block`, False if none has come.
 
         What has arrived is taken without waiting; a blocking read waits as long as the
-        request head's deadline, or the read timeout, allows.
+        request head's deadline, or the read timeout, allows. What is left of the buffer
+        is joined to what comes, which only a record's header or a record other than
+        FCGI_STDIN needs: a body record is taken in pieces.
         """
         deadline = self._head_deadline
         if deadline is not None and time.monotonic() > deadline:
             raise ReadTimeout("no complete request head came")
         try:
-            data = self._sock.recv(_RECV_SIZE, socket.MSG_DONTWAIT)
+            data = self._sock.recv(size, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             if not block:
                 return False
-            data = self._recv_blocking(_RECV_SIZE)
+            data = self._recv_blocking(size)
         # A short read took all the kernel held: nothing is left unread (see _cleanupSocket).
-        self._drained = len(data) < _RECV_SIZE
+        self._drained = len(data) < size
         if not data:
             if not block:
                 self._input_ended = True
@@ -218,7 +231,21 @@ class FCGIConnection(ProtocolConnection):
 
     def _next_record(self, *, block: bool = True) -> tuple[int, int, bytes] | None:
         """The next record's type, request id and content; without `block`, None if it
-        has not fully arrived."""
+        has not fully arrived.
+
+        An FCGI_STDIN record that runs past the end of the buffer is returned in pieces,
+        as records of the same type and id whose contents add up to it: the first is
+        what has arrived, each following one what the next read brought. nginx sends a
+        body in records of 32 KiB, so every other one ran past a 64 KiB read, and what
+        had arrived of it was copied with the whole next read; now a body is copied
+        once between the reads and wsgi.input's join, and the C accelerator never sees
+        the middle of a record.
+        """
+        if self._skip or self._stdin_left:
+            if not self._rest_of_stdin(block):
+                return None
+            if self._stdin_left:
+                return self._stdin_piece()
         while len(self._buffer) - self._pos < HEADER_LEN:
             try:
                 if not self._fill(block=block, at_start=self._pos == len(self._buffer)):
@@ -236,6 +263,16 @@ class FCGIConnection(ProtocolConnection):
             header = self._buffer[self._pos : self._pos + HEADER_LEN]
             raise ProtocolError(f"record header {header!r} is not FastCGI version 1")
         total = HEADER_LEN + length + padding
+        start = self._pos + HEADER_LEN
+        arrived = len(self._buffer) - start
+        if kind == _STDIN and length > arrived:
+            self._pos = start
+            self._stdin_id = request_id
+            self._stdin_left = length
+            self._stdin_padding = padding
+            if not arrived and not self._rest_of_stdin(block):
+                return None
+            return self._stdin_piece()
         missing = total - (len(self._buffer) - self._pos)
         if block and missing > _RECV_SIZE and self._head_deadline is None:
             # Most of a large record is still to come: read it straight, not via the buffer.
@@ -243,15 +280,42 @@ class FCGIConnection(ProtocolConnection):
                 self._sock, missing, f"a {_name(kind)} record", arm=self._arm_read_timeout
             )
             self._drained = False
-            content = (self._buffer[self._pos + HEADER_LEN :] + rest)[:length]
+            content = (self._buffer[start:] + rest)[:length]
             self._buffer, self._pos = b"", 0
             return kind, request_id, content
         while len(self._buffer) - self._pos < total:
             if not self._fill(block=block):
                 return None
-        start = self._pos + HEADER_LEN
+        start = self._pos + HEADER_LEN  # The buffer now starts with the record.
         self._pos += total
         return kind, request_id, self._buffer[start : start + length]
+
+    def _rest_of_stdin(self, block: bool) -> bool:
+        """Skip what has come of the padding of the FCGI_STDIN record taken in pieces, and
+        make sure more of its content is in the buffer; without `block`, False if what
+        is needed has not come. A close inside the record is a protocol error."""
+        while self._skip:
+            if self._pos == len(self._buffer) and not self._fill(block=block):
+                return False
+            skipped = min(self._skip, len(self._buffer) - self._pos)
+            self._pos += skipped
+            self._skip -= skipped
+        if self._stdin_left and self._pos == len(self._buffer):
+            # The usual read, or up to 256 KiB at a time of the rest of a large record.
+            wanted = self._stdin_left + self._stdin_padding + HEADER_LEN
+            size = min(max(wanted, _RECV_SIZE), _LARGE_RECV_SIZE)
+            return self._fill(block=block, size=size)
+        return True
+
+    def _stdin_piece(self) -> tuple[int, int, bytes]:
+        """What the buffer holds of the FCGI_STDIN record taken in pieces (not nothing)."""
+        pos = self._pos
+        taken = min(self._stdin_left, len(self._buffer) - pos)
+        self._pos = pos + taken
+        self._stdin_left -= taken
+        if not self._stdin_left:
+            self._skip = self._stdin_padding
+        return _STDIN, self._stdin_id, self._buffer[pos : pos + taken]
 
     def process_input(self) -> None:
         """Read one record and act on it."""
