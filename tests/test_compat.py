@@ -337,11 +337,13 @@ def test_ajp_large_posts_are_quick(
     assert response.json()["crc"] == zlib.crc32(body)
 
 
-def test_fcgi_small_response_goes_out_in_one_send(serve: Callable[..., Harness]) -> None:
-    """A whole response goes out with FCGI_END_REQUEST in one send, one wake-up of the web
-    server; flup sent each record's header, content and padding apart."""
-    harness = serve("fcgi", ignoring_app, wrap=RecordingSocket)
-    response = fcgi_request(harness.address)
+@pytest.mark.parametrize("protocol", ["fcgi", "scgi"])
+def test_small_response_goes_out_in_one_send(serve: Callable[..., Harness], protocol: str) -> None:
+    """A whole response goes out in one send, one wake-up of the web server: FastCGI's
+    with FCGI_END_REQUEST, where flup sent each record's header, content and padding
+    apart; SCGI's headers with the body, where flup wrote them through a file."""
+    harness = serve(protocol, ignoring_app, wrap=RecordingSocket)
+    response = REQUESTS[protocol](harness.address)
     assert (response.status, response.body) == (200, b"ok")
     assert len(harness.sockets[0].sends) == 1
 
@@ -355,7 +357,7 @@ def hello_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
 
 
 @pytest.mark.parametrize("timed", [False, True], ids=["untimed", "requesttimeout"])
-@pytest.mark.parametrize(("protocol", "sends"), [("fcgi", 1), ("scgi", None), ("ajp", 2)])
+@pytest.mark.parametrize(("protocol", "sends"), [("fcgi", 1), ("scgi", 1), ("ajp", 2)])
 def test_a_listed_response_gets_its_length_and_few_sends_with_or_without_requesttimeout(
     serve: Callable[..., Harness], protocol: str, sends: int | None, timed: bool
 ) -> None:
@@ -612,6 +614,26 @@ def read_all_app(environ: Environ, start_response: StartResponse) -> list[bytes]
     return [str(len(body)).encode()]
 
 
+def lines_app(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    stream = environ["wsgi.input"]
+    parts = [stream.readline(), stream.readline(4), stream.readline(), stream.read(3)]
+    parts += [stream.readline(), stream.read(), stream.readline()]
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps([[len(p), zlib.crc32(p)] for p in parts]).encode()]
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_request_body_lines_and_reads_mixed(serve: Callable[..., Harness], protocol: str) -> None:
+    """readline() and read() take the body in order, across what came with the head and
+    what came later, and a line longer than one receive comes whole."""
+    long_line = b"y" * 300_000 + b"\n"
+    body = b"a\n" + b"bbbbbb\n" + b"ccc" + long_line + b"tail"
+    harness = serve(protocol, lines_app)
+    response = REQUESTS[protocol](harness.address, "POST", body=body)
+    expected = [b"a\n", b"bbbb", b"bb\n", b"ccc", long_line, b"tail", b""]
+    assert response.json() == [[len(p), zlib.crc32(p)] for p in expected]
+
+
 def test_scgi_input_stops_at_content_length(serve: Callable[..., Harness]) -> None:
     """wsgi.input.read() with no size returns the body; flup read to EOF, which never comes
     while the front end waits for the response."""
@@ -622,7 +644,7 @@ def test_scgi_input_stops_at_content_length(serve: Callable[..., Harness]) -> No
 
 @pytest.mark.parametrize(
     ("protocol", "impl"),
-    # flup's SCGI request class, which runfcgi runs, logs every request at INFO.
+    # flup's SCGI request class logs every request at INFO.
     [*flup_fails("logs every request at INFO", "scgi"), *ours("ajp")],
 )
 def test_per_request_log_lines_are_off_errors_stay(
