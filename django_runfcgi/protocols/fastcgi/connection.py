@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 from django_runfcgi.protocols.fastcgi.accelerator import _speedups  # noqa: F401 (tests)
 from django_runfcgi.protocols.fastcgi.accelerator import read_request as _read_request
 
+Content = bytes | memoryview
+"""A record's content: FCGI_STDIN's is a view of the bytes read (no copy), others bytes."""
+
 _RECV_SIZE = 65536
 _LARGE_RECV_SIZE = 262144
 """The largest read of a body record's rest, as recv_exactly() reads."""
@@ -229,7 +232,7 @@ class FCGIConnection(ProtocolConnection):
         self._pos = 0
         return True
 
-    def _next_record(self, *, block: bool = True) -> tuple[int, int, bytes] | None:
+    def _next_record(self, *, block: bool = True) -> tuple[int, int, Content] | None:
         """The next record's type, request id and content; without `block`, None if it
         has not fully arrived.
 
@@ -239,7 +242,8 @@ class FCGIConnection(ProtocolConnection):
         body in records of 32 KiB, so every other one ran past a 64 KiB read, and what
         had arrived of it was copied with the whole next read; now a body is copied
         once between the reads and wsgi.input's join, and the C accelerator never sees
-        the middle of a record.
+        the middle of a record. FCGI_STDIN content is a view of the bytes read, not a
+        copy: wsgi.input's join is its one copy.
         """
         if self._skip or self._stdin_left:
             if not self._rest_of_stdin(block):
@@ -288,6 +292,8 @@ class FCGIConnection(ProtocolConnection):
                 return None
         start = self._pos + HEADER_LEN  # The buffer now starts with the record.
         self._pos += total
+        if kind == _STDIN:
+            return kind, request_id, memoryview(self._buffer)[start : start + length]
         return kind, request_id, self._buffer[start : start + length]
 
     def _rest_of_stdin(self, block: bool) -> bool:
@@ -307,7 +313,7 @@ class FCGIConnection(ProtocolConnection):
             return self._fill(block=block, size=size)
         return True
 
-    def _stdin_piece(self) -> tuple[int, int, bytes]:
+    def _stdin_piece(self) -> tuple[int, int, Content]:
         """What the buffer holds of the FCGI_STDIN record taken in pieces (not nothing)."""
         pos = self._pos
         taken = min(self._stdin_left, len(self._buffer) - pos)
@@ -315,7 +321,7 @@ class FCGIConnection(ProtocolConnection):
         self._stdin_left -= taken
         if not self._stdin_left:
             self._skip = self._stdin_padding
-        return _STDIN, self._stdin_id, self._buffer[pos : pos + taken]
+        return _STDIN, self._stdin_id, memoryview(self._buffer)[pos : pos + taken]
 
     def process_input(self) -> None:
         """Read one record and act on it."""
@@ -330,12 +336,39 @@ class FCGIConnection(ProtocolConnection):
         if self.failure is None:
             try:
                 self.process_input()
+                self._take_body_records()
                 return
             except Exception as exc:
                 raise self._input_failed(exc) from None
         raise self._input_failed(self.failure)
 
-    def _dispatch(self, kind: int, request_id: int, content: bytes) -> None:
+    def _take_body_records(self) -> None:
+        """Give wsgi.input the non-empty FCGI_STDIN records of the active request that
+        follow whole in the buffer, in one step: a large read holds several, and each
+        taken as a record of its own cost a trip through the record reader."""
+        req = self._active
+        if req is None or self._stdin_left or self._skip:
+            return
+        buf, pos, rid = self._buffer, self._pos, req.requestId
+        end = len(buf)
+        pieces = []
+        view = None
+        while end - pos >= HEADER_LEN:
+            version, kind, request_id, length, padding = HEADER.unpack_from(buf, pos)
+            total = HEADER_LEN + length + padding
+            if kind != _STDIN or request_id != rid or not length or end - pos < total:
+                break
+            if version != fcgi_base.FCGI_VERSION_1:
+                break  # The record reader says what is wrong with it.
+            if view is None:
+                view = memoryview(buf)
+            pieces.append(view[pos + HEADER_LEN : pos + HEADER_LEN + length])
+            pos += total
+        if pieces:
+            self._pos = pos
+            req.stdin.add_pieces(pieces, sum(map(len, pieces)))
+
+    def _dispatch(self, kind: int, request_id: int, content: Content) -> None:
         """Act on one record, as its request's state allows."""
         req = self._active
         if req is not None and request_id == req.requestId:
@@ -351,7 +384,8 @@ class FCGIConnection(ProtocolConnection):
                         f"FCGI_PARAMS for request {request_id} after the end of its parameters"
                     )
                 if content:
-                    req.add_params(content, self._max_head_size)
+                    # bytes already (only FCGI_STDIN content is a view): no copy.
+                    req.add_params(bytes(content), self._max_head_size)
                 else:
                     req.end_params(self._max_headers)
                     self._head_complete()
@@ -390,7 +424,7 @@ class FCGIConnection(ProtocolConnection):
                 f"{_name(kind)} record for request {request_id}, which was never begun"
             )
 
-    def _begin(self, request_id: int, content: bytes) -> None:
+    def _begin(self, request_id: int, content: Content) -> None:
         if len(content) != BEGIN_REQUEST_BODY.size:
             raise ProtocolError(f"FCGI_BEGIN_REQUEST body of {len(content)} bytes, not 8")
         role, flags = BEGIN_REQUEST_BODY.unpack(content)
@@ -418,7 +452,7 @@ class FCGIConnection(ProtocolConnection):
         if not req.params_ended:
             self.end_request(req, 0, fcgi_base.FCGI_REQUEST_COMPLETE)
 
-    def _management(self, kind: int, content: bytes) -> None:
+    def _management(self, kind: int, content: Content) -> None:
         """A record with the null request id: FCGI_GET_VALUES is answered, any other type
         gets FCGI_UNKNOWN_TYPE, as the specification says. They do not stand for a
         request: a connection that sends only these is closed after readtimeout."""
@@ -431,9 +465,9 @@ class FCGIConnection(ProtocolConnection):
             body = UNKNOWN_TYPE_BODY.pack(kind)
             self.send_bytes(record(fcgi_base.FCGI_UNKNOWN_TYPE, 0, body))
 
-    def _do_get_values(self, content: bytes) -> None:
+    def _do_get_values(self, content: Content) -> None:
         values = {}
-        for name in decode_pairs(content, self.bounds.maxheaders):
+        for name in decode_pairs(bytes(content), self.bounds.maxheaders):
             value = self.server.capability.get(name)
             if value is not None:
                 values[name] = str(value)

@@ -30,14 +30,15 @@ WITH_HEADERS = 16384
 class Input(LineReading):
     """FCGI_STDIN as wsgi.input: records are read as the application asks.
 
-    Arrived pieces are kept as they came and joined once per read; flup's stream
-    copied a body twice more. Once the web server aborts the request, or the connection
+    Arrived pieces are kept as they came (views of the bytes the connection read) and
+    joined once per read, the body's one copy after the kernel's; flup's stream copied
+    a body twice more. Once the web server aborts the request, or the connection
     fails, a read that needs more than has arrived raises InputError.
     """
 
     def __init__(self, conn: FCGIConnection) -> None:
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[bytes | memoryview] = deque()
         self._avail = 0
         self._eof = False
         self._aborted = False
@@ -54,18 +55,26 @@ class Input(LineReading):
         if self._aborted:
             raise InputError("FastCGI request input failed: the web server aborted the request")
 
-    def add_data(self, data: bytes) -> None:
+    def add_data(self, data: bytes | memoryview) -> None:
         if data:
             self._chunks.append(data)
             self._avail += len(data)
         else:
             self._eof = True
 
+    def add_pieces(self, pieces: list[memoryview], size: int) -> None:
+        """Several non-empty pieces of the body, `size` bytes in all."""
+        self._chunks.extend(pieces)
+        self._avail += size
+
     def _take(self, size: int) -> bytes:
         self._scanned = 0
         if size >= self._avail:
-            data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-            self._chunks.clear()
+            chunks = self._chunks
+            data = chunks[0] if len(chunks) == 1 else None
+            if type(data) is not bytes:
+                data = b"".join(chunks)
+            chunks.clear()
             self._avail = 0
             return data
         parts = []
@@ -102,8 +111,13 @@ class Input(LineReading):
 
     def _newline_at(self) -> int | None:
         offset = 0
-        for chunk in self._chunks:
+        chunks = self._chunks
+        for at, piece in enumerate(chunks):
+            chunk = piece
             if offset + len(chunk) > self._scanned:
+                if type(chunk) is not bytes:
+                    # A view has no find(): lines are looked for in a copy.
+                    chunk = chunks[at] = bytes(chunk)
                 index = chunk.find(b"\n", max(0, self._scanned - offset))
                 if index >= 0:
                     return offset + index
