@@ -292,7 +292,7 @@ class FCGIConnection(ProtocolConnection):
                 return None
         start = self._pos + HEADER_LEN  # The buffer now starts with the record.
         self._pos += total
-        if kind == _STDIN:
+        if kind == _STDIN and length:  # The body's end is b"", no view.
             return kind, request_id, memoryview(self._buffer)[start : start + length]
         return kind, request_id, self._buffer[start : start + length]
 
