@@ -1,4 +1,4 @@
-"""Instructions per request of a FastCGI worker, counted by valgrind's callgrind.
+"""Instructions per request of a FastCGI or SCGI worker, counted by valgrind's callgrind.
 
 Requests per second and even CPU time move with whatever else the machine is doing;
 the number of instructions a worker executes for a request does not, for the same
@@ -6,12 +6,14 @@ build, request and environment. This starts each chosen server under callgrind w
 one worker process, warms it up, then counts the instructions its worker executes
 while it serves N identical ``hello`` requests (with the parameters nginx sends) over
 its unix socket, one connection each, and prints them per request, with Django's own
-share: its WSGI handler called in a loop with no server. Instructions are not time
+share: its WSGI handler called in a loop with no server. Each server's own part is
+compared with uWSGI's in the same protocol. Instructions are not time
 (a cache miss costs more than an add), but a change that removes instructions from
 the worker shows here in one run, where the load benchmark needs many.
 
     python -m benchmarks.instructions
     python -m benchmarks.instructions --servers runfcgi-fcgi-prefork,uwsgi-fastcgi -n 500
+    python -m benchmarks.instructions --servers runfcgi-scgi-prefork,uwsgi-scgi -n 500
     python -m benchmarks.instructions --servers runfcgi-fcgi-prefork --runfcgi-options=status=/s
 
 It needs valgrind (Debian package ``valgrind``) and takes a few minutes: programs run
@@ -86,6 +88,16 @@ def fastcgi_request(params: dict[str, str]) -> bytes:
     return record(1, struct.pack("!HB5x", 1, 0)) + record(4, pairs) + record(4) + record(5)
 
 
+def scgi_request(params: dict[str, str]) -> bytes:
+    """The same request over SCGI, as nginx's scgi_pass sends it: CONTENT_LENGTH first,
+    then SCGI, then the parameters, in one netstring; no body."""
+    fields = {"CONTENT_LENGTH": "0", "SCGI": "1"} | {
+        name: value for name, value in params.items() if name != "CONTENT_LENGTH"
+    }
+    head = b"".join(n.encode() + b"\0" + v.encode() + b"\0" for n, v in fields.items())
+    return str(len(head)).encode() + b":" + head + b","
+
+
 def send_requests(path: Path, count: int, request: bytes) -> None:
     for _ in range(count):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -104,14 +116,17 @@ class Server:
     env: dict[str, str]
     stop: signal.Signals
     forks_worker: bool
+    request: Callable[[dict[str, str]], bytes] = fastcgi_request
+    baseline: str = "uwsgi-fastcgi"
+    """The server whose own part this one's is compared with: uWSGI, same protocol."""
 
 
-def runfcgi(sock: Path) -> list[str]:
+def runfcgi(sock: Path, protocol: str = "fcgi") -> list[str]:
     return [
         sys.executable,
         str(ROOT / "testproject" / "manage.py"),
         "runfcgi",
-        "protocol=fcgi",
+        f"protocol={protocol}",
         "method=prefork",
         f"socket={sock}",
         "daemonize=false",
@@ -122,10 +137,14 @@ def runfcgi(sock: Path) -> list[str]:
     ]
 
 
-def uwsgi(sock: Path) -> list[str]:
+def runfcgi_scgi(sock: Path) -> list[str]:
+    return runfcgi(sock, "scgi")
+
+
+def uwsgi(sock: Path, mode: str = "fastcgi") -> list[str]:
     return [
         tool("uwsgi"),
-        f"--fastcgi-socket={sock}",
+        f"--{mode}-socket={sock}",
         "--processes=1",
         "--module=benchmarks.wsgi:application",
         "--need-app",
@@ -145,6 +164,24 @@ SERVERS = {
             True,
         ),
         Server("uwsgi-fastcgi", uwsgi, {}, signal.SIGINT, False),
+        Server(
+            "runfcgi-scgi-prefork",
+            runfcgi_scgi,
+            {},
+            signal.SIGTERM,
+            True,
+            scgi_request,
+            "uwsgi-scgi",
+        ),
+        Server(
+            "uwsgi-scgi",
+            lambda sock: uwsgi(sock, "scgi"),
+            {},
+            signal.SIGINT,
+            False,
+            scgi_request,
+            "uwsgi-scgi",
+        ),
     )
 }
 
@@ -201,7 +238,7 @@ def count_server(server: Server, count: int, directory: Path) -> float:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{server.name} did not start:\n{log.read_text()[-2000:]}")
             time.sleep(0.5)
-        request = fastcgi_request(PARAMS)
+        request = server.request(PARAMS)
         send_requests(sock, WARM_UP, request)
         workers = children(proc.pid) if server.forks_worker else [proc.pid]
         if len(workers) != 1:
@@ -265,13 +302,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:26} {results[name]:10.0f}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    base = results.get("uwsgi-fastcgi")
     shown = f", runfcgi {args.runfcgi_options}" if args.runfcgi_options else ""
     print(f"hello, {args.requests} requests, one connection each, counted by callgrind{shown}")
-    print(f"{'server':26} {'per request':>12} {'server part':>12} {'/uwsgi-fcgi':>12}")
+    head = f"{'server':26} {'per request':>12} {'server part':>12} {'/uwsgi':>8}"
+    print(f"{head} {'part/uwsgi':>11}")
     for name, total in results.items():
-        share = f"{total / base:11.2f}x" if base else ""
-        print(f"{name:26} {total:12.0f} {total - django:12.0f} {share:>12}")
+        base = results.get(SERVERS[name].baseline)
+        share = f"{total / base:7.2f}x" if base else ""
+        part = f"{(total - django) / (base - django):10.2f}x" if base and base > django else ""
+        print(f"{name:26} {total:12.0f} {total - django:12.0f} {share:>8} {part:>11}")
     print(f"{'Django handler alone':26} {django:12.0f}")
     return 0
 
