@@ -35,6 +35,7 @@ from django_runfcgi import (
     directories,
     handover,
     log,
+    memory,
     pidfile,
     privileges,
     reload,
@@ -741,6 +742,8 @@ def serve(config: Config, announce: Callable[[str], None]) -> None:
         _check_reload(config)
         return
     log.configure()
+    # Before the workers fork, which inherit it: a request's memory serves the next one.
+    memory.keep_freed_memory()
     notifier = systemd.Notifier.from_environment()
     state = reload.take_state()
     start = _fresh_start(config, notifier) if state is None else _reloaded_start(config, state)
