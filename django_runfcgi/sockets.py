@@ -11,6 +11,7 @@ whoever passed it; its file is never removed here.
 
 from __future__ import annotations
 
+import _socket
 import errno
 import ipaddress
 import logging
@@ -461,13 +462,20 @@ def listen(
     return bind_unix(target, umask, mode, owner, group)
 
 
+Stream = _socket.socket
+"""A connection's socket: CPython's C socket object, which ``socket.socket`` extends."""
+
+
 class Acceptor:
     """``accept()`` for a server's loop over one listening socket: the connection, or None
     when there was none to take.
 
     The standard method reads the listening socket's family and type on every call, two
     enum conversions that cost about as much as the system call; here they are read
-    once. The accepted socket is the same: blocking, with the default timeout.
+    once. The accepted socket is blocking, with the default timeout, as the standard
+    one, and is CPython's C socket object itself (a ``Stream``): the Python class
+    around it adds only a Python ``__init__`` and ``close()`` to every connection,
+    and none of its methods is used on one.
 
     None also comes after an error for want of file descriptors or memory, which is
     logged, with a pause before the caller tries again: the connection stays queued and
@@ -479,7 +487,7 @@ class Acceptor:
         self._accept = sock._accept  # type: ignore[attr-defined]
         self._kind = (int(sock.family), int(sock.type), sock.proto)
 
-    def __call__(self) -> tuple[socket.socket, Any] | None:
+    def __call__(self) -> tuple[Stream, Any] | None:
         try:
             fd, addr = self._accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -494,7 +502,7 @@ class Acceptor:
             )
             time.sleep(ACCEPT_RETRY_SECONDS)
             return None
-        return socket.socket(*self._kind, fileno=fd), addr
+        return Stream(*self._kind, fd), addr
 
 
 # accept() errors that pass once connections end or memory is freed.

@@ -11,7 +11,6 @@ protocol's module says which. docs/flup.rst lists what is fixed and why.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Protocol
 
@@ -27,6 +26,7 @@ from django_runfcgi.protocols.wsgi import (
     RequestWatch,
     WSGIApplication,
 )
+from django_runfcgi.sockets import Stream
 
 __all__ = [
     "AJP",
@@ -54,7 +54,7 @@ class ServedProtocol(Protocol):
     allows: Callable[[ClientAddress], bool]
     """Whether a client may connect."""
 
-    def connection(self, sock: socket.socket, addr: ClientAddress) -> Connection: ...
+    def connection(self, sock: Stream, addr: ClientAddress) -> Connection: ...
 
     def watch_requests(self, watch: RequestWatch) -> None: ...
 

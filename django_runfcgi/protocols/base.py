@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.wsgi import Bounds, Gateway
+from django_runfcgi.sockets import Stream
 
 logger = logging.getLogger("django_runfcgi.protocols")
 
@@ -52,7 +53,7 @@ def peer(addr: ClientAddress) -> str:
     return "a unix-socket client"
 
 
-def set_nodelay(sock: socket.socket, addr: ClientAddress) -> None:
+def set_nodelay(sock: Stream, addr: ClientAddress) -> None:
     """Send small packets at once: with Nagle, every request body chunk waits 40 ms
     (flup.rst#ajp-nagle).
 
@@ -63,7 +64,7 @@ def set_nodelay(sock: socket.socket, addr: ClientAddress) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def readable(sock: socket.socket, timeout: float) -> bool:
+def readable(sock: Stream, timeout: float) -> bool:
     """Whether input, or the end of the stream, comes on `sock` within `timeout` seconds
     (0: has it come already).
 
@@ -76,7 +77,7 @@ def readable(sock: socket.socket, timeout: float) -> bool:
     return bool(poller.poll(max(timeout, 0.0) * 1000.0))
 
 
-def set_read_timeout(sock: socket.socket, seconds: float) -> None:
+def set_read_timeout(sock: Stream, seconds: float) -> None:
     """Make each blocking recv() on `sock` give up after `seconds` without data.
 
     SO_RCVTIMEO is the kernel's: sends stay unbounded (a slow reader of a large response
@@ -92,7 +93,7 @@ def set_read_timeout(sock: socket.socket, seconds: float) -> None:
 
 
 def recv_exactly(
-    sock: socket.socket,
+    sock: Stream,
     size: int,
     what: str,
     *,
@@ -144,7 +145,7 @@ class ProtocolConnection:
 
     protocol_errors: ClassVar[tuple[type[Exception], ...]] = (ProtocolError,)
 
-    def __init__(self, sock: socket.socket, addr: ClientAddress, server: Gateway) -> None:
+    def __init__(self, sock: Stream, addr: ClientAddress, server: Gateway) -> None:
         self._sock = sock
         self._addr = addr
         self.server = server

@@ -9,7 +9,6 @@ why). Everything a protocol does the same way as the others is written here once
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -20,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 from flup.server import ajp_base, scgi_base
 
 from django_runfcgi.protocols.clients import ClientAddress, LoopbackOnly
+from django_runfcgi.sockets import Stream
 
 Environ = dict[str, Any]
 WSGIApplication = Callable[[Environ, Callable[..., Any]], Iterable[bytes]]
@@ -141,7 +141,7 @@ class Gateway:
             logging.getLogger(name).setLevel(logging.WARNING)
         """Whether a client may connect; SCGI and AJP have no setting of their own for it."""
 
-    def connection(self, sock: socket.socket, addr: ClientAddress) -> Connection:
+    def connection(self, sock: Stream, addr: ClientAddress) -> Connection:
         """The connection that serves a client socket just accepted."""
         raise NotImplementedError
 

@@ -42,8 +42,9 @@ from tests.support.processes import Captured, children_of, session_members
 class LineJob:
     """Serves one command line, then closes the connection."""
 
-    def __init__(self, sock: socket.socket, addr: Any) -> None:
-        self.sock = sock
+    def __init__(self, sock: Any, addr: Any) -> None:
+        # Our servers hand a job CPython's C socket; makefile() is socket.socket's.
+        self.sock = sock if isinstance(sock, socket.socket) else socket.socket(fileno=sock.detach())
 
     def run(self) -> None:
         with self.sock, self.sock.makefile("rb") as lines:

@@ -8,7 +8,6 @@ the path, the 500 status and the connection are ours (docs/flup.rst).
 from __future__ import annotations
 
 import hmac
-import socket
 from typing import Any
 
 from flup.server import ajp_base
@@ -16,6 +15,7 @@ from flup.server import ajp_base
 from django_runfcgi.protocols.ajp.connection import AJPConnection
 from django_runfcgi.protocols.clients import ClientAddress, ip_address_of
 from django_runfcgi.protocols.wsgi import Gateway, error_page
+from django_runfcgi.sockets import Stream
 
 __all__ = ["AJP", "AJPConnection", "open_without_secret"]
 
@@ -38,7 +38,7 @@ class AJP(Gateway):
             return True
         return sent is not None and hmac.compare_digest(sent, self._secret)
 
-    def connection(self, sock: socket.socket, addr: ClientAddress) -> AJPConnection:
+    def connection(self, sock: Stream, addr: ClientAddress) -> AJPConnection:
         return AJPConnection(sock, addr, self)
 
     def outcome_of(self, request: Any, *, failed: bool) -> tuple[int, int]:
@@ -57,7 +57,7 @@ class AJP(Gateway):
         request.write(body)
 
 
-def open_without_secret(sock: socket.socket) -> str | None:
+def open_without_secret(sock: Stream) -> str | None:
     """The start-up warning for an AJP socket bound beyond loopback with no secret=."""
     host = sock.getsockname()[0]
     ip = ip_address_of(host)

@@ -38,6 +38,7 @@ from django_runfcgi.protocols.base import (
 )
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.wsgi import has_body
+from django_runfcgi.sockets import Stream
 
 if TYPE_CHECKING:
     from django_runfcgi.protocols.ajp import AJP
@@ -103,7 +104,7 @@ class _AJPRequest:
             self._conn.send_body(data)
 
 
-def _acknowledge_at_once(sock: socket.socket) -> None:
+def _acknowledge_at_once(sock: Stream) -> None:
     """Acknowledge the next bytes without Linux's delay of up to 40 ms.
 
     lighttpd's mod_ajp13 sends a body packet's 4-byte header and its data in two writes
@@ -120,7 +121,7 @@ class AJPConnection(ProtocolConnection):
 
     server: AJP
 
-    def __init__(self, sock: socket.socket, addr: ClientAddress, server: AJP) -> None:
+    def __init__(self, sock: Stream, addr: ClientAddress, server: AJP) -> None:
         super().__init__(sock, addr, server)
         self.logger = logging.getLogger(ajp_base.LoggerName)
         self._held: list[bytes] = []

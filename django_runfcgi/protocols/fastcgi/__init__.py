@@ -9,7 +9,6 @@ the handler here are ours.
 from __future__ import annotations
 
 import resource
-import socket
 from typing import Any
 
 from flup.server import fcgi_base
@@ -25,6 +24,7 @@ from django_runfcgi.protocols.wsgi import (
     has_body,
     write_cgi_error,
 )
+from django_runfcgi.sockets import Stream
 
 __all__ = ["FCGIConnection", "FastCGI"]
 
@@ -51,7 +51,7 @@ class FastCGI(Gateway):
         self.capability = _capability()
         self.allows = WebServerAddrs()
 
-    def connection(self, sock: socket.socket, addr: ClientAddress) -> FCGIConnection:
+    def connection(self, sock: Stream, addr: ClientAddress) -> FCGIConnection:
         return FCGIConnection(sock, addr, self)
 
     def _sanitizeEnv(self, environ: Environ) -> None:

@@ -45,6 +45,7 @@ from django_runfcgi.protocols.fastcgi.records import (
     record,
 )
 from django_runfcgi.protocols.fastcgi.request import FCGIRequest
+from django_runfcgi.sockets import Stream
 
 if TYPE_CHECKING:
     from django_runfcgi.protocols.fastcgi import FastCGI
@@ -102,7 +103,7 @@ class FCGIConnection(ProtocolConnection):
 
     server: FastCGI
 
-    def __init__(self, sock: socket.socket, addr: ClientAddress, server: FastCGI) -> None:
+    def __init__(self, sock: Stream, addr: ClientAddress, server: FastCGI) -> None:
         super().__init__(sock, addr, server)
         self._active: FCGIRequest | None = None
         self._ended: dict[int, bool] = {}

@@ -13,13 +13,13 @@ connection are ours too (docs/flup.rst).
 
 from __future__ import annotations
 
-import socket
 import sys
 
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.scgi.connection import SCGIConnection
 from django_runfcgi.protocols.scgi.request import SCGIRequest
 from django_runfcgi.protocols.wsgi import Gateway, has_body, write_cgi_error
+from django_runfcgi.sockets import Stream
 
 __all__ = ["SCGI", "SCGIConnection"]
 
@@ -29,7 +29,7 @@ class SCGI(Gateway):
 
     name = "SCGI"
 
-    def connection(self, sock: socket.socket, addr: ClientAddress) -> SCGIConnection:
+    def connection(self, sock: Stream, addr: ClientAddress) -> SCGIConnection:
         return SCGIConnection(sock, addr, self)
 
     def respond(self, req: SCGIRequest) -> None:

@@ -8,7 +8,6 @@ made per request, flushed after every piece; none of them runs here (see the gat
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +15,7 @@ from flup.server import scgi_base
 
 from django_runfcgi.protocols.base import ProtocolError
 from django_runfcgi.protocols.wsgi import Environ, LineReading
+from django_runfcgi.sockets import Stream
 
 if TYPE_CHECKING:
     from django_runfcgi.protocols.scgi.connection import SCGIConnection
@@ -121,7 +121,7 @@ class Input(LineReading):
         self._pos = end
         return buf[pos:end]
 
-    def discard_rest(self, sock: socket.socket, seconds: float) -> None:
+    def discard_rest(self, sock: Stream, seconds: float) -> None:
         """Read and drop the unread body, within `seconds`.
 
         Closing a socket with unread input sends a reset, and the front end loses the
@@ -297,7 +297,7 @@ class SCGIRequest:
             raise conn.failure
 
 
-def _sendmsg_all(sock: socket.socket, parts: list[bytes], total: int) -> None:
+def _sendmsg_all(sock: Stream, parts: list[bytes], total: int) -> None:
     """Send `parts` in one system call where the kernel takes them all (a blocking
     socket does unless a signal interrupts it), without joining them."""
     sent = sock.sendmsg(parts)

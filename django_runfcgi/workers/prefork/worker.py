@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from django_runfcgi.protocols import Connection, ServedProtocol
 from django_runfcgi.protocols.wsgi import Environ
-from django_runfcgi.sockets import Acceptor
+from django_runfcgi.sockets import Acceptor, Stream
 from django_runfcgi.workers import Limits, stop_when_idle
 from django_runfcgi.workers.hooks import Hooks
 from django_runfcgi.workers.prefork.recycling import Recycling
@@ -122,7 +122,7 @@ class Worker:
         self._stopping = False
         self._connection: Connection | None = None
         """The connection being served, which a stop or recycling ends after its request."""
-        self._kept: dict[int, tuple[Connection, socket.socket]] = {}
+        self._kept: dict[int, tuple[Connection, Stream]] = {}
         """Idle kept connections by socket fd, the one idle the longest first."""
         self._record = board.figures.record(slot) if board.figures is not None else None
         """The worker's figures for the status page, when there is one."""
@@ -239,7 +239,7 @@ class Worker:
         if board.counts()[0] > self._limits.maxspare:
             _notify(self._link, POOL_CHANGES)
 
-    def _serve_new(self, client: socket.socket, addr: Any) -> None:
+    def _serve_new(self, client: Stream, addr: Any) -> None:
         idle, alive = self._busy()
         record = self._record
         if record is not None:
@@ -267,9 +267,7 @@ class Worker:
         self._serve_client(connection, client, fd)
         self._idle()
 
-    def _serve_client(
-        self, connection: Connection, client: socket.socket, fd: int | None = None
-    ) -> None:
+    def _serve_client(self, connection: Connection, client: Stream, fd: int | None = None) -> None:
         """Serve what has come on a connection; one left idle and open joins the kept set
         (`fd`: it is watched already). An exception is logged and the worker goes on."""
         kept = False
@@ -289,7 +287,7 @@ class Worker:
         if kept:
             self._keep(connection, client, fd)
 
-    def _keep(self, connection: Connection, client: socket.socket, fd: int | None) -> None:
+    def _keep(self, connection: Connection, client: Stream, fd: int | None) -> None:
         """Hold an idle kept connection until it is readable; past KEPT_CONNECTIONS the
         one idle the longest is closed."""
         if len(self._kept) >= KEPT_CONNECTIONS:

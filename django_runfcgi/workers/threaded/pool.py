@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django_runfcgi.protocols import Connection
-from django_runfcgi.sockets import Acceptor
+from django_runfcgi.sockets import Acceptor, Stream
 from django_runfcgi.workers import stop_when_idle
 from django_runfcgi.workers.signals import start_thread
 
@@ -33,7 +33,7 @@ logger = logging.getLogger("django_runfcgi.workers")
 class Accepted:
     """A job and the client socket it serves; the socket is closed even if the job raises."""
 
-    def __init__(self, job: Connection, sock: socket.socket) -> None:
+    def __init__(self, job: Connection, sock: Stream) -> None:
         self.job = job
         self.sock = sock
 
@@ -111,14 +111,14 @@ class ThreadPool:
         self._stop = False
         self._wake: Callable[[], None] | None = None
         self._acceptor: Acceptor | None = None
-        self._make_job: Callable[[socket.socket, Any], Accepted | None] | None = None
+        self._make_job: Callable[[Stream, Any], Accepted | None] | None = None
         self._selector: selectors.BaseSelector | None = None
         self._stop_fds: tuple[int, int] | None = None
 
     def start(
         self,
         sock: socket.socket,
-        make_job: Callable[[socket.socket, Any], Accepted | None],
+        make_job: Callable[[Stream, Any], Accepted | None],
         wake: Callable[[], None],
     ) -> None:
         """Start the spare threads on a non-blocking listening socket.

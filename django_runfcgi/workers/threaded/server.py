@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from django_runfcgi.protocols import ServedProtocol
+from django_runfcgi.sockets import Stream
 from django_runfcgi.workers import Limits
 from django_runfcgi.workers.hooks import Hooks, Load
 from django_runfcgi.workers.signals import SERVER_SIGNALS, Orders, SignalQueue, Stop, StopDeadline
@@ -132,7 +133,7 @@ class ThreadedServer:
         counts = self._figures.status_counts()
         return Load(counts.total - counts.idle, counts.total, most, "threads", counts.accepted)
 
-    def _make_job(self, client: socket.socket, addr: Any) -> Accepted | None:
+    def _make_job(self, client: Stream, addr: Any) -> Accepted | None:
         if not self._protocol.allows(addr):
             client.close()
             return None
