@@ -1,7 +1,9 @@
-"""The C accelerator frames a FastCGI response exactly as the Python code does.
+"""The C accelerator frames a FastCGI response, and encodes an SCGI one's head, exactly as
+the Python code does.
 
-Each application answers a real FastCGI connection twice, with the accelerator's
-response functions and without them: the web server must get the same bytes back.
+Each application answers a real FastCGI (and SCGI) connection twice, with the
+accelerator's response functions and without them: the web server must get the same
+bytes back.
 The accelerator encodes only ASCII status and headers; anything else (latin-1 text,
 bytes, a malformed status, headers that are not a list) is left to the Python code,
 which encodes it or says what is wrong.
@@ -9,12 +11,16 @@ which encodes it or says what is wrong.
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from django_runfcgi.protocols.fastcgi import request as fcgi_request
+from django_runfcgi.protocols.scgi import SCGI
+from django_runfcgi.protocols.scgi import request as scgi_request
 from tests.test_speedups import (
     PARAMS,
     STDIN,
@@ -119,6 +125,38 @@ def test_the_accelerator_frames_a_response_as_python_does(
     python, c = both_ways(APPS[name], request(method), monkeypatch)
     assert c == python
     assert python.endswith(bytes([1, 3, 0, 1, 0, 8, 0, 0]) + bytes(8))  # FCGI_END_REQUEST
+
+
+def scgi_exchange(app: App, method: str) -> bytes:
+    """What a web server gets back over SCGI for one request to `app`."""
+    fields = {"CONTENT_LENGTH": "0", "SCGI": "1", "REQUEST_METHOD": method}
+    fields |= {"REQUEST_URI": "/x/", "SERVER_NAME": "localhost", "SERVER_PORT": "80"}
+    head = b"".join(f"{name}\0{value}\0".encode() for name, value in fields.items())
+    server = SCGI(app, multithreaded=False, multiprocess=True)
+    client, served = socket.socketpair()
+    worker = threading.Thread(target=server.connection(served, "").run)
+    worker.start()
+    try:
+        client.sendall(b"%d:%s," % (len(head), head))
+        client.settimeout(10.0)
+        return b"".join(iter(lambda: client.recv(65536), b""))
+    finally:
+        worker.join(10.0)
+        client.close()
+        assert not worker.is_alive(), "the connection did not end"
+
+
+@pytest.mark.usefixtures("built")
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("name", list(APPS))
+def test_the_accelerator_encodes_an_scgi_response_as_python_does(
+    name: str, method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scgi_request, "response_head", None)
+    python = scgi_exchange(APPS[name], method)
+    monkeypatch.setattr(scgi_request, "response_head", _speedups.response_head)
+    assert scgi_exchange(APPS[name], method) == python
+    assert python.startswith(b"Status: ")
 
 
 @pytest.mark.usefixtures("built")

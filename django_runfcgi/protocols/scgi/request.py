@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flup.server import scgi_base
 
 from django_runfcgi.protocols.base import ProtocolError
+from django_runfcgi.protocols.fastcgi.accelerator import response_head
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 from django_runfcgi.sockets import Stream
 
@@ -193,6 +194,12 @@ class SCGIRequest:
                 exc_info = None
         elif self._headers is not None:
             raise AssertionError("start_response() called twice without exc_info")
+        if response_head is not None:
+            # In C, for ASCII status and headers: the same bytes as below, checked alike.
+            head = response_head(status, headers)
+            if head is not None:
+                self._headers = head
+                return self.write_now
         status_bytes = latin1(status, "the status")
         if len(status_bytes) < 4 or not status_bytes[:3].isdigit() or status_bytes[3] != 0x20:
             raise ValueError(f"status {status!r} is not a 3-digit code, a space and a reason")
