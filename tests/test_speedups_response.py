@@ -88,14 +88,18 @@ APPS: dict[str, App] = {
 }
 
 
-def request(method: bytes = b"GET") -> bytes:
-    items = (
+def request_items(method: bytes = b"GET") -> tuple[tuple[bytes, bytes], ...]:
+    return (
         (b"REQUEST_METHOD", method),
         (b"REQUEST_URI", b"/x/"),
         (b"SERVER_NAME", b"localhost"),
         (b"SERVER_PORT", b"80"),
         (b"SERVER_PROTOCOL", b"HTTP/1.1"),
     )
+
+
+def request(method: bytes = b"GET") -> bytes:
+    items = request_items(method)
     return begin() + record(PARAMS, pairs(*items)) + record(PARAMS) + record(STDIN)
 
 
@@ -172,3 +176,18 @@ def test_what_both_ways_send_is_right() -> None:
     )
     assert _speedups.response_head("200 OK", [("X", "caf\xe9")]) is None
     assert _speedups.response_head("2000K", []) is None
+
+
+@pytest.mark.parametrize("missing", ["REQUEST_METHOD", "SERVER_NAME", "SERVER_PORT"])
+def test_a_missing_required_parameter_gets_flups_default_and_is_named(missing: str) -> None:
+    """A front end that leaves out a parameter every request needs: the application gets
+    flup's default, and the web server's error log a line naming the parameter."""
+    items = dict(request_items())
+    del items[missing.encode()]
+    stream = begin() + record(PARAMS, pairs(*items.items())) + record(PARAMS) + record(STDIN)
+    answer = exchange(stream)
+    default = {"REQUEST_METHOD": "GET", "SERVER_NAME": "localhost", "SERVER_PORT": "80"}
+    assert f'"{missing}": "{default[missing]}"'.encode() in answer
+    note = f"FastCGI param {missing} is missing; using {default[missing]!r}\n".encode()
+    assert bytes([1, 7, 0, 1]) + len(note).to_bytes(2, "big") in answer  # FCGI_STDERR
+    assert note in answer
