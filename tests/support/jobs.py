@@ -44,7 +44,9 @@ class LineJob:
 
     def __init__(self, sock: Any, addr: Any) -> None:
         # Our servers hand a job CPython's C socket; makefile() is socket.socket's.
-        self.sock = sock if isinstance(sock, socket.socket) else socket.socket(fileno=sock.detach())
+        if not isinstance(sock, socket.socket):
+            sock = socket.socket(fileno=sock.detach())
+        self.sock = sock
 
     def run(self) -> None:
         with self.sock, self.sock.makefile("rb") as lines:
