@@ -129,14 +129,6 @@ class Gateway:
         self.environ: Environ = {} if environ is None else environ
         self.multithreaded = multithreaded
         self.multiprocess = multiprocess
-        self.wsgi_constants: Environ = {
-            "wsgi.version": (1, 0),
-            "wsgi.multithread": multithreaded,
-            "wsgi.multiprocess": multiprocess,
-            "wsgi.run_once": False,
-        }
-        """The wsgi.* keys every request's environ gets alike: one update, not four
-        stores per request."""
         self.debug = debug
         self._scriptname = scriptname
         # flup's handlers run the application under this lock when not multithreaded.

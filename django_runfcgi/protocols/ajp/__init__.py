@@ -8,6 +8,7 @@ the path, the 500 status and the connection are ours (docs/flup.rst).
 from __future__ import annotations
 
 import hmac
+import socket
 from typing import Any
 
 from flup.server import ajp_base
@@ -57,7 +58,7 @@ class AJP(Gateway):
         request.write(body)
 
 
-def open_without_secret(sock: Stream) -> str | None:
+def open_without_secret(sock: socket.socket) -> str | None:
     """The start-up warning for an AJP socket bound beyond loopback with no secret=."""
     host = sock.getsockname()[0]
     ip = ip_address_of(host)

@@ -40,15 +40,6 @@ def _capability() -> dict[str, int]:
     }
 
 
-_REQUIRED = {
-    "REQUEST_METHOD": "GET",
-    "SERVER_NAME": "localhost",
-    "SERVER_PORT": "80",
-    "SERVER_PROTOCOL": "HTTP/1.0",
-}
-"""The parameters a front end must send, with flup's default for each one missing."""
-
-
 class FastCGI(Gateway):
     """FastCGI responder requests, from the web servers FCGI_WEB_SERVER_ADDRS allows."""
 
@@ -67,9 +58,12 @@ class FastCGI(Gateway):
         """The path under scriptname=, and the parameters a front end must send: a missing
         one is named on wsgi.errors and given flup's default."""
         fill_script_and_path(environ, self._scriptname)
-        if environ.keys() >= _REQUIRED.keys():
-            return  # What every front end sends: checked in one step.
-        for name, default in _REQUIRED.items():
+        for name, default in (
+            ("REQUEST_METHOD", "GET"),
+            ("SERVER_NAME", "localhost"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.0"),
+        ):
             if name not in environ:
                 environ["wsgi.errors"].write(
                     f"FastCGI param {name} is missing; using {default!r}\n"
@@ -85,9 +79,12 @@ class FastCGI(Gateway):
         environ = req.params
         if self.environ:
             environ.update(self.environ)
-        environ.update(self.wsgi_constants)
+        environ["wsgi.version"] = (1, 0)
         environ["wsgi.input"] = req.stdin
         environ["wsgi.errors"] = req.stderr
+        environ["wsgi.multithread"] = self.multithreaded
+        environ["wsgi.multiprocess"] = self.multiprocess
+        environ["wsgi.run_once"] = False
         environ["wsgi.url_scheme"] = (
             "https" if environ.get("HTTPS", "off") in ("on", "1") else "http"
         )

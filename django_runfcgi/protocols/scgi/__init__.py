@@ -41,9 +41,12 @@ class SCGI(Gateway):
         environ = req.environ
         if self.environ:
             environ.update(self.environ)
-        environ.update(self.wsgi_constants)
+        environ["wsgi.version"] = (1, 0)
         environ["wsgi.input"] = req.stdin
         environ["wsgi.errors"] = sys.stderr
+        environ["wsgi.multithread"] = self.multithreaded
+        environ["wsgi.multiprocess"] = self.multiprocess
+        environ["wsgi.run_once"] = False
         environ["wsgi.url_scheme"] = (
             "https" if environ.get("HTTPS", "off") in ("on", "1") else "http"
         )
