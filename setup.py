@@ -9,8 +9,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "django_runfcgi.protocols.fastcgi._speedups",
-            sources=["django_runfcgi/protocols/fastcgi/_speedups.c"],
+            "django_runfcgi.protocols._speedups",
+            sources=["django_runfcgi/protocols/_speedups.c"],
             define_macros=[("Py_LIMITED_API", "0x030A0000")],
             py_limited_api=True,
             optional=True,

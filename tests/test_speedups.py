@@ -334,7 +334,7 @@ def test_the_accelerator_is_built_where_the_tests_run_in_ci() -> None:
     """A compiler fault must not leave CI measuring and testing only the Python path."""
     if not os.environ.get("CI"):
         pytest.skip("only CI requires the accelerator")
-    assert _speedups is not None, "django_runfcgi.protocols.fastcgi._speedups was not built"
+    assert _speedups is not None, "django_runfcgi.protocols._speedups was not built"
 
 
 def test_servers_use_the_accelerator_unless_told_not_to() -> None:

@@ -43,6 +43,7 @@ TARGETS = {
     "fcgi": ("fcgi", {}),
     "fcgi-pure-python": ("fcgi", {"RUNFCGI_PURE_PYTHON": "1"}),
     "scgi": ("scgi", {}),
+    "scgi-pure-python": ("scgi", {"RUNFCGI_PURE_PYTHON": "1"}),
     "ajp": ("ajp", {}),
 }
 

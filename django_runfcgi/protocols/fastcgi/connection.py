@@ -50,8 +50,8 @@ from django_runfcgi.sockets import Stream
 if TYPE_CHECKING:
     from django_runfcgi.protocols.fastcgi import FastCGI
 
-from django_runfcgi.protocols.fastcgi.accelerator import _speedups  # noqa: F401 (tests)
-from django_runfcgi.protocols.fastcgi.accelerator import read_request as _read_request
+from django_runfcgi.protocols.accelerator import _speedups  # noqa: F401 (tests)
+from django_runfcgi.protocols.accelerator import read_request as _read_request
 
 Content = bytes | memoryview
 """A record's content: FCGI_STDIN's is a view of the bytes read (no copy), others bytes."""

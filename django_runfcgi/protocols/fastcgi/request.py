@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from flup.server import fcgi_base
 
+from django_runfcgi.protocols.accelerator import head_records, response_head
 from django_runfcgi.protocols.base import InputError, ProtocolError
-from django_runfcgi.protocols.fastcgi.accelerator import head_records, response_head
 from django_runfcgi.protocols.fastcgi.records import HEADER, decode_pairs, frame, latin1
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 

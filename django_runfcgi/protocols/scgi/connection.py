@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 from typing import ClassVar
 
+from django_runfcgi.protocols.accelerator import scgi_request
 from django_runfcgi.protocols.base import ProtocolConnection
 from django_runfcgi.protocols.scgi.headers import parse_headers, split_netstring
 from django_runfcgi.protocols.scgi.request import Input, SCGIRequest
@@ -48,16 +49,27 @@ class SCGIConnection(ProtocolConnection):
                 data = sock.recv(HEAD_RECV, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 data = self._recv_blocking(HEAD_RECV)
-        limit = self.bounds.maxheadsize
-        eof = not data
-        while (split := split_netstring(data, limit, eof=eof)) is None:
-            more = self._recv_blocking(HEAD_RECV)
-            eof = not more
-            data += more
-        head, body_at = split
-        environ = parse_headers(head, self.bounds.maxheaders)
+        bounds = self.bounds
+        # A whole, well-formed head in C when the accelerator is on; the Python code
+        # below reads anything else (more to come, malformed) and says what is wrong.
+        taken = (
+            None
+            if scgi_request is None
+            else scgi_request(data, bounds.maxheadsize, bounds.maxheaders)
+        )
+        if taken is not None:
+            environ, body_at, length = taken
+        else:
+            limit = bounds.maxheadsize
+            eof = not data
+            while (split := split_netstring(data, limit, eof=eof)) is None:
+                more = self._recv_blocking(HEAD_RECV)
+                eof = not more
+                data += more
+            head, body_at = split
+            environ = parse_headers(head, bounds.maxheaders)
+            length = int(environ["CONTENT_LENGTH"])
         self._head_complete()
-        length = int(environ["CONTENT_LENGTH"])
         stdin = Input(self, data[body_at : body_at + length], length)
         SCGIRequest(self, environ, stdin).run()
         if stdin.unreceived > 0:

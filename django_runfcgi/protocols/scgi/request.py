@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from flup.server import scgi_base
 
+from django_runfcgi.protocols.accelerator import response_head
 from django_runfcgi.protocols.base import ProtocolError
-from django_runfcgi.protocols.fastcgi.accelerator import response_head
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 from django_runfcgi.sockets import Stream
 

@@ -1,11 +1,13 @@
-/* FastCGI request parsing and response framing in C, for django_runfcgi.protocols.fastcgi.
+/* Request parsing and response encoding in C, for django_runfcgi.protocols (FastCGI
+   and SCGI; see accelerator.py for which function serves which).
 
    Optional: without it (no compiler at install, or RUNFCGI_PURE_PYTHON=1) the same
-   work is done in Python, record by record. read_request() only takes the common,
-   well-formed case within the bounds it is given (maxheadsize, maxheaders); for
-   anything else it returns None and the Python code reads the input and reports what
-   is wrong with it. response_head() likewise encodes only ASCII status and headers;
-   head_records() frames a response's header block and first piece of body.
+   work is done in Python. read_request() (a FastCGI request's records) and
+   scgi_request() (an SCGI request's netstring) only take the common, well-formed case
+   within the bounds they are given (maxheadsize, maxheaders); for anything else they
+   return None and the Python code reads the input and reports what is wrong with it.
+   response_head() likewise encodes only ASCII status and headers; head_records()
+   frames a FastCGI response's header block and first piece of body.
 
    Built against the stable ABI of Python 3.10, so one binary serves 3.10 and later.
 */
@@ -236,6 +238,131 @@ read_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     }
     PyObject *ended = PyBool_FromLong(body_ended);
     return Py_BuildValue("(niiiNN)", pos, request_id, role, flags, params, ended);
+}
+
+
+/* The digits of `limit`: how long a netstring's length may be. */
+static Py_ssize_t
+digits_of(Py_ssize_t limit)
+{
+    Py_ssize_t width = 1;
+    while (limit >= 10) {
+        limit /= 10;
+        width++;
+    }
+    return width;
+}
+
+PyDoc_STRVAR(scgi_request_doc,
+"scgi_request(buffer: bytes, max_head_size: int, max_pairs: int)\n"
+"    -> tuple[dict[str, str], int, int] | None\n\n"
+"An SCGI request head that has fully arrived at the start of buffer: the netstring of\n"
+"NUL-terminated names and values, at most max_head_size bytes and max_pairs pairs,\n"
+"with REQUEST_METHOD and a CONTENT_LENGTH of ASCII digits. Returns (environ, body_at,\n"
+"content_length), body_at being where the body starts; None for anything else (more\n"
+"to come, or input the Python code reports as wrong).");
+
+static PyObject *
+scgi_request(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scgi_request() takes a buffer and two bounds");
+        return NULL;
+    }
+    char *buffer;
+    Py_ssize_t end;
+    if (PyBytes_AsStringAndSize(args[0], &buffer, &end) < 0) {
+        return NULL;
+    }
+    Py_ssize_t max_head_size = PyLong_AsSsize_t(args[1]);
+    if (max_head_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t max_pairs = PyLong_AsSsize_t(args[2]);
+    if (max_pairs == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_head_size < 0) {
+        Py_RETURN_NONE;
+    }
+    const unsigned char *data = (const unsigned char *)buffer;
+    Py_ssize_t width = digits_of(max_head_size);
+    Py_ssize_t at = 0, size = 0;
+    while (at < end && at < width && data[at] >= '0' && data[at] <= '9') {
+        size = size * 10 + (data[at] - '0');
+        at++;
+    }
+    if (at == 0 || at >= end || data[at] != ':' || size > max_head_size || size == 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t pos = at + 1;
+    Py_ssize_t head_end = pos + size;
+    if (end <= head_end || data[head_end] != ',' || data[head_end - 1] != 0) {
+        Py_RETURN_NONE;
+    }
+    PyObject *environ = PyDict_New();
+    if (environ == NULL) {
+        return NULL;
+    }
+    const unsigned char *length_text = NULL;
+    Py_ssize_t length_size = 0;
+    int has_method = 0;
+    Py_ssize_t index = 0;
+    while (pos < head_end) {
+        const unsigned char *name_at = data + pos;
+        const unsigned char *name_nul = memchr(name_at, 0, (size_t)(head_end - pos));
+        Py_ssize_t name_length = name_nul - name_at;
+        Py_ssize_t value_pos = pos + name_length + 1;
+        if (index >= max_pairs || value_pos >= head_end) {
+            goto not_taken;
+        }
+        const unsigned char *value_at = data + value_pos;
+        const unsigned char *value_nul = memchr(value_at, 0, (size_t)(head_end - value_pos));
+        Py_ssize_t value_length = value_nul - value_at;
+        if (name_length == 14 && memcmp(name_at, "CONTENT_LENGTH", 14) == 0) {
+            length_text = value_at;
+            length_size = value_length;
+        }
+        else if (name_length == 14 && memcmp(name_at, "REQUEST_METHOD", 14) == 0) {
+            has_method = 1;
+        }
+        PyObject *name = latin1_text(2 * index, name_at, name_length);
+        if (name == NULL) {
+            goto failed;
+        }
+        PyObject *value = latin1_text(2 * index + 1, value_at, value_length);
+        if (value == NULL) {
+            Py_DECREF(name);
+            goto failed;
+        }
+        int set_failed = PyDict_SetItem(environ, name, value);
+        Py_DECREF(name);
+        Py_DECREF(value);
+        if (set_failed) {
+            goto failed;
+        }
+        index++;
+        pos = value_pos + value_length + 1;
+    }
+    /* At most 18 digits, so the length fits; a longer one goes to the Python code. */
+    if (!has_method || length_text == NULL || length_size == 0 || length_size > 18) {
+        goto not_taken;
+    }
+    Py_ssize_t content_length = 0;
+    for (Py_ssize_t i = 0; i < length_size; i++) {
+        if (length_text[i] < '0' || length_text[i] > '9') {
+            goto not_taken;
+        }
+        content_length = content_length * 10 + (length_text[i] - '0');
+    }
+    return Py_BuildValue("(Nnn)", environ, head_end + 1, content_length);
+
+not_taken:
+    Py_DECREF(environ);
+    Py_RETURN_NONE;
+failed:
+    Py_DECREF(environ);
+    return NULL;
 }
 
 
@@ -471,6 +598,7 @@ head_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
 
 static PyMethodDef methods[] = {
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL, read_request_doc},
+    {"scgi_request", (PyCFunction)(void (*)(void))scgi_request, METH_FASTCALL, scgi_request_doc},
     {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
      response_head_doc},
     {"head_records", (PyCFunction)(void (*)(void))head_records, METH_FASTCALL,
@@ -480,8 +608,8 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "django_runfcgi.protocols.fastcgi._speedups",
-    .m_doc = "FastCGI request parsing in C; see django_runfcgi.protocols.fastcgi.connection.",
+    .m_name = "django_runfcgi.protocols._speedups",
+    .m_doc = "FastCGI and SCGI request parsing and response encoding in C; see accelerator.py.",
     .m_size = 0,
     .m_methods = methods,
 };

@@ -15,14 +15,16 @@ from typing import Any
 
 _speedups: ModuleType | None
 try:
-    from django_runfcgi.protocols.fastcgi import _speedups
+    from django_runfcgi.protocols import _speedups
 except ImportError:  # Installed without a compiler.
     _speedups = None
 
 _on = _speedups is not None and os.environ.get("RUNFCGI_PURE_PYTHON", "0") == "0"
 
 read_request: Callable[..., Any] | None = _speedups.read_request if _on else None  # type: ignore[union-attr]
-"""A whole request head from a buffer (see _speedups.c)."""
+"""A whole FastCGI request head from a buffer (see _speedups.c)."""
+scgi_request: Callable[..., Any] | None = _speedups.scgi_request if _on else None  # type: ignore[union-attr]
+"""A whole SCGI request head from a buffer: environ, where the body starts, its length."""
 response_head: Callable[..., Any] | None = _speedups.response_head if _on else None  # type: ignore[union-attr]
 """start_response()'s status and headers as bytes."""
 head_records: Callable[..., Any] | None = _speedups.head_records if _on else None  # type: ignore[union-attr]

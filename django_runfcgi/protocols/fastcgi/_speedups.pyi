@@ -1,3 +1,0 @@
-def read_request(
-    buffer: bytes, pos: int, max_head_size: int, max_pairs: int, /
-) -> tuple[int, int, int, int, dict[str, str], bool] | None: ...
