@@ -21,7 +21,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from tests.support.clients import Response, ajp_request, fcgi_request, scgi_request
-from tests.support.net import Address, free_port
+from tests.support.net import Address, free_port, own_loopback
 from tests.support.processes import wait_for
 from tests.support.runner import Run, Runner
 
@@ -82,9 +82,11 @@ def start(
     env: dict[str, str] | None = None,
 ) -> Server:
     if protocol == "ajp" or transport == "tcp":
-        port = free_port()
-        address: Address = ("127.0.0.1", port)
-        bind = ["host=127.0.0.1", f"port={port}"]
+        # Connections are counted: none from any other test may reach this server.
+        host = own_loopback()
+        port = free_port(host)
+        address: Address = (host, port)
+        bind = [f"host={host}", f"port={port}"]
     else:
         address = str(runner.tmp / "app.sock")
         bind = [f"socket={address}"]

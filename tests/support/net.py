@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 Address = str | tuple[str, int]
@@ -27,3 +28,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def own_loopback() -> str:
+    """A loopback address of this test process's own (127.0.0.0/8 is all loopback on
+    Linux): a server bound there gets no connection meant for 127.0.0.1, such as another
+    test run's probe of a port that was free for both, so its counts stay exact."""
+    pid = os.getpid()
+    return f"127.{(pid >> 16) & 0xFF}.{(pid >> 8) & 0xFF}.{(pid & 0xFF) or 1}"
