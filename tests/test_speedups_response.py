@@ -1,5 +1,5 @@
-"""The C accelerator frames a FastCGI response, and encodes an SCGI one's head, exactly as
-the Python code does.
+"""The C accelerator frames a FastCGI response, and encodes and joins an SCGI one's
+head, exactly as the Python code does.
 
 Each application answers a real FastCGI (and SCGI) connection twice, with the
 accelerator's response functions and without them: the web server must get the same
@@ -71,6 +71,12 @@ APPS: dict[str, App] = {
     ),
     "first piece one byte bigger": answering(
         "200 OK", TEXT, [b"x" * (fcgi_request.WITH_HEADERS + 1)]
+    ),
+    "first piece as big as SCGI joins with the headers": answering(
+        "200 OK", TEXT, [b"x" * scgi_request.JOIN_UP_TO]
+    ),
+    "first piece one byte bigger than SCGI joins": answering(
+        "200 OK", TEXT, [b"x" * (scgi_request.JOIN_UP_TO + 1)]
     ),
     "big body": answering("200 OK", TEXT, [BIG]),
     "headers longer than a record": answering(
@@ -156,9 +162,11 @@ def scgi_exchange(app: App, method: str) -> bytes:
 def test_the_accelerator_encodes_an_scgi_response_as_python_does(
     name: str, method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scgi_request, "response_head", None)
+    for function in ("response_head", "cgi_response"):
+        monkeypatch.setattr(scgi_request, function, None)
     python = scgi_exchange(APPS[name], method)
-    monkeypatch.setattr(scgi_request, "response_head", _speedups.response_head)
+    for function in ("response_head", "cgi_response"):
+        monkeypatch.setattr(scgi_request, function, getattr(_speedups, function))
     assert scgi_exchange(APPS[name], method) == python
     assert python.startswith(b"Status: ")
 

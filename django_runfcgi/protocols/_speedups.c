@@ -7,7 +7,8 @@
    within the bounds they are given (maxheadsize, maxheaders); for anything else they
    return None and the Python code reads the input and reports what is wrong with it.
    response_head() likewise encodes only ASCII status and headers; head_records()
-   frames a FastCGI response's header block and first piece of body.
+   frames a FastCGI response's header block and first piece of body, cgi_response()
+   joins an SCGI response's.
 
    Built against the stable ABI of Python 3.10, so one binary serves 3.10 and later.
 */
@@ -596,11 +597,57 @@ head_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     return result;
 }
 
+PyDoc_STRVAR(cgi_response_doc,
+"cgi_response(status: bytes, block: bytes, body_length: int, data: bytes) -> bytes\n\n"
+"A response as SCGI sends it: 'Status: ' status, the header lines of `block`, a\n"
+"Content-Length of `body_length` unless it is negative or the block has one, the empty\n"
+"line, then `data`: what the Python code joins.");
+
+static PyObject *
+cgi_response(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "cgi_response() takes four arguments");
+        return NULL;
+    }
+    char *status, *block, *data;
+    Py_ssize_t status_length, block_length, data_length;
+    if (PyBytes_AsStringAndSize(args[0], &status, &status_length) < 0
+        || PyBytes_AsStringAndSize(args[1], &block, &block_length) < 0
+        || PyBytes_AsStringAndSize(args[3], &data, &data_length) < 0) {
+        return NULL;
+    }
+    Py_ssize_t body_length = PyLong_AsSsize_t(args[2]);
+    if (body_length == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    char length_line[48] = "";
+    int length_line_size = 0;
+    if (body_length >= 0 && !has_content_length(block, block_length)) {
+        length_line_size = snprintf(length_line, sizeof(length_line),
+                                    "Content-Length: %zd\r\n", body_length);
+    }
+    PyObject *result = PyBytes_FromStringAndSize(
+        NULL, 8 + status_length + 2 + block_length + length_line_size + 2 + data_length);
+    if (result == NULL) {
+        return NULL;
+    }
+    char *out = PyBytes_AsString(result);
+    const char *sources[7] = {"Status: ", status, "\r\n", block, length_line, "\r\n", data};
+    Py_ssize_t sizes[7] = {8, status_length, 2, block_length, length_line_size, 2, data_length};
+    for (int i = 0; i < 7; i++) {
+        memcpy(out, sources[i], (size_t)sizes[i]);
+        out += sizes[i];
+    }
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"read_request", (PyCFunction)(void (*)(void))read_request, METH_FASTCALL, read_request_doc},
     {"scgi_request", (PyCFunction)(void (*)(void))scgi_request, METH_FASTCALL, scgi_request_doc},
     {"response_head", (PyCFunction)(void (*)(void))response_head, METH_FASTCALL,
      response_head_doc},
+    {"cgi_response", (PyCFunction)(void (*)(void))cgi_response, METH_FASTCALL, cgi_response_doc},
     {"head_records", (PyCFunction)(void (*)(void))head_records, METH_FASTCALL,
      head_records_doc},
     {NULL, NULL, 0, NULL},

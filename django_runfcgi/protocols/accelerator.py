@@ -29,3 +29,5 @@ response_head: Callable[..., Any] | None = _speedups.response_head if _on else N
 """start_response()'s status and headers as bytes."""
 head_records: Callable[..., Any] | None = _speedups.head_records if _on else None  # type: ignore[union-attr]
 """A response's header block and first body piece as FCGI_STDOUT records."""
+cgi_response: Callable[..., Any] | None = _speedups.cgi_response if _on else None  # type: ignore[union-attr]
+"""An SCGI response's header block and first body piece, joined."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from flup.server import scgi_base
 
-from django_runfcgi.protocols.accelerator import response_head
+from django_runfcgi.protocols.accelerator import cgi_response, response_head
 from django_runfcgi.protocols.base import ProtocolError
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 from django_runfcgi.sockets import Stream
@@ -234,6 +234,17 @@ class SCGIRequest:
             data = latin1(data, "response data")
         if not self._headers_sent:
             self._headers_sent = self.dataWritten = True
+            if cgi_response is not None and self._headers is not None and len(data) <= JOIN_UP_TO:
+                # In C: the header block and a small first piece, joined in one step.
+                status, block = self._headers
+                self.status = int(status[:3])
+                body = b"" if self._head else data
+                self.sent += len(body)
+                length = len(data) if self._add_length else -1
+                self._hold(cgi_response(status, block, length, body))
+                if flush or self._held >= SEND_AT:
+                    self.send()
+                return
             self._hold(self._header_block(len(data) if self._add_length else None))
         if data and not self._head:
             self.sent += len(data)
