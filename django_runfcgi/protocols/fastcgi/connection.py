@@ -35,7 +35,6 @@ from django_runfcgi.protocols.base import (
 from django_runfcgi.protocols.clients import ClientAddress
 from django_runfcgi.protocols.fastcgi.records import (
     BEGIN_REQUEST_BODY,
-    END_REQUEST_BODY,
     HEADER,
     HEADER_LEN,
     RECORD_SIZE,
@@ -44,6 +43,7 @@ from django_runfcgi.protocols.fastcgi.records import (
     encode_pairs,
     record,
 )
+from django_runfcgi.protocols.fastcgi.records import end_request as end_record
 from django_runfcgi.protocols.fastcgi.request import FCGIRequest
 from django_runfcgi.sockets import Stream
 
@@ -492,9 +492,7 @@ class FCGIConnection(ProtocolConnection):
         remove: bool = True,
         end: bytes = b"",
     ) -> None:
-        # Eight bytes of body: a whole record with no padding.
-        record = HEADER.pack(1, fcgi_base.FCGI_END_REQUEST, req.requestId, 8, 0)
-        self.send_bytes(end + record + END_REQUEST_BODY.pack(appStatus, protocolStatus))
+        self.send_bytes(end + end_record(req.requestId, appStatus, protocolStatus))
         if remove:
             if self._active is req:
                 self._active = None

@@ -8,6 +8,7 @@ constants (fcgi_base) naming the record types.
 from __future__ import annotations
 
 import struct
+from functools import lru_cache
 from typing import Any
 
 from flup.server import fcgi_base
@@ -22,6 +23,23 @@ UNKNOWN_TYPE_BODY = struct.Struct(fcgi_base.FCGI_UnknownTypeBody)
 RECORD_SIZE = 8192 - HEADER_LEN
 """Content bytes per record written, as flup wrote them (its maxwrite of 8192)."""
 _PADDING = bytes(8)
+
+
+@lru_cache(maxsize=64)
+def stream_end(kind: int, request_id: int) -> bytes:
+    """The empty record that ends a request's FCGI_STDOUT or FCGI_STDERR stream.
+
+    Made once per stream type and request id: every request ends with these, and a web
+    server uses the same few ids again and again."""
+    return HEADER.pack(1, kind, request_id, 0, 0)
+
+
+@lru_cache(maxsize=64)
+def end_request(request_id: int, app_status: int, protocol_status: int) -> bytes:
+    """The FCGI_END_REQUEST record (eight bytes of body: no padding), made once per id
+    and status, as stream_end() is."""
+    header = HEADER.pack(1, fcgi_base.FCGI_END_REQUEST, request_id, 8, 0)
+    return header + END_REQUEST_BODY.pack(app_status, protocol_status)
 
 
 def decode_pairs(data: bytes, limit: int) -> dict[str, str]:

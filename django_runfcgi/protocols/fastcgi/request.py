@@ -15,7 +15,7 @@ from flup.server import fcgi_base
 
 from django_runfcgi.protocols.accelerator import head_records, response_head
 from django_runfcgi.protocols.base import InputError, ProtocolError
-from django_runfcgi.protocols.fastcgi.records import HEADER, decode_pairs, frame, latin1
+from django_runfcgi.protocols.fastcgi.records import decode_pairs, frame, latin1, stream_end
 from django_runfcgi.protocols.wsgi import Environ, LineReading
 
 if TYPE_CHECKING:
@@ -271,7 +271,8 @@ class FCGIRequest:
 
     def write(self, data: bytes | str, *, flush: bool = False) -> None:
         """Queue response output; with `flush`, send it and what was queued before."""
-        data = latin1(data, "response data")
+        if type(data) is not bytes:
+            data = latin1(data, "response data")
         if not self._head:
             self.sent += len(data)
         if not self._headers_sent:
@@ -361,12 +362,12 @@ class FCGIRequest:
             raise conn.failure
         if self.aborted:
             self._out, self._held, self.stderr.pending = [], 0, None
-            end = HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
+            end = stream_end(fcgi_base.FCGI_STDOUT, self.requestId)
             conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
             return
         # The rest of the response goes out with the end of the request: one send, and
         # one wake-up of the web server.
-        end = self._take_queued() + HEADER.pack(1, fcgi_base.FCGI_STDOUT, self.requestId, 0, 0)
+        end = self._take_queued() + stream_end(fcgi_base.FCGI_STDOUT, self.requestId)
         if self.stderr.written:
-            end += HEADER.pack(1, fcgi_base.FCGI_STDERR, self.requestId, 0, 0)
+            end += stream_end(fcgi_base.FCGI_STDERR, self.requestId)
         conn.end_request(self, 0, fcgi_base.FCGI_REQUEST_COMPLETE, end=end)
