@@ -113,7 +113,9 @@ def test_sigusr1_reopens_log_files_in_master_and_workers(runner: Runner) -> None
     address, _, master = start(
         runner, f"errlog={errlog}", f"outlog={outlog}", "maxspare=1", "minspare=1"
     )
-    assert "Serving over" in outlog.read_text()
+    # The socket listens just before the line is written: a ready socket does not mean
+    # the line is there yet.
+    assert wait_for(lambda: "Serving over" in outlog.read_text(), timeout=10)
     errlog.rename(runner.tmp / "err.log.1")
     outlog.rename(runner.tmp / "out.log.1")
     os.kill(master, signal.SIGUSR1)
