@@ -498,6 +498,54 @@ framed_size(Py_ssize_t length, Py_ssize_t step)
     return size;
 }
 
+#define HEAD_PARTS 7
+
+/* A response as CGI puts it, in the order it goes out: 'Status: ', the status, CRLF,
+   the header lines, a Content-Length line (or nothing), CRLF, then the body's first
+   piece. Both head_records() and cgi_response() write these parts. */
+struct cgi_parts {
+    const char *data[HEAD_PARTS];
+    Py_ssize_t size[HEAD_PARTS];
+    Py_ssize_t total;
+    char length_line[48];
+};
+
+/* The parts from (status: bytes, block: bytes, body_length: int, data: bytes): a
+   Content-Length of body_length unless it is negative or the block has one. 0, or -1
+   with an exception set. */
+static int
+cgi_parts_of(PyObject *const *args, struct cgi_parts *parts)
+{
+    char *status, *block, *data;
+    Py_ssize_t status_length, block_length, data_length;
+    if (PyBytes_AsStringAndSize(args[0], &status, &status_length) < 0
+        || PyBytes_AsStringAndSize(args[1], &block, &block_length) < 0
+        || PyBytes_AsStringAndSize(args[3], &data, &data_length) < 0) {
+        return -1;
+    }
+    Py_ssize_t body_length = PyLong_AsSsize_t(args[2]);
+    if (body_length == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    Py_ssize_t length_line_size = 0;
+    parts->length_line[0] = '\0';
+    if (body_length >= 0 && !has_content_length(block, block_length)) {
+        length_line_size = snprintf(parts->length_line, sizeof(parts->length_line),
+                                    "Content-Length: %zd\r\n", body_length);
+    }
+    const char *pieces[HEAD_PARTS] = {"Status: ", status, "\r\n", block,
+                                      parts->length_line, "\r\n", data};
+    Py_ssize_t sizes[HEAD_PARTS] = {8, status_length, 2, block_length, length_line_size, 2,
+                                    data_length};
+    parts->total = 0;
+    for (int i = 0; i < HEAD_PARTS; i++) {
+        parts->data[i] = pieces[i];
+        parts->size[i] = sizes[i];
+        parts->total += sizes[i];
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(head_records_doc,
 "head_records(request_id: int, status: bytes, block: bytes, body_length: int,\n"
 "             data: bytes, step: int) -> bytes\n\n"
@@ -517,15 +565,8 @@ head_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     if (request_id == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    char *status, *block, *data;
-    Py_ssize_t status_length, block_length, data_length;
-    if (PyBytes_AsStringAndSize(args[1], &status, &status_length) < 0
-        || PyBytes_AsStringAndSize(args[2], &block, &block_length) < 0
-        || PyBytes_AsStringAndSize(args[4], &data, &data_length) < 0) {
-        return NULL;
-    }
-    Py_ssize_t body_length = PyLong_AsSsize_t(args[3]);
-    if (body_length == -1 && PyErr_Occurred()) {
+    struct cgi_parts parts;
+    if (cgi_parts_of(args + 1, &parts) < 0) {
         return NULL;
     }
     Py_ssize_t step = PyLong_AsSsize_t(args[5]);
@@ -536,26 +577,16 @@ head_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_ValueError, "request id or record size out of range");
         return NULL;
     }
-    char length_line[48] = "";
-    int length_line_size = 0;
-    if (body_length >= 0 && !has_content_length(block, block_length)) {
-        length_line_size = snprintf(length_line, sizeof(length_line),
-                                    "Content-Length: %zd\r\n", body_length);
-    }
-    Py_ssize_t content = 8 + status_length + 2 + block_length + length_line_size + 2
-                         + data_length;
-    PyObject *result = PyBytes_FromStringAndSize(NULL, framed_size(content, step));
+    PyObject *result = PyBytes_FromStringAndSize(NULL, framed_size(parts.total, step));
     if (result == NULL) {
         return NULL;
     }
     /* The payload is written in place, then each record's header and padding are made
-       room for by writing piece by piece from these sources in order. */
-    const char *sources[6] = {"Status: ", status, "\r\n", block, length_line, "\r\n"};
-    Py_ssize_t sizes[6] = {8, status_length, 2, block_length, length_line_size, 2};
+       room for by writing piece by piece from the parts in order. */
     char *out = PyBytes_AsString(result);
-    int source = 0;
-    Py_ssize_t offset = 0; /* within sources[source], or within data once source == 6 */
-    Py_ssize_t left = content;
+    int part = 0;
+    Py_ssize_t offset = 0; /* within parts.data[part] */
+    Py_ssize_t left = parts.total;
     do {
         Py_ssize_t piece = left < step ? left : step;
         Py_ssize_t padding = -piece & 7;
@@ -570,23 +601,14 @@ head_records(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         out += HEADER_LEN;
         Py_ssize_t need = piece;
         while (need > 0) {
-            const char *from;
-            Py_ssize_t available;
-            if (source < 6) {
-                from = sources[source] + offset;
-                available = sizes[source] - offset;
-            }
-            else {
-                from = data + offset;
-                available = data_length - offset;
-            }
+            Py_ssize_t available = parts.size[part] - offset;
             Py_ssize_t take = available < need ? available : need;
-            memcpy(out, from, (size_t)take);
+            memcpy(out, parts.data[part] + offset, (size_t)take);
             out += take;
             need -= take;
             offset += take;
             if (take == available) {
-                source++;
+                part++;
                 offset = 0;
             }
         }
@@ -610,34 +632,18 @@ cgi_response(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "cgi_response() takes four arguments");
         return NULL;
     }
-    char *status, *block, *data;
-    Py_ssize_t status_length, block_length, data_length;
-    if (PyBytes_AsStringAndSize(args[0], &status, &status_length) < 0
-        || PyBytes_AsStringAndSize(args[1], &block, &block_length) < 0
-        || PyBytes_AsStringAndSize(args[3], &data, &data_length) < 0) {
+    struct cgi_parts parts;
+    if (cgi_parts_of(args, &parts) < 0) {
         return NULL;
     }
-    Py_ssize_t body_length = PyLong_AsSsize_t(args[2]);
-    if (body_length == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    char length_line[48] = "";
-    int length_line_size = 0;
-    if (body_length >= 0 && !has_content_length(block, block_length)) {
-        length_line_size = snprintf(length_line, sizeof(length_line),
-                                    "Content-Length: %zd\r\n", body_length);
-    }
-    PyObject *result = PyBytes_FromStringAndSize(
-        NULL, 8 + status_length + 2 + block_length + length_line_size + 2 + data_length);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, parts.total);
     if (result == NULL) {
         return NULL;
     }
     char *out = PyBytes_AsString(result);
-    const char *sources[7] = {"Status: ", status, "\r\n", block, length_line, "\r\n", data};
-    Py_ssize_t sizes[7] = {8, status_length, 2, block_length, length_line_size, 2, data_length};
-    for (int i = 0; i < 7; i++) {
-        memcpy(out, sources[i], (size_t)sizes[i]);
-        out += sizes[i];
+    for (int i = 0; i < HEAD_PARTS; i++) {
+        memcpy(out, parts.data[i], (size_t)parts.size[i]);
+        out += parts.size[i];
     }
     return result;
 }
