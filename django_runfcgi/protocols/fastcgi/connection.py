@@ -41,9 +41,9 @@ from django_runfcgi.protocols.fastcgi.records import (
     UNKNOWN_TYPE_BODY,
     decode_pairs,
     encode_pairs,
+    end_request_record,
     record,
 )
-from django_runfcgi.protocols.fastcgi.records import end_request as end_record
 from django_runfcgi.protocols.fastcgi.request import FCGIRequest
 from django_runfcgi.sockets import Stream
 
@@ -492,7 +492,7 @@ class FCGIConnection(ProtocolConnection):
         remove: bool = True,
         end: bytes = b"",
     ) -> None:
-        self.send_bytes(end + end_record(req.requestId, appStatus, protocolStatus))
+        self.send_bytes(end + end_request_record(req.requestId, appStatus, protocolStatus))
         if remove:
             if self._active is req:
                 self._active = None

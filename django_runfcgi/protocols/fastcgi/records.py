@@ -35,7 +35,7 @@ def stream_end(kind: int, request_id: int) -> bytes:
 
 
 @lru_cache(maxsize=64)
-def end_request(request_id: int, app_status: int, protocol_status: int) -> bytes:
+def end_request_record(request_id: int, app_status: int, protocol_status: int) -> bytes:
     """The FCGI_END_REQUEST record (eight bytes of body: no padding), made once per id
     and status, as stream_end() is."""
     header = HEADER.pack(1, fcgi_base.FCGI_END_REQUEST, request_id, 8, 0)

@@ -238,14 +238,13 @@ class SCGIRequest:
                 # In C: the header block and a small first piece, joined in one step.
                 status, block = self._headers
                 self.status = int(status[:3])
-                body = b"" if self._head else data
-                self.sent += len(body)
                 length = len(data) if self._add_length else -1
-                self._hold(cgi_response(status, block, length, body))
-                if flush or self._held >= SEND_AT:
-                    self.send()
-                return
-            self._hold(self._header_block(len(data) if self._add_length else None))
+                first = b"" if self._head else data
+                self.sent += len(first)
+                self._hold(cgi_response(status, block, length, first))
+                data = b""  # Held with the head.
+            else:
+                self._hold(self._header_block(len(data) if self._add_length else None))
         if data and not self._head:
             self.sent += len(data)
             self._hold(data)
