@@ -238,14 +238,15 @@ def reporting_app(environ: dict[str, Any], start_response: Callable[..., Any]) -
 
 
 class CountingReader:
-    """The accelerator's read_request, counting the requests it took."""
+    """One of the accelerator's readers (read_request, scgi_request), counting the
+    requests it took."""
 
-    def __init__(self, read_request: Callable[[bytes, int, int, int], Any]) -> None:
-        self._read_request = read_request
+    def __init__(self, read: Callable[..., Any]) -> None:
+        self._read = read
         self.taken = 0
 
-    def __call__(self, buffer: bytes, pos: int, max_head_size: int, max_pairs: int) -> Any:
-        found = self._read_request(buffer, pos, max_head_size, max_pairs)
+    def __call__(self, *args: Any) -> Any:
+        found = self._read(*args)
         if found is not None:
             self.taken += 1
         return found

@@ -11,16 +11,14 @@ which encodes it or says what is wrong.
 
 from __future__ import annotations
 
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from django_runfcgi.protocols.fastcgi import request as fcgi_request
-from django_runfcgi.protocols.scgi import SCGI
 from django_runfcgi.protocols.scgi import request as scgi_request
+from tests import test_speedups_scgi as scgi
 from tests.test_speedups import (
     PARAMS,
     STDIN,
@@ -142,18 +140,7 @@ def scgi_exchange(app: App, method: str) -> bytes:
     fields = {"CONTENT_LENGTH": "0", "SCGI": "1", "REQUEST_METHOD": method}
     fields |= {"REQUEST_URI": "/x/", "SERVER_NAME": "localhost", "SERVER_PORT": "80"}
     head = b"".join(f"{name}\0{value}\0".encode() for name, value in fields.items())
-    server = SCGI(app, multithreaded=False, multiprocess=True)
-    client, served = socket.socketpair()
-    worker = threading.Thread(target=server.connection(served, "").run)
-    worker.start()
-    try:
-        client.sendall(b"%d:%s," % (len(head), head))
-        client.settimeout(10.0)
-        return b"".join(iter(lambda: client.recv(65536), b""))
-    finally:
-        worker.join(10.0)
-        client.close()
-        assert not worker.is_alive(), "the connection did not end"
+    return scgi.exchange(b"%d:%s," % (len(head), head), app)
 
 
 @pytest.mark.usefixtures("built")

@@ -25,7 +25,7 @@ from django_runfcgi.protocols.base import ProtocolError
 from django_runfcgi.protocols.scgi import SCGI
 from django_runfcgi.protocols.scgi import connection as scgi_connection
 from django_runfcgi.protocols.scgi.headers import parse_headers, split_netstring
-from tests.test_speedups import _speedups, reporting_app
+from tests.test_speedups import CountingReader, _speedups, reporting_app
 
 BOUNDS = Bounds(readtimeout=2.0, maxheadsize=400, maxheaders=8)
 """Small enough for the heads below to cross them."""
@@ -84,20 +84,6 @@ REQUESTS: dict[str, tuple[bytes, bool]] = {
 }
 
 
-class CountingReader:
-    """The accelerator's scgi_request, counting the heads it took."""
-
-    def __init__(self, scgi_request: Callable[[bytes, int, int], Any]) -> None:
-        self._scgi_request = scgi_request
-        self.taken = 0
-
-    def __call__(self, buffer: bytes, max_head_size: int, max_pairs: int) -> Any:
-        found = self._scgi_request(buffer, max_head_size, max_pairs)
-        if found is not None:
-            self.taken += 1
-        return found
-
-
 @pytest.fixture
 def accelerated() -> CountingReader:
     if _speedups is None:
@@ -105,9 +91,9 @@ def accelerated() -> CountingReader:
     return CountingReader(_speedups.scgi_request)
 
 
-def exchange(data: bytes) -> bytes:
+def exchange(data: bytes, app: Callable[..., Any] = reporting_app) -> bytes:
     """What a web server gets back for `data`, sent whole and then its side closed."""
-    server = SCGI(reporting_app, multithreaded=False, multiprocess=True, bounds=BOUNDS)
+    server = SCGI(app, multithreaded=False, multiprocess=True, bounds=BOUNDS)
     client, served = socket.socketpair()
     worker = threading.Thread(target=server.connection(served, "").run)
     worker.start()
